@@ -1,0 +1,59 @@
+"""A run's settings: what run.json records and what every shard task reads back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from pipeline.fido import FidoConfig
+
+FIDO_METHODS = ("scd", "cd")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides a run's results (``root``, ``workers`` and ``device``
+    only decide where and how fast)."""
+
+    source: str
+    root: str
+    methods: dict[str, FidoConfig] = field(default_factory=lambda: {"scd": FidoConfig()})
+    model: str = "efficientnet-lite0"
+    shard_size: int = 16
+    batch_size: int = 8
+    seed: int = 0
+    workers: int = 2
+    device: str = "cpu"
+
+    @property
+    def mask_size(self) -> int:
+        sizes = {cfg.mask_size for cfg in self.methods.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"all methods of a run share one mask size, got {sorted(sizes)}")
+        return sizes.pop()
+
+    def results_identity(self) -> dict[str, object]:
+        """The part of the config that must match for a rerun to resume into the same folder."""
+        record = self.to_json()
+        for key in ("root", "workers", "device"):
+            record.pop(key)
+        return record
+
+    def to_json(self) -> dict[str, object]:
+        record = asdict(self)
+        record["methods"] = {name: cfg.as_dict() for name, cfg in self.methods.items()}
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict) -> "RunConfig":
+        record = dict(record)
+        record["methods"] = {name: FidoConfig(**cfg) for name, cfg in record["methods"].items()}
+        return cls(**record)
+
+
+def fido_methods(names: list[str], **overrides: object) -> dict[str, FidoConfig]:
+    """One FidoConfig per requested sampler, sharing the user's overrides."""
+    unknown = [n for n in names if n not in FIDO_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; expected {', '.join(FIDO_METHODS)}")
+    set_values = {k: v for k, v in overrides.items() if v is not None}
+    return {name: FidoConfig(sampler=name, **set_values) for name in names}

@@ -1,0 +1,40 @@
+"""The embedded default: scikit-image's bundled photos as an archive folder, and the demo table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle")
+
+
+def prepare_demo_archive(folder: Path) -> str:
+    """Write the bundled photos as PNG files (once) and return the folder."""
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_PHOTOS:
+        target = folder / f"{name}.png"
+        if not target.exists():
+            pixels = getattr(skimage.data, name)()
+            pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+            Image.fromarray(pixels).save(target)
+    return str(folder)
+
+
+def print_demo_table(root: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from storage import parts, schemas
+    from storage.runfolder import RunFolder
+
+    predictions = parts.read_stage(RunFolder(root), "predictions", schemas.PREDICTIONS).to_pylist()
+    table = Table(title="fidoflow demo: target probability on the image, under SSR and SDR blends")
+    for column in ("image", "method", "top-1 class", "p", "p (SSR)", "p (SDR)"):
+        table.add_column(column)
+    for row in sorted(predictions, key=lambda r: (r["image_id"], r["method"])):
+        table.add_row(row["image_id"], row["method"], row["target_name"][:32],
+                      f"{row['target_prob']:.3f}", f"{row['p_ssr']:.3f}", f"{row['p_sdr']:.3f}")
+    Console().print(table)

@@ -1,0 +1,77 @@
+"""One Prefect API for a whole run: a local server on a free 127.0.0.1 port, stopped by PID.
+
+Without it every Dask worker process would start its own temporary server (~10 s each).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prefect_home() -> Path:
+    """PREFECT_HOME as set, else a cache folder of the working directory (never ~/.prefect)."""
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".cache" / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return home
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with status {process.returncode}; "
+                               f"see {prefect_home() / 'server.log'}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"prefect server at {url} not healthy after {timeout:.0f} s")
+
+
+@contextmanager
+def prefect_api(timeout: float = 90.0) -> Iterator[str]:
+    """Yield an API URL: PREFECT_API_URL when set, else a server started for this run."""
+    prefect_home()
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(prefect_home() / "server.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port), "--no-services"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        wait_healthy(url, process, timeout)
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
