@@ -84,7 +84,9 @@ class _Canvas:
 
 
 def _rng(rng_or_seed: np.random.Generator | int) -> np.random.Generator:
-    return rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    return np.random.default_rng(rng_or_seed)
 
 
 def _muted(rng: np.random.Generator, sat=(0.1, 0.45), val=(0.3, 0.75)) -> np.ndarray:
@@ -135,9 +137,10 @@ class _Bird:
     part_phase: float
 
     @staticmethod
-    def draw(rng: np.random.Generator, cx: float, cy: float, a: float) -> "_Bird":
+    def draw(rng: np.random.Generator, cx: float, cy: float, a: float) -> _Bird:
         return _Bird(cx, cy, a, a * rng.uniform(0.55, 0.65), rng.uniform(-0.35, 0.35),
-                     float(rng.choice([-1.0, 1.0])), _muted(rng), _muted(rng, (0.3, 0.7), (0.3, 0.8)),
+                     float(rng.choice([-1.0, 1.0])), _muted(rng),
+                     _muted(rng, (0.3, 0.7), (0.3, 0.8)),
                      rng.uniform(0.5, 0.65), rng.uniform(0, 2 * math.pi))
 
     def at(self, du: float, dv: float) -> tuple[float, float]:
@@ -296,9 +299,9 @@ def write_archive(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
         Image.fromarray(pixels).save(root / path)
         x0, y0, x1, y1 = data.part_boxes[i].tolist()
         ox0, oy0, ox1, oy1 = data.object_boxes[i].tolist()
-        rows.append(dict(image_id=image_id, path=path.as_posix(), label=int(data.labels[i]),
-                         class_name=name, x0=x0, y0=y0, x1=x1, y1=y1,
-                         obj_x0=ox0, obj_y0=oy0, obj_x1=ox1, obj_y1=oy1))
+        rows.append({"image_id": image_id, "path": path.as_posix(), "label": int(data.labels[i]),
+                     "class_name": name, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                     "obj_x0": ox0, "obj_y0": oy0, "obj_x1": ox1, "obj_y1": oy1})
     pd.DataFrame(rows).to_csv(root / "ground_truth.csv", index=False)
     np.savez_compressed(root / "part_masks.npz", image_id=np.array([r["image_id"] for r in rows]),
                         masks=data.part_masks.numpy())

@@ -25,12 +25,11 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class SyntheticCNN(nn.Module):
     """Pixel-space images (N, 3, H, W) in [0, 1] -> logits (N, K); normalisation inside."""
 
-    gradcam_layer = "features.6"  # output of the last conv block (conv, BN, ReLU), stride 8
+    gradcam_layer = "features.4"  # output of the last conv block (conv, BN, ReLU), stride 8
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
-        widths = [(3, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2),
-                  (128, 128, 1)]
+        widths = [(3, 16, 2), (16, 32, 2), (32, 64, 1), (64, 64, 2), (64, 128, 1)]
         self.features = nn.Sequential(*(_block(i, o, s) for i, o, s in widths))
         self.classifier = nn.Linear(128, num_classes)
         self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.45), persistent=False)
