@@ -67,25 +67,33 @@ def config_from(args: argparse.Namespace, source: str) -> RunConfig:
 
 
 def execute(config: RunConfig, address: str | None) -> dict[str, int]:
-    """Run the flow against one Prefect API, with a progress bar over shards."""
-    from rich.progress import Progress
-
-    from .explain_archive import run_flow
+    """Run the flow against one Prefect API (started here unless PREFECT_API_URL is set)."""
     from .server import prefect_api
 
-    with prefect_api(), Progress(transient=False) as progress:
-        bar = progress.add_task("explaining shards", total=None)
+    with prefect_api() as api_url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        def advance(outcome: dict) -> None:
-            progress.update(bar, advance=1, description=f"shard {outcome['shard']} done")
+        from .explain_archive import run_flow
 
-        return run_flow(config, advance, address)
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                return run_flow(config, address)
+            finally:
+                flush_prefect_logs()
+
+
+def flush_prefect_logs() -> None:
+    """Send buffered run logs before the run's API server stops."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prefect_home()
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         if args.command == "demo":
             from .demo import prepare_demo_archive, print_demo_table

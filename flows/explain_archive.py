@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
+from rich.progress import Progress
 
 from . import stages
 from .config import RunConfig
@@ -27,31 +26,29 @@ def dask_runner(workers: int, address: str | None = None) -> DaskTaskRunner:
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "host": "127.0.0.1", "dashboard_address": None},
+                        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     )
 
 
-@flow(name="explain-archive", log_prints=True)
-def explain_archive(
-    config_json: dict, on_shard_done: Callable[[dict], None] | None = None
-) -> dict[str, int]:
+@flow(name="explain-archive")
+def explain_archive(config_json: dict) -> dict[str, int]:
     """Explain every pending shard of the run described by ``config_json`` (a RunConfig)."""
     config = RunConfig.from_json(config_json)
     n_shards = stages.prepare_run(config)
     todo = stages.pending_shards(config, n_shards)
     futures = [explain_shard_task.submit(config_json, shard) for shard in todo]
     images = errors = 0
-    for future in as_completed(futures):
-        outcome = future.result()
-        images += outcome["images"]
-        errors += outcome["errors"]
-        if on_shard_done is not None:
-            on_shard_done(outcome)
+    with Progress(transient=False) as progress:
+        bar = progress.add_task("explaining", total=len(todo))
+        for future in as_completed(futures):
+            outcome = future.result()
+            images += outcome["images"]
+            errors += outcome["errors"]
+            progress.update(bar, advance=1, description=f"shard {outcome['shard']} done")
     return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors}
 
 
-def run_flow(config: RunConfig, on_shard_done: Callable[[dict], None] | None = None,
-             address: str | None = None) -> dict[str, int]:
+def run_flow(config: RunConfig, address: str | None = None) -> dict[str, int]:
     """Run the flow with a task runner sized for ``config.workers``."""
     runner = dask_runner(config.workers, address)
-    return explain_archive.with_options(task_runner=runner)(config.to_json(), on_shard_done)
+    return explain_archive.with_options(task_runner=runner)(config.to_json())

@@ -58,7 +58,7 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
     log = open(prefect_home() / "server.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--no-services"],
+         "--port", str(port), "--no-services", "--no-ui"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     os.environ["PREFECT_API_URL"] = url

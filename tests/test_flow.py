@@ -1,0 +1,88 @@
+"""The explain-archive flow end to end: CLI → Prefect server → Dask workers → run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from flows.cli import main
+from storage import schemas
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size", "2",
+        "--method", "scd,cd"]
+
+
+def parts_of(run: Path, stage: str) -> list[Path]:
+    return sorted((run / stage).glob("part-*.parquet"))
+
+
+def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 0
+    assert "2 of 2 shards run, 3 images, 0 errors" in capsys.readouterr().out
+
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"]["name"] == "efficientnet-lite0" and len(info["model"]["sha256"]) == 64
+    assert info["config"]["methods"]["scd"]["iterations"] == 2 and info["seed"] == 0
+
+    manifest = pq.read_table(run / "manifest.parquet")
+    assert manifest.schema.equals(schemas.MANIFEST)
+    assert manifest.column("path").to_pylist() == ["chelsea.png", "coffee.jpg", "sub/rocket.png"]
+    assert manifest.column("shard").to_pylist() == [0, 0, 1]
+    assert manifest.column("width").to_pylist() == [96, 96, 96]
+
+    predictions = [pq.read_table(p) for p in parts_of(run, "predictions")]
+    assert len(predictions) == 2 and all(t.schema.equals(schemas.PREDICTIONS) for t in predictions)
+    rows = [r for t in predictions for r in t.to_pylist()]
+    assert sorted((r["image_id"], r["method"]) for r in rows) == sorted(
+        (i, m) for i in ("chelsea", "coffee", "sub/rocket") for m in ("scd", "cd"))
+    assert all(len(r["top5"]) == 5 and 0 <= r["p_ssr"] <= 1 for r in rows)
+    errors = [pq.read_table(p) for p in parts_of(run, "errors")]
+    assert all(t.schema.equals(schemas.ERRORS) and t.num_rows == 0 for t in errors)
+
+    store = zarr.open_group(str(run / "masks.zarr"), mode="r")
+    assert list(store["image_id"][:]) == ["chelsea", "coffee", "sub/rocket"]
+    for method in ("scd", "cd"):
+        for name in ("joint", "ssr", "sdr"):
+            array = store[method][name]
+            assert array.shape == (3, 8, 8) and array.dtype == np.float16 and array.chunks == (2, 8, 8)
+            values = array[:]
+            assert not np.isnan(values).any() and values.min() >= 0 and values.max() <= 1
+    first_masks = store["scd"]["joint"][:]
+
+    # A rerun skips completed shards; a shard whose part is missing is redone identically.
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 0
+    assert "0 of 2 shards run" in capsys.readouterr().out
+    parts_of(run, "predictions")[1].unlink()
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST, "--workers", "1"]) == 0
+    assert "1 of 2 shards run, 1 images" in capsys.readouterr().out
+    # One worker gets two torch threads instead of one: float sums may round differently.
+    np.testing.assert_allclose(zarr.open_group(str(run / "masks.zarr"))["scd"]["joint"][:],
+                               first_masks, atol=2e-3)
+
+
+def test_rerun_with_other_settings_is_refused(photo_folder: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {"source": "elsewhere"}}))
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 1
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+
+def test_missing_folder_and_unknown_option_fail_with_one_line(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as missing:
+        main(["run", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
+    assert missing.value.code == 2
+    assert "source folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as unknown:
+        main(["run", str(tmp_path), "--out", str(tmp_path / "run"), "--frobnicate"])
+    assert unknown.value.code == 2
+    assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
