@@ -63,66 +63,94 @@ def blend(images: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor) -> torch
     return fill + keep.unsqueeze(-3) * (images - fill)
 
 
+class FidoObjective:
+    """The joint SSR + SDR loss of N images: fixed images, in-fills, targets and random streams.
+
+    ``loss(theta, step)`` draws one batch of noise per image from its own stream, so the same
+    images and seeds give the same sequence of losses whatever else is in the batch.
+    """
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                 config: FidoConfig, seeds: list[int]) -> None:
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(images)} images but {len(seeds)} seeds")
+        self.model, self.config = model, config
+        self.sampler = make_sampler(config.sampler, config.temperature)
+        self.generators = image_generators(seeds)
+        self.images = images
+        self.fill = make_infill(images, config.infill, self.generators)
+        self.targets = targets
+        self._flat_targets = targets.repeat_interleave(config.samples).repeat(2)
+        self.autocast = config.autocast and images.device.type == "cuda"
+
+    def initial_theta(self) -> torch.Tensor:
+        """theta[0] = SSR keep-logits, theta[1] = SDR keep-logits, both 0 (keep 0.5)."""
+        m = self.config.mask_size
+        return torch.zeros(2, len(self.images), m, m, device=self.images.device, requires_grad=True)
+
+    def classify(self, blended: torch.Tensor) -> torch.Tensor:
+        context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        with context:
+            return self.model(blended.reshape(-1, *blended.shape[-3:])).float()
+
+    def draw_noise(self) -> torch.Tensor:
+        b, m = self.config.samples, self.config.mask_size
+        noise = torch.stack([torch.rand(2, b, m, m, generator=g) for g in self.generators], dim=1)
+        return noise.to(self.images.device)  # (2, N, B, m, m)
+
+    def data_term(self, theta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per image mean_b[LO(sdr blend) - LO(ssr blend)], shape (N,)."""
+        n, b = len(self.images), self.config.samples
+        keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
+        size = self.images.shape[-2:]
+        blended = blend(self.images.unsqueeze(1), self.fill.unsqueeze(1), upsample(keep, size))
+        lo = log_odds(self.classify(blended), self._flat_targets).view(2, n, b).mean(dim=2)
+        return lo[1] - lo[0]
+
+    def penalty(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per image l1·½(mean keep_ssr + mean drop_sdr) + tv·TV(both maps), shape (N,)."""
+        keep = torch.sigmoid(theta)
+        sparsity = 0.5 * (keep[0].mean(dim=(1, 2)) + (1 - keep[1]).mean(dim=(1, 2)))
+        return self.config.l1 * sparsity + self.config.tv * total_variation(keep).sum(dim=0)
+
+    def loss(self, theta: torch.Tensor, step: int) -> torch.Tensor:
+        """Summed over images (not averaged): an image's gradient does not depend on N."""
+        warmup = self.config.warmup
+        ramp = min(step / warmup, 1.0) if warmup > 0 else 1.0
+        return (self.data_term(theta, self.draw_noise()) + ramp * self.penalty(theta)).sum()
+
+    @torch.no_grad()
+    def outcome(self, theta: torch.Tensor) -> Attribution:
+        """Deterministic maps and the target's probability under the SSR and SDR blends."""
+        keep = torch.sigmoid(theta)
+        blended = blend(self.images, self.fill, upsample(keep, self.images.shape[-2:]))
+        probs = self.classify(blended).softmax(dim=1)
+        p = probs.gather(1, self.targets.repeat(2)[:, None]).view(2, -1)
+        ssr, sdr = keep[0], 1.0 - keep[1]
+        return Attribution(joint=torch.sqrt(ssr * sdr), target=self.targets, ssr=ssr, sdr=sdr,
+                           p_ssr=p[0], p_sdr=p[1])
+
+
 class Fido(Attributor):
     """FIDO attributor; ``with Fido(model, config) as fido: fido.attribute(images)``."""
 
     def __init__(self, model: torch.nn.Module, config: FidoConfig = FidoConfig()) -> None:
         super().__init__(model)
         self.config = config
-        self.sampler = make_sampler(config.sampler, config.temperature)
         self.name = config.sampler
-
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.config.autocast and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def attribute(
         self, images: torch.Tensor, targets: torch.Tensor | None = None, seeds: list[int] | None = None
     ) -> Attribution:
         """Masks for ``images`` (N, 3, H, W) in pixel space [0, 1]; targets default to top-1."""
-        cfg = self.config
-        n, _, height, width = images.shape
-        seeds = list(range(n)) if seeds is None else seeds
-        if len(seeds) != n:
-            raise ValueError(f"{n} images but {len(seeds)} seeds")
         if targets is None:
             targets = self.predict(images)
-        generators = image_generators(seeds)
-        fill = make_infill(images, cfg.infill, generators)
-        b, m = cfg.samples, cfg.mask_size
-
-        # theta[0] = SSR keep-logits, theta[1] = SDR keep-logits; one sign convention throughout.
-        theta = torch.zeros(2, n, m, m, device=images.device, requires_grad=True)
-        optimiser = torch.optim.Adam([theta], lr=cfg.lr, eps=cfg.adam_eps)
-        x = images.unsqueeze(1)  # (N, 1, 3, H, W): broadcast over samples
-        fx = fill.unsqueeze(1)
-        flat_targets = targets.repeat_interleave(b).repeat(2)
-        for step in range(cfg.iterations):
-            noise = torch.stack([torch.rand(2, b, m, m, generator=g) for g in generators], dim=1)
-            keep = self.sampler.keep(theta.unsqueeze(2), noise.to(images.device))  # (2, N, B, m, m)
-            blended = blend(x, fx, upsample(keep, (height, width)))  # (2, N, B, 3, H, W)
-            with self._autocast(images.device):
-                logits = self.model(blended.reshape(2 * n * b, 3, height, width))
-            lo = log_odds(logits.float(), flat_targets).view(2, n, b).mean(dim=2)
-            data = (lo[1] - lo[0]).sum()  # sum over images: gradients independent of N
-            det = torch.sigmoid(theta)
-            sparsity = 0.5 * (det[0].mean(dim=(1, 2)) + (1 - det[1]).mean(dim=(1, 2)))
-            smooth = total_variation(det).sum(dim=0)
-            warm = min(step / cfg.warmup, 1.0) if cfg.warmup > 0 else 1.0
-            loss = data + warm * (cfg.l1 * sparsity + cfg.tv * smooth).sum()
+        seeds = list(range(len(images))) if seeds is None else seeds
+        objective = FidoObjective(self.model, images, targets, self.config, seeds)
+        theta = objective.initial_theta()
+        optimiser = torch.optim.Adam([theta], lr=self.config.lr, eps=self.config.adam_eps)
+        for step in range(self.config.iterations):
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.loss(theta, step).backward()
             optimiser.step()
-
-        with torch.no_grad():
-            keep = torch.sigmoid(theta)
-            blended = blend(images, fill, upsample(keep, (height, width)))  # (2, N, 3, H, W)
-            with self._autocast(images.device):
-                logits = self.model(blended.reshape(2 * n, 3, height, width))
-            probs = logits.float().softmax(dim=1).gather(1, targets.repeat(2)[:, None]).view(2, n)
-            ssr, sdr = keep[0], 1.0 - keep[1]
-            return Attribution(
-                joint=torch.sqrt(ssr * sdr), target=targets, ssr=ssr, sdr=sdr,
-                p_ssr=probs[0], p_sdr=probs[1],
-            )
+        return objective.outcome(theta.detach())
