@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pipeline.fido import FidoConfig
+from pipeline.images import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS, DecodeLimits
 
 FIDO_METHODS = ("scd", "cd")
 
 
 @dataclass
 class RunConfig:
-    """Everything that decides a run's results (``root``, ``workers`` and ``device``
-    only decide where and how fast)."""
+    """Everything that decides a run's results (``root``, ``workers``, ``device`` and
+    ``trust_model_code`` only decide where, how fast and what may be loaded).
+
+    ``source`` is a folder or a manifest/COCO file; ``format`` forces a reader (None: detect);
+    ``images_root`` is where a file source's image paths are relative to (None: its folder).
+    """
 
     source: str
     root: str
@@ -23,6 +29,24 @@ class RunConfig:
     seed: int = 0
     workers: int = 2
     device: str = "cpu"
+    format: str | None = None
+    split: str = "all"
+    images_root: str | None = None
+    model_card: str | None = None
+    trust_model_code: bool = False
+    label_map: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = DEFAULT_BOMB_PIXELS
+
+    @property
+    def archive_root(self) -> Path:
+        """The folder the manifest's ``path`` column is relative to."""
+        from pipeline.readers import archive_root
+        return archive_root(self.source, self.images_root)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_pixels, self.max_image_pixels)
 
     @property
     def mask_size(self) -> int:
@@ -34,7 +58,7 @@ class RunConfig:
     def results_identity(self) -> dict[str, object]:
         """The part of the config that must match for a rerun to resume into the same folder."""
         record = self.to_json()
-        for key in ("root", "workers", "device"):
+        for key in ("root", "workers", "device", "trust_model_code"):
             record.pop(key)
         return record
 

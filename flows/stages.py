@@ -11,12 +11,14 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 
 import pipeline
 from pipeline.explain import explain_rows
+from pipeline.labels import map_labels, read_label_map
 from pipeline.models import LoadedModel, load_model
-from pipeline.readers import read_folder
+from pipeline.readers import read_archive
 from storage import masks, parts, schemas
 from storage.runfolder import SCHEMA_VERSION, RunFolder
 
@@ -28,9 +30,14 @@ class RunMismatch(RuntimeError):
 
 
 @functools.cache
-def worker_model(spec: str) -> LoadedModel:
+def worker_model(spec: str, card: str | None = None, trust_code: bool = False) -> LoadedModel:
     """The model, loaded once per process (each Dask worker keeps its own)."""
-    return load_model(spec)
+    return load_model(spec, card, trust_code)
+
+
+def model_of(config: RunConfig) -> LoadedModel:
+    """The run's model (spec, card and trust flag from the config), once per process."""
+    return worker_model(config.model, config.model_card, config.trust_model_code)
 
 
 def code_version() -> str:
@@ -44,31 +51,49 @@ def code_version() -> str:
     return f"{version('fidoflow')}+{sha}" if sha else version("fidoflow")
 
 
+def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[pa.Table, dict]:
+    """The manifest table of the run's archive (labels mapped to the model, shards assigned)
+    and the label-mapping report. Raises on archive-level problems only."""
+    label_map = (read_label_map(config.label_map, model.class_names)
+                 if config.label_map else None)
+    frame = read_archive(config.source, config.format, config.split, config.images_root)
+    mapping = map_labels(frame["label_name"], model.class_names, label_map)
+    frame["model_label"] = pd.array(mapping.model_label, dtype="Int32")
+    frame["shard"] = pd.array([i // config.shard_size for i in range(len(frame))], dtype="Int32")
+    table = pa.Table.from_pandas(frame[schemas.MANIFEST.names], schema=schemas.MANIFEST,
+                                 preserve_index=False)
+    return table, mapping.report()
+
+
 def prepare_run(config: RunConfig) -> int:
-    """Create or reopen the run folder: run.json, manifest.parquet, masks.zarr. Returns #shards."""
+    """Create or reopen the run folder: run.json, manifest.parquet, masks.zarr. Returns #shards.
+
+    The archive is read before anything is written, so a source or option the readers refuse
+    leaves no half-made run folder behind.
+    """
     run = RunFolder(config.root)
-    model = worker_model(config.model)
+    model = model_of(config)
     if run.exists("run.json"):
         recorded = run.read_json("run.json")
         if recorded["config"] != _normalised(config.results_identity()):
             raise RunMismatch(f"{config.root} holds a run with other settings; "
                               "use another --out or the same options")
+        if not run.exists("manifest.parquet"):
+            table, _ = build_manifest(config, model)
+            run.write_table(table, "manifest.parquet")
     else:
+        table, labels = build_manifest(config, model)
         run.makedirs()
         run.write_json({
             "schema_version": SCHEMA_VERSION,
             "config": config.results_identity(),
-            "model": {"name": model.name, "sha256": model.identity,
-                      "input_size": list(model.input_size), "classes": len(model.class_names)},
+            "model": model.describe(),
+            "labels": labels,
             "code_version": code_version(),
             "seed": config.seed,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }, "run.json")
-    if not run.exists("manifest.parquet"):
-        frame = read_folder(Path(config.source))
-        frame["shard"] = [i // config.shard_size for i in range(len(frame))]
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        run.write_table(table.select(schemas.MANIFEST.names).cast(schemas.MANIFEST), "manifest.parquet")
+        run.write_table(table, "manifest.parquet")
     manifest = run.read_table("manifest.parquet")
     masks.create_store(
         run.masks_url, manifest.num_rows, config.shard_size, config.mask_size,
@@ -76,6 +101,23 @@ def prepare_run(config: RunConfig) -> int:
         manifest.column("image_id").to_pylist(),
     )
     return -(-manifest.num_rows // config.shard_size)
+
+
+def manifest_report(config: RunConfig) -> dict[str, object]:
+    """What the manifest says about refused rows and labels, for the CLI's closing lines."""
+    run = RunFolder(config.root)
+    frame = run.read_table("manifest.parquet").select(
+        ["label_name", "model_label", "manifest_error"]).to_pandas()
+    refused = frame["manifest_error"].dropna().value_counts().to_dict()
+    labelled = frame["label_name"].notna()
+    unmapped = frame.loc[labelled & frame["model_label"].isna(), "label_name"]
+    labels = run.read_json("run.json").get("labels", {})
+    return {"rows": len(frame), "refused": {str(k): int(v) for k, v in refused.items()},
+            "labelled": int(labelled.sum()), "mapped": int(frame["model_label"].notna().sum()),
+            "unmapped": int(len(unmapped)),
+            "unmapped_names": {str(k): int(v)
+                               for k, v in unmapped.value_counts().head(10).items()},
+            "label_mode": labels.get("mode")}
 
 
 def _normalised(record: dict) -> dict:
@@ -95,9 +137,9 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, int]:
     manifest = run.read_table("manifest.parquet")
     start = shard * config.shard_size
     rows = manifest.slice(start, config.shard_size).to_pylist()
-    model = worker_model(config.model)
-    result = explain_rows(model, Path(config.source), rows, config.methods, config.seed,
-                          config.batch_size, config.device)
+    model = model_of(config)
+    result = explain_rows(model, config.archive_root, rows, config.methods, config.seed,
+                          config.batch_size, config.device, config.decode_limits)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
     parts.write_part(run, "errors", shard, pa.Table.from_pylist(result.errors, schemas.ERRORS),

@@ -7,6 +7,7 @@ caller's business.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from .fido import Fido, FidoConfig
-from .images import DecodeError, decode_image, to_tensor
+from .images import DecodeLimits, decode_image, to_tensor
 from .models import LoadedModel
+from .readers.common import check_path
 
 
 def image_seed(run_seed: int, image_id: str) -> int:
@@ -35,26 +37,46 @@ class ShardResult:
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
+def error_record(row: dict, stage: str, error_type: str, message: str) -> dict[str, object]:
+    return {"image_id": row["image_id"], "path": row["path"], "stage": stage,
+            "error_type": error_type, "message": message}
+
+
 def load_batch(
-    root: Path, rows: Sequence[dict], size: tuple[int, int], result: ShardResult
+    root: Path, rows: Sequence[dict], size: tuple[int, int], result: ShardResult,
+    limits: DecodeLimits | None = None, resize: str = "squash",
 ) -> tuple[list[int], torch.Tensor | None]:
-    """Decode ``rows``; failures become error records. Returns the indices that decoded."""
+    """Decode ``rows``; failures become error records. Returns the indices that decoded.
+
+    Rows the manifest refused (``manifest_error``) are reported with stage "manifest" and
+    never opened; every other failure, of any kind, is a "decode" error of that image alone.
+    JPEGs decode at a reduced DCT scale while both sides stay at least twice the model input.
+    """
     ok, tensors = [], []
+    root_real = os.path.realpath(root)
     for i, row in enumerate(rows):
+        refused = row.get("manifest_error")
+        if refused:
+            result.errors.append(error_record(row, "manifest", str(refused),
+                                              str(row.get("manifest_message") or "")))
+            continue
+        unsafe, message, real = check_path(root_real, row["path"])
+        if real is None:  # the file changed since the manifest was written
+            stage = "manifest" if unsafe == "UnsafePath" else "decode"
+            result.errors.append(error_record(row, stage, str(unsafe), str(message)))
+            continue
         try:
-            tensors.append(to_tensor(decode_image(root / str(row["path"])), size))
+            img = decode_image(Path(real), limits, min_size=(2 * size[0], 2 * size[1]))
+            tensors.append(to_tensor(img, size, resize))
             ok.append(i)
-        except (DecodeError, OSError) as exc:
-            result.errors.append({
-                "image_id": row["image_id"], "path": row["path"], "stage": "decode",
-                "error_type": type(exc).__name__, "message": str(exc),
-            })
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a shard
+            result.errors.append(error_record(row, "decode", type(exc).__name__, str(exc)))
     return ok, (torch.stack(tensors) if tensors else None)
 
 
 def explain_rows(
     model: LoadedModel, root: Path, rows: Sequence[dict], configs: dict[str, FidoConfig],
-    seed: int, batch_size: int = 8, device: str = "cpu",
+    seed: int, batch_size: int = 8, device: str = "cpu", limits: DecodeLimits | None = None,
 ) -> ShardResult:
     """Masks of every method for ``rows`` (manifest records), ``batch_size`` images per step."""
     result = ShardResult()
@@ -67,13 +89,13 @@ def explain_rows(
     module = model.module.to(device)
     for start in range(0, n, batch_size):
         chunk = rows[start:start + batch_size]
-        ok, images = load_batch(root, chunk, model.input_size, result)
+        ok, images = load_batch(root, chunk, model.input_size, result, limits, model.resize)
         if images is None:
             continue
         images = images.to(device)
         with torch.no_grad():
             probs = module(images).float().softmax(dim=1)
-        top_p, top_k = probs.topk(5, dim=1)
+        top_p, top_k = probs.topk(min(5, probs.shape[1]), dim=1)
         seeds = [image_seed(seed, str(chunk[i]["image_id"])) for i in ok]
         for method, cfg in configs.items():
             began = time.perf_counter()

@@ -1,0 +1,113 @@
+"""Mapping an archive's labels into a model's class space (the manifest's ``model_label``).
+
+With a label map (CSV with a header: ``label_name,model_class``; ``model_class`` is a class
+name of the model or its integer index, empty for "no class of the model"), every label name
+the map lists is mapped; names it does not list are *unknown* and reported. Without a map,
+labels map by exact class-name match when at least one name coincides; otherwise nothing is
+mapped and accuracy is not computed.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_COLUMNS = ("model_class", "model_label", "model_name")
+
+
+@dataclass
+class LabelMapping:
+    """``model_label`` per row (None where unmapped) and what happened, for the run's report."""
+
+    model_label: list[int | None]
+    mode: str  # "label-map", "name-match" or "none"
+    mapped: int = 0
+    unlabelled: int = 0  # rows without a label name
+    excluded: int = 0  # names the map sends to no class on purpose
+    unknown: Counter = field(default_factory=Counter)  # label name -> rows
+
+    def report(self, top: int = 20) -> dict[str, object]:
+        return {"mode": self.mode, "mapped": self.mapped, "unlabelled": self.unlabelled,
+                "excluded": self.excluded, "unknown": sum(self.unknown.values()),
+                "unknown_names": dict(self.unknown.most_common(top))}
+
+
+def read_label_map(path: str | Path, class_names: Sequence[str]) -> dict[str, int | None]:
+    """``label_name -> model class index`` (None: no class) from a CSV; raises ValueError on
+    names or indices the model does not have, and on contradicting lines."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            target = next((c for c in MODEL_COLUMNS if c in header), None)
+            if "label_name" not in header or target is None:
+                raise ValueError(f"label map {path} needs a header with label_name and "
+                                 f"model_class; got {header}")
+            lines = list(reader)
+    except OSError as exc:
+        raise ValueError(f"cannot read label map {path}: {exc}") from exc
+    index = {name: i for i, name in enumerate(class_names)}
+    mapping: dict[str, int | None] = {}
+    bad: list[str] = []
+    for number, line in enumerate(lines, 2):
+        name, value = (line.get("label_name") or "").strip(), (line.get(target) or "").strip()
+        if not name:
+            continue
+        if value == "":
+            resolved = None
+        elif value in index:
+            resolved = index[value]
+        elif value.lstrip("-").isdigit() and 0 <= int(value) < len(class_names):
+            resolved = int(value)
+        else:
+            bad.append(f"line {number}: {value!r}")
+            continue
+        if name in mapping and mapping[name] != resolved:
+            bad.append(f"line {number}: {name!r} mapped twice")
+            continue
+        mapping[name] = resolved
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"label map {path} names classes the model does not have "
+                         f"({len(class_names)} classes): {shown}")
+    return mapping
+
+
+def map_labels(label_names: Iterable[object], class_names: Sequence[str],
+               label_map: dict[str, int | None] | None = None) -> LabelMapping:
+    """The model-space label of each row's ``label_name``; never raises on unknown names."""
+    names = [None if n is None or n is _NA or (isinstance(n, float) and n != n) else str(n)
+             for n in label_names]
+    index = {name: i for i, name in enumerate(class_names)}
+    if label_map is None:
+        if any(n in index for n in names if n is not None):
+            mode, table = "name-match", index
+        else:
+            mode, table = "none", {}
+    else:
+        mode, table = "label-map", label_map
+    out = LabelMapping([], mode)
+    for name in names:
+        value = None
+        if name is None:
+            out.unlabelled += 1
+        elif name in table:
+            value = table[name]
+            if value is None:
+                out.excluded += 1
+            else:
+                out.mapped += 1
+        elif mode != "none":
+            out.unknown[name] += 1
+        out.model_label.append(value)
+    return out
+
+
+try:  # pandas' missing value, so frames can be passed as they are
+    from pandas import NA as _NA
+except ImportError:  # pragma: no cover
+    _NA = object()

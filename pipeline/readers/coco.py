@@ -1,0 +1,119 @@
+"""COCO Camera Traps JSON (the LILA format): ``images``, ``annotations``, ``categories``.
+
+One row per entry of ``images``, in the file's order. The label is the category most of the
+image's non-empty annotations name (ties: the one annotated first); an image whose annotations
+all name an "empty" category (``empty``/``blank``, any case) gets that category and
+``empty = True``; an image with no annotation keeps ``label`` null and ``empty`` null. The box
+is that of the first annotation of the chosen category that has one (COCO ``[x, y, w, h]`` in
+pixels becomes ``box_x0..box_y1``). ``label`` is the category id as the file gives it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from .common import ArchiveError, finish
+
+EMPTY_NAMES = {"empty", "blank"}
+PEEK_BYTES = 4 << 20
+
+
+def looks_like_coco(path: Path) -> bool:
+    """A JSON file whose first few MiB name the ``images`` and ``annotations`` or
+    ``categories`` keys (LILA files put them near the top; reading a 1 GB file to decide
+    would be wasteful)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(PEEK_BYTES)
+    except OSError:
+        return False
+    return head.lstrip().startswith("{") and '"images"' in head and (
+        '"annotations"' in head or '"categories"' in head)
+
+
+def coco_json_in(folder: Path) -> Path | None:
+    """The one top-level JSON file of ``folder`` that looks like COCO, if exactly one does."""
+    candidates = [p for p in sorted(folder.glob("*.json")) if p.is_file() and looks_like_coco(p)]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def read_coco(source: Path, images_root: Path | None = None, split: str = "all",
+              workers: int = 4) -> pd.DataFrame:
+    """``source``: the JSON file, or a folder holding exactly one. Image paths (``file_name``)
+    are relative to ``images_root``, by default the JSON file's folder."""
+    source = Path(source)
+    json_path = source
+    if source.is_dir():
+        json_path = coco_json_in(source)
+        if json_path is None:
+            raise ArchiveError(f"{source} does not hold exactly one COCO camera-trap JSON file; "
+                               "give the JSON file as SOURCE")
+    try:
+        with open(json_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"cannot read {json_path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ArchiveError(f"{json_path} has no 'images' list: not a COCO camera-trap file")
+    categories = {}
+    for cat in data.get("categories") or []:
+        if isinstance(cat, dict) and "id" in cat:
+            categories[cat["id"]] = str(cat.get("name", cat["id"]))
+    by_image: dict[object, list[dict]] = {}
+    for ann in data.get("annotations") or []:
+        if isinstance(ann, dict) and "image_id" in ann:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+    entries = []
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict):
+            entries.append({"image_id": f"row-{i}", "path": None, "manifest_error": "BadEntry",
+                            "manifest_message": f"images[{i}] is not an object"})
+            continue
+        entry = {
+            "image_id": _text(image.get("id")),
+            "path": _text(image.get("file_name")),
+            "seq_id": _text(image.get("seq_id")),
+            "location": _text(image.get("location")),
+            "datetime": _text(image.get("datetime")),
+            "split": _text(image.get("split")),
+        }
+        entry.update(_label(by_image.get(image.get("id"), []), categories))
+        entries.append(entry)
+    root = Path(images_root) if images_root is not None else json_path.parent
+    return finish(entries, root, split, "COCO", workers)
+
+
+def _label(annotations: list[dict], categories: dict) -> dict[str, object]:
+    if not annotations:
+        return {"n_annotations": 0}
+    def is_empty(ann: dict) -> bool:
+        return categories.get(ann.get("category_id"), "").strip().lower() in EMPTY_NAMES
+    animals = [a for a in annotations if not is_empty(a)]
+    pool = animals or annotations
+    counts = Counter(a.get("category_id") for a in pool)
+    best = max(counts.values())
+    category = next(a.get("category_id") for a in pool if counts[a.get("category_id")] == best)
+    out: dict[str, object] = {
+        "n_annotations": len(annotations),
+        "label": category if isinstance(category, int) else None,
+        "label_name": categories.get(category, _text(category)),
+        "empty": not animals,
+    }
+    for ann in pool:
+        bbox = ann.get("bbox")
+        if ann.get("category_id") == category and isinstance(bbox, list | tuple) and len(bbox) == 4:
+            try:
+                x, y, w, h = (float(v) for v in bbox)
+            except (TypeError, ValueError):
+                continue
+            out.update(box_x0=x, box_y0=y, box_x1=x + w, box_y1=y + h)
+            break
+    return out
