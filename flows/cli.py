@@ -1,4 +1,4 @@
-"""``fidoflow``: explain a folder of images (``run``) or the bundled photos (``demo``)."""
+"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from pipeline.images import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
 
 from .config import RunConfig, fido_methods
 from .server import prefect_home
@@ -18,17 +20,49 @@ def positive_int(text: str) -> int:
     return value
 
 
+def pixel_count(text: str) -> int:
+    """``40000000``, ``4e7``, ``40M``, ``40MP`` or ``1.5G`` pixels."""
+    raw = text.strip().upper().removesuffix("P")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(raw[-1:], 1)
+    try:
+        value = int(float(raw[:-1] if scale != 1 else raw) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pixel count: {text!r} (e.g. 40M)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fidoflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="explain every image below SOURCE into the run folder RUN")
-    run.add_argument("source", metavar="SOURCE", help="folder of images (searched recursively)")
+    run = commands.add_parser("run", help="explain every image of SOURCE into the run folder RUN")
+    run.add_argument("source", metavar="SOURCE",
+                     help="a folder (plain, ImageFolder, CUB-200-2011, or holding one COCO "
+                          "camera-trap JSON or manifest.csv/.parquet), or a manifest "
+                          "CSV/Parquet or COCO JSON file; see docs/manifest.md")
+    add_archive_options(run)
     add_run_options(run, out_required=True)
 
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     add_run_options(demo, out_required=False)
     return parser
+
+
+def add_archive_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.readers import FORMATS, SPLITS
+
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="force a reader instead of detecting it from SOURCE")
+    parser.add_argument("--split", choices=SPLITS, default="all",
+                        help="keep the train or test rows only (CUB, manifests with a split)")
+    parser.add_argument("--images-root", default=None, metavar="DIR",
+                        help="where a COCO JSON's or manifest's image paths are relative to "
+                             "(default: the file's folder)")
+    parser.add_argument("--label-map", default=None, metavar="CSV",
+                        help="CSV label_name,model_class mapping the archive's labels to the "
+                             "model's classes (default: exact class-name match)")
 
 
 def add_run_options(parser: argparse.ArgumentParser, out_required: bool) -> None:
@@ -47,23 +81,79 @@ def add_run_options(parser: argparse.ArgumentParser, out_required: bool) -> None
     parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="Dask worker processes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--model", default="efficientnet-lite0",
+                        help="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript file, "
+                             "or a state_dict file with a model card")
+    parser.add_argument("--model-card", default=None, metavar="YAML",
+                        help="model card (YAML/JSON): architecture, classes, input size, "
+                             "resize, mean/std (default: <model>.yaml beside the file)")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="allow a fully pickled model (unpickling runs code from the file)")
+    parser.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS,
+                        metavar="N", help="decoded images are shrunk under N pixels (default 40M)")
+    parser.add_argument("--max-image-pixels", type=pixel_count, default=DEFAULT_BOMB_PIXELS,
+                        metavar="N", help="images above N pixels are refused as decompression "
+                                          "bombs (default ~179M, Pillow's limit)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
     parser.add_argument("--dask-address", default=None,
                         help="an existing Dask scheduler instead of a local cluster")
 
 
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
 def config_from(args: argparse.Namespace, source: str) -> RunConfig:
+    from pipeline.models import BUILTINS
+
     methods = fido_methods(
         [m.strip() for m in args.method.split(",") if m.strip()],
         samples=args.samples, iterations=args.iterations, mask_size=args.mask_size,
         infill=args.infill,
     )
+    model = args.model
+    if model not in BUILTINS:
+        if not Path(model).is_file():
+            raise ValueError(f"unknown model {model!r}: neither a built-in "
+                             f"({', '.join(BUILTINS)}) nor a model file")
+        model = _absolute(model)
+    for option in ("model_card", "label_map", "images_root"):
+        value = getattr(args, option, None)
+        if value is not None and not Path(value).exists():
+            raise FileNotFoundError(f"--{option.replace('_', '-')} not found: {value}")
     return RunConfig(
-        source=str(Path(source).resolve()), root=args.out, methods=methods, model=args.model,
+        source=str(Path(source).resolve()), root=args.out, methods=methods, model=model,
         shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
         workers=args.workers, device=args.device,
+        format=getattr(args, "format", None), split=getattr(args, "split", "all"),
+        images_root=_absolute(getattr(args, "images_root", None)),
+        model_card=_absolute(args.model_card), trust_model_code=args.trust_model_code,
+        label_map=_absolute(getattr(args, "label_map", None)),
+        max_pixels=args.max_pixels, max_image_pixels=args.max_image_pixels,
     )
+
+
+def report_lines(config: RunConfig) -> list[str]:
+    """Warnings about refused rows and labels the model cannot score (never fatal)."""
+    from .stages import manifest_report
+
+    try:
+        report = manifest_report(config)
+    except Exception:  # noqa: BLE001 - a report must never fail a finished run
+        return []
+    lines = []
+    if report["refused"]:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["refused"].items()))
+        lines.append(f"warning: {sum(report['refused'].values())} manifest rows refused "
+                     f"before decoding ({kinds}); see errors/")
+    if report["labelled"] and report["label_mode"] == "none":
+        lines.append("warning: no label name matches a model class, so accuracy cannot be "
+                     "computed; give --label-map")
+    elif report["unmapped"]:
+        names = ", ".join(f"{k} ({v})" for k, v in report["unmapped_names"].items())
+        lines.append(f"warning: {report['unmapped']} labelled images have labels the model's "
+                     f"classes do not cover (model_label empty): {names}")
+    return lines
 
 
 def execute(config: RunConfig, address: str | None) -> dict[str, int]:
@@ -101,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             source = prepare_demo_archive(Path(args.out).parent / "demo-archive")
         else:
             source = args.source
-            if not Path(source).is_dir():
+            if not Path(source).exists():
                 parser.error(f"source folder not found: {source}")
         config = config_from(args, source)
         outcome = execute(config, args.dask_address)
@@ -112,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print_demo_table(config.root)
     print(f"{outcome['shards_run']} of {outcome['shards']} shards run, "
           f"{outcome['images_run']} images, {outcome['errors']} errors")
+    for line in report_lines(config):
+        print(line)
     print(f"run folder: {config.root}")
     return 0
 

