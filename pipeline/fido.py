@@ -25,6 +25,12 @@ class FidoConfig:
     ``l1`` weighs the *mean* keep of the SSR plus the mean drop of the SDR (halved), ``tv`` the
     *mean* absolute difference between neighbouring mask cells: both are per-cell averages, so the
     same weights serve a 28² and a 224² mask.
+
+    ``lo_cap`` (None = the plain objective of ALGORITHM.md) caps each sample's evidence: an SSR
+    blend whose target log-odds exceed +cap, or an SDR blend below -cap, earns nothing more, so
+    once a region is *sufficient* (or *destroying*) only the penalties act and shrink it. That
+    makes the mask's extent follow sufficiency rather than the balance of ``l1`` against the
+    log-odds scale, which differs between a small part and a large object.
     """
 
     sampler: str = "scd"
@@ -38,6 +44,7 @@ class FidoConfig:
     temperature: float | None = None
     infill: str = "blur"
     adam_eps: float = 1e-3
+    lo_cap: float | None = None
     autocast: bool = True
 
     def as_dict(self) -> dict[str, object]:
@@ -104,7 +111,11 @@ class FidoObjective:
         keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
         size = self.images.shape[-2:]
         blended = blend(self.images.unsqueeze(1), self.fill.unsqueeze(1), upsample(keep, size))
-        lo = log_odds(self.classify(blended), self._flat_targets).view(2, n, b).mean(dim=2)
+        lo = log_odds(self.classify(blended), self._flat_targets).view(2, n, b)
+        cap = self.config.lo_cap
+        if cap is not None:
+            lo = torch.stack([lo[0].clamp(max=cap), lo[1].clamp(min=-cap)])
+        lo = lo.mean(dim=2)
         return lo[1] - lo[0]
 
     def penalty(self, theta: torch.Tensor) -> torch.Tensor:

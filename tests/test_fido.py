@@ -61,3 +61,29 @@ def test_total_variation_of_constant_is_zero_and_of_checkerboard_is_two() -> Non
     checker = (torch.arange(6)[:, None] + torch.arange(6)[None, :]) % 2
     assert torch.all(total_variation(flat) == 0)
     assert total_variation(checker.float()[None]).item() == pytest.approx(2.0)
+
+
+def test_lo_cap_stops_rewarding_a_region_once_it_is_sufficient(square_model) -> None:
+    """With the whole image kept the SSR is far above the cap: its evidence gradient vanishes,
+    while the uncapped objective keeps rewarding more keep."""
+    from pipeline.fido import FidoObjective
+
+    def ssr_grad(cap: float | None) -> torch.Tensor:
+        config = FidoConfig(**{**TOY, "lo_cap": cap})
+        objective = FidoObjective(square_model, square_image(), torch.tensor([1]), config, [3])
+        theta = torch.full_like(objective.initial_theta(), 6.0).requires_grad_(True)
+        objective.data_term(theta, objective.draw_noise()).sum().backward()
+        return theta.grad[0]
+
+    assert ssr_grad(2.0).abs().max() == 0
+    assert ssr_grad(None).abs().max() > 0
+
+
+def test_a_huge_cap_is_the_plain_objective(square_model) -> None:
+    plain = FidoConfig(**{**TOY, "iterations": 4})
+    capped = FidoConfig(**{**TOY, "iterations": 4, "lo_cap": 1e9})
+    with Fido(square_model, plain) as fido:
+        a = fido.attribute(square_image(), torch.tensor([1]), seeds=[4])
+    with Fido(square_model, capped) as fido:
+        b = fido.attribute(square_image(), torch.tensor([1]), seeds=[4])
+    assert torch.equal(a.joint, b.joint)
