@@ -68,7 +68,7 @@ class RunConfig:
         return record
 
     @classmethod
-    def from_json(cls, record: dict) -> "RunConfig":
+    def from_json(cls, record: dict) -> RunConfig:
         record = dict(record)
         record["methods"] = {name: FidoConfig(**cfg) for name, cfg in record["methods"].items()}
         return cls(**record)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -91,7 +91,7 @@ def prepare_run(config: RunConfig) -> int:
             "labels": labels,
             "code_version": code_version(),
             "seed": config.seed,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }, "run.json")
         run.write_table(table, "manifest.parquet")
     manifest = run.read_table("manifest.parquet")
@@ -114,7 +114,7 @@ def manifest_report(config: RunConfig) -> dict[str, object]:
     labels = run.read_json("run.json").get("labels", {})
     return {"rows": len(frame), "refused": {str(k): int(v) for k, v in refused.items()},
             "labelled": int(labelled.sum()), "mapped": int(frame["model_label"].notna().sum()),
-            "unmapped": int(len(unmapped)),
+            "unmapped": len(unmapped),
             "unmapped_names": {str(k): int(v)
                                for k, v in unmapped.value_counts().head(10).items()},
             "label_mode": labels.get("mode")}

@@ -92,7 +92,7 @@ def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation tag (1..8); 1 when absent or unreadable."""
     try:
         value = int(img.getexif().get(0x0112, 1))
-    except Exception:  # corrupt EXIF blocks are common in camera-trap files
+    except Exception:  # noqa: BLE001 - corrupt EXIF blocks are common in camera-trap files
         return 1
     return value if value in range(1, 9) else 1
 
@@ -182,8 +182,8 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
             source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
             return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"),
                                              outputMode="RGB")
-        except Exception:
-            pass  # a broken profile: fall back to the naive conversion
+        except Exception:  # noqa: BLE001, S110 - a broken profile: the naive conversion
+            pass
     return img.convert("RGB")
 
 

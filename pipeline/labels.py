@@ -10,6 +10,7 @@ mapped and accuracy is not computed.
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ def read_label_map(path: str | Path, class_names: Sequence[str]) -> dict[str, in
 def map_labels(label_names: Iterable[object], class_names: Sequence[str],
                label_map: dict[str, int | None] | None = None) -> LabelMapping:
     """The model-space label of each row's ``label_name``; never raises on unknown names."""
-    names = [None if n is None or n is _NA or (isinstance(n, float) and n != n) else str(n)
+    names = [None if n is None or n is _NA or (isinstance(n, float) and math.isnan(n)) else str(n)
              for n in label_names]
     index = {name: i for i, name in enumerate(class_names)}
     if label_map is None:

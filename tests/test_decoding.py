@@ -3,16 +3,15 @@ shrunk under the cap, bombs refused, and nothing of a dirty archive lost between
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
 from PIL import Image
 
-from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
 from pipeline import images
 from pipeline.images import DecodeLimits, crop_box, decode_image, shrink_to, to_tensor
 
@@ -141,7 +140,7 @@ def test_any_mode_and_size_decodes_to_rgb_under_the_cap(seed: int, tmp_path: Pat
     w, h = int(rng.integers(1, 300)), int(rng.integers(1, 300))
     mode = ["L", "RGB", "RGBA", "P", "I;16", "F", "CMYK", "LA"][seed % 8]
     base = photo(w, h, seed)
-    img = (Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257))
+    img = (Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)
            if mode == "I;16" else Image.fromarray(np.asarray(base.convert("L"), np.float32) / 255)
            if mode == "F" else base.convert(mode))
     fmt = {"CMYK": "JPEG", "F": "TIFF"}.get(mode, "PNG")
@@ -191,42 +190,80 @@ def test_load_batch_turns_any_exception_into_an_error_row(monkeypatch, tmp_path:
         ("boom", "decode", "MemoryError"), ("up", "manifest", "UnsafePath")]
 
 
-def test_every_row_of_a_dirty_archive_ends_in_predictions_or_errors(tmp_path: Path) -> None:
-    """The invariant, through the stage functions (no Prefect): each manifest row has a
-    prediction for every method, or exactly one error row, never both, never neither."""
+def explain_everything(source: Path, run: Path, **options: object) -> tuple[list, list, list]:
+    """prepare_run + explain_shard for every shard with the small synthetic CNN: manifest rows,
+    predictions and errors."""
     from flows import stages
     from flows.config import RunConfig
     from pipeline.fido import FidoConfig
     from storage import parts, schemas
     from storage.runfolder import RunFolder
 
-    expected = dirty_folder(tmp_path / "dirty", outside=tmp_path / "outside")
-    save(photo(), tmp_path / "dirty" / "good1.png")  # same stem: ids keep their suffixes
-    config = RunConfig(source=str(tmp_path / "dirty"), root=str(tmp_path / "run"),
-                       model="synthetic-cnn", shard_size=4, batch_size=4,
-                       methods={m: FidoConfig(sampler=m, iterations=1, samples=1, mask_size=4)
-                                for m in ("scd", "cd")},
-                       max_pixels=2000)
-    n_shards = stages.prepare_run(config)
-    for shard in range(n_shards):
+    config = RunConfig(source=str(source), root=str(run), model="synthetic-cnn", shard_size=4,
+                       batch_size=4, methods={m: FidoConfig(sampler=m, iterations=1, samples=1,
+                                                            mask_size=4) for m in ("scd", "cd")},
+                       **options)
+    for shard in range(stages.prepare_run(config)):
         stages.explain_shard(config, shard)
-    run = RunFolder(config.root)
-    manifest = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()
-    predictions = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()
-    errors = parts.read_stage(run, "errors", schemas.ERRORS).to_pylist()
+    folder = RunFolder(config.root)
+    return (pq.read_table(run / "manifest.parquet").to_pylist(),
+            parts.read_stage(folder, "predictions", schemas.PREDICTIONS).to_pylist(),
+            parts.read_stage(folder, "errors", schemas.ERRORS).to_pylist())
+
+
+def assert_nothing_lost(manifest: list, predictions: list, errors: list) -> set[str]:
+    """Each manifest row has a prediction for every method, or exactly one error row, never
+    both, never neither. Returns the ids that were explained."""
     ids = [r["image_id"] for r in manifest]
-    assert len(ids) == len(set(ids)) == 15
-    predicted = {m: {p["image_id"] for p in predictions if p["method"] == m} for m in ("scd", "cd")}
-    assert predicted["scd"] == predicted["cd"]
+    assert len(ids) == len(set(ids))
+    predicted = {m: [p["image_id"] for p in predictions if p["method"] == m] for m in ("scd", "cd")}
+    assert sorted(predicted["scd"]) == sorted(predicted["cd"])
+    assert len(predicted["scd"]) == len(set(predicted["scd"]))
     failed = [e["image_id"] for e in errors]
     assert len(failed) == len(set(failed))
-    assert predicted["scd"].isdisjoint(failed) and predicted["scd"] | set(failed) == set(ids)
+    assert set(predicted["scd"]).isdisjoint(failed)
+    assert set(predicted["scd"]) | set(failed) == set(ids)
+    return set(predicted["scd"])
+
+
+def test_every_row_of_a_dirty_folder_ends_in_predictions_or_errors(tmp_path: Path) -> None:
+    from flows import stages
+    from flows.config import RunConfig
+
+    expected = dirty_folder(tmp_path / "dirty", outside=tmp_path / "outside")
+    save(photo(), tmp_path / "dirty" / "good1.png")  # same stem: ids keep their suffixes
+    manifest, predictions, errors = explain_everything(tmp_path / "dirty", tmp_path / "run",
+                                                       max_pixels=2000)
+    assert len(manifest) == 15
+    assert len(assert_nothing_lost(manifest, predictions, errors)) == 15 - len(expected)
     by_path = {r["path"]: r for r in manifest}
-    got = {by_path[e["path"]]["path"]: e["error_type"] for e in errors}
-    assert got == expected
+    assert {e["path"]: e["error_type"] for e in errors} == expected
     stage_of = {e["path"]: e["stage"] for e in errors}
     assert stage_of["link-out.jpg"] == "manifest" and stage_of["broken/notes.jpg"] == "decode"
     assert by_path["link-out.jpg"]["sha256"] is None  # never opened
     assert by_path["sub/rotated.jpg"]["width"] == 20 and by_path["sub/rotated.jpg"]["height"] == 40
-    assert {"good1.jpg", "good1.png", "broken/truncated.jpg", "anim"} <= set(ids)
+    ids = {r["image_id"] for r in manifest}
+    assert {"good1.jpg", "good1.png", "broken/truncated.jpg", "anim"} <= ids
+    config = RunConfig(source=str(tmp_path / "dirty"), root=str(tmp_path / "run"))
     assert stages.manifest_report(config)["refused"] == {"UnsafePath": 1}
+
+
+@pytest.mark.parametrize("kind", ["csv", "coco", "cub"])
+def test_every_reader_loses_nothing_between_the_stages(kind: str, tmp_path: Path) -> None:
+    from fixtures_archives import coco_archive, csv_manifest, cub_tree
+
+    if kind == "csv":
+        source = csv_manifest(tmp_path / "arch", tmp_path / "outside")
+        refused = {"up", "abs", "A2", "A#2", "gone"}
+    elif kind == "coco":
+        source = coco_archive(tmp_path / "coco")
+        refused = {"d"}
+    else:
+        source = cub_tree(tmp_path / "cub")
+        (tmp_path / "cub" / "images" / "002.Laysan_Albatross" / "Laysan_Albatross_0001.jpg"
+         ).write_bytes(b"")
+        refused = {"4"}
+    manifest, predictions, errors = explain_everything(source, tmp_path / "run")
+    explained = assert_nothing_lost(manifest, predictions, errors)
+    assert {e["image_id"] for e in errors} == refused
+    assert explained == {r["image_id"] for r in manifest} - refused

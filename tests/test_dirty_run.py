@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from fixtures_archives import dirty_folder
+
 from flows.cli import main
 from storage import parts, schemas
 from storage.runfolder import RunFolder

@@ -11,8 +11,15 @@ import torch
 import yaml
 
 from pipeline.labels import map_labels, read_label_map
-from pipeline.models import (BUILTIN, SYNTHETIC, ModelError, Normalized, is_torchscript,
-                             load_model, read_card)
+from pipeline.models import (
+    BUILTIN,
+    SYNTHETIC,
+    ModelError,
+    Normalized,
+    is_torchscript,
+    load_model,
+    read_card,
+)
 from pipeline.synthetic import CLASS_NAMES
 from pipeline.synthetic_model import SyntheticCNN, load_synthetic_classifier
 
@@ -45,7 +52,7 @@ def write_state_dict(folder: Path, net: torch.nn.Module, card: dict | None,
 
 
 def test_builtin_synthetic_cnn(reference) -> None:
-    net, x, y = reference
+    _, x, y = reference
     model = load_model(SYNTHETIC)
     assert model.class_names == NAMES and model.input_size == (96, 96)
     assert len(model.identity) == 64 and model.resize == "squash"
@@ -118,7 +125,7 @@ def test_identity_follows_weights_and_card(reference, tmp_path: Path) -> None:
 
 
 def test_explicit_card_checkpoint_layout_and_normalisation(reference, tmp_path: Path) -> None:
-    net, x, y = reference
+    net, x, _ = reference
     weights = tmp_path / "ckpt.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
                 "epoch": torch.tensor(3)}, weights)
@@ -255,3 +262,19 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
         assert NAMES[row["model_label"]] == row["label_name"]
     assert {r["label"] for r in rows} == {0, 1, 2}
     assert any(r["label"] != r["model_label"] for r in rows)  # two different class spaces
+
+
+def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) -> None:
+    from fixtures_archives import cub_tree
+
+    from flows.config import RunConfig
+    from flows.stages import build_manifest, model_of
+
+    cub_tree(tmp_path / "cub")
+    (tmp_path / "map.csv").write_text("label_name,model_class\n001.Black_footed_Albatross,"
+                                      "blue_barred\n")
+    config = RunConfig(source=str(tmp_path / "cub"), root=str(tmp_path / "run"),
+                       model="synthetic-cnn", label_map=str(tmp_path / "map.csv"))
+    table, labels = build_manifest(config, model_of(config))
+    assert table.column("model_label").to_pylist() == [NAMES.index("blue_barred")] * 2 + [None] * 2
+    assert labels["unknown_names"] == {"002.Laysan_Albatross": 2} and labels["mapped"] == 2

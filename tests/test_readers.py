@@ -11,10 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
+from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
 
-from fixtures_archives import (CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save)
-from pipeline.readers import (COLUMNS, ArchiveError, content_sha256, detect_format,
-                              read_archive)
+from pipeline.readers import COLUMNS, ArchiveError, content_sha256, detect_format, read_archive
 from pipeline.readers.common import check_path, describe_file
 from storage import schemas
 

@@ -10,6 +10,7 @@ header), and marks duplicate paths and image ids.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import posixpath
 import warnings
@@ -66,12 +67,12 @@ def check_path(root_real: str, relative: object) -> tuple[str | None, str | None
     Refused: no path, absolute paths, ``..`` that climbs out, and links whose target lies
     outside the root; missing files and folders are reported, not opened.
     """
-    if relative is None or (isinstance(relative, float) and relative != relative) or relative == "":
+    if relative is None or (isinstance(relative, float) and math.isnan(relative)) or relative == "":
         return "MissingPath", "the row gives no path", None
     text = str(relative)
     if "\x00" in text:
         return "UnsafePath", "the path contains a NUL byte", None
-    if text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":") or text.startswith("~"):
+    if text.startswith(("/", "\\", "~")) or (len(text) > 1 and text[1] == ":"):
         return "UnsafePath", f"absolute path {text!r}: paths must be relative to the archive root", None
     normal = posixpath.normpath(text)
     if normal == ".." or normal.startswith("../"):
@@ -102,7 +103,7 @@ def describe_file(path: str) -> dict[str, object]:
                 warnings.simplefilter("ignore")
                 with Image.open(fh) as img:
                     width, height = oriented_size(img)
-        except Exception:  # not an image, or beyond Pillow's bomb limit: decoding reports it
+        except Exception:  # noqa: BLE001, S110 - not an image or a bomb: decoding reports it
             pass
     return {"sha256": digest.hexdigest(), "width": width, "height": height}
 
