@@ -215,23 +215,34 @@ def typed_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def list_images(root: Path, suffixes: Sequence[str]) -> list[str]:
+def list_images(root: Path, suffixes: Sequence[str],
+                outside_links: list[str] | None = None) -> list[str]:
     """Relative POSIX paths of files below ``root`` with an image suffix, sorted.
 
-    Links to folders are followed once (a loop is cut), so that a link out of the root yields
-    rows that ``check_path`` refuses instead of files silently left out.
+    Links to folders inside the root are followed once (a loop is cut). Links to folders
+    outside it are not walked: their relative paths are appended to ``outside_links`` so that
+    the reader can list them as refused rows instead of leaving them out silently.
     """
     found: list[str] = []
     seen: set[str] = set()
     wanted = tuple(s.lower() for s in suffixes)
+    root_real = os.path.realpath(root)
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
         relative_folder = os.path.relpath(folder, root)
+        kept = []
+        for name in sorted(dirs):
+            target = os.path.realpath(os.path.join(folder, name))
+            if target == root_real or target.startswith(root_real + os.sep):
+                kept.append(name)
+            elif outside_links is not None:
+                rel = name if relative_folder == "." else f"{relative_folder}/{name}"
+                outside_links.append(rel.replace(os.sep, "/"))
+        dirs[:] = kept
         for name in files:
             if name.lower().endswith(wanted):
                 rel = name if relative_folder == "." else f"{relative_folder}/{name}"

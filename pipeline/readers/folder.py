@@ -20,7 +20,9 @@ def read_folder(root: Path, split: str = "all", workers: int = 4) -> pd.DataFram
     """Every image file below ``root`` (recursive, sorted by relative path), no labels."""
     root = Path(root)
     _require_dir(root)
-    entries = [{"path": rel} for rel in list_images(root, IMAGE_SUFFIXES)]
+    links: list[str] = []
+    files = list_images(root, IMAGE_SUFFIXES, links)
+    entries = [{"path": rel} for rel in sorted(files + links)]
     return finish(entries, root, split, "folder", workers)
 
 
@@ -40,13 +42,14 @@ def read_imagefolder(root: Path, split: str = "all", workers: int = 4) -> pd.Dat
     """
     root = Path(root)
     _require_dir(root)
-    files = list_images(root, IMAGE_SUFFIXES)
+    links: list[str] = []
+    files = list_images(root, IMAGE_SUFFIXES, links)
     classes = sorted({f.split("/", 1)[0] for f in files if "/" in f})
     if not classes:
         raise ArchiveError(f"{root} has no class sub-folders holding images")
     index = {name: i for i, name in enumerate(classes)}
     entries = []
-    for rel in files:
+    for rel in sorted(files + links):
         name = rel.split("/", 1)[0] if "/" in rel else None
         entries.append({"path": rel, "label": index.get(name), "label_name": name})
     return finish(entries, root, split, "imagefolder", workers)
