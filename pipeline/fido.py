@@ -24,7 +24,8 @@ class FidoConfig:
 
     ``l1`` weighs the *mean* keep of the SSR plus the mean drop of the SDR (halved), ``tv`` the
     *mean* absolute difference between neighbouring mask cells: both are per-cell averages, so the
-    same weights serve a 28² and a 224² mask.
+    same weights serve a 28² and a 224² mask. The defaults were chosen by the sweep recorded in
+    bench/RESULTS.md on the synthetic fine-grained benchmark (never on the demo photos).
 
     ``lo_cap`` (None = the plain objective of ALGORITHM.md) caps each sample's evidence: an SSR
     blend whose target log-odds exceed +cap, or an SDR blend below -cap, earns nothing more, so
@@ -37,14 +38,14 @@ class FidoConfig:
     samples: int = 4
     iterations: int = 30
     mask_size: int = 28
-    lr: float = 0.5
-    l1: float = 4.0
-    tv: float = 4.0
+    lr: float = 1.0
+    l1: float = 64.0
+    tv: float = 32.0
     warmup: int = 5
     temperature: float | None = None
     infill: str = "blur"
     adam_eps: float = 1e-3
-    lo_cap: float | None = None
+    lo_cap: float | None = 2.0
     autocast: bool = True
 
     def as_dict(self) -> dict[str, object]:

@@ -80,7 +80,7 @@ def test_lo_cap_stops_rewarding_a_region_once_it_is_sufficient(square_model) -> 
 
 
 def test_a_huge_cap_is_the_plain_objective(square_model) -> None:
-    plain = FidoConfig(**{**TOY, "iterations": 4})
+    plain = FidoConfig(**{**TOY, "iterations": 4, "lo_cap": None})
     capped = FidoConfig(**{**TOY, "iterations": 4, "lo_cap": 1e9})
     with Fido(square_model, plain) as fido:
         a = fido.attribute(square_image(), torch.tensor([1]), seeds=[4])
