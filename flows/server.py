@@ -55,23 +55,28 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    log = open(prefect_home() / "server.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--no-services", "--no-ui"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    os.environ["PREFECT_API_URL"] = url
+    with open(prefect_home() / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port), "--no-services", "--no-ui"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            wait_healthy(url, process, timeout)
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server's process group by PID: TERM, then KILL if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
     try:
-        wait_healthy(url, process, timeout)
-        yield url
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -44,7 +44,7 @@ def code_version() -> str:
     here = Path(pipeline.__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
+                             capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except OSError:
         sha = ""
     from importlib.metadata import version
@@ -139,7 +139,8 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, int]:
     rows = manifest.slice(start, config.shard_size).to_pylist()
     model = model_of(config)
     result = explain_rows(model, config.archive_root, rows, config.methods, config.seed,
-                          config.batch_size, config.device, config.decode_limits)
+                          config.batch_size, config.device, config.decode_limits,
+                          config.compile)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
     parts.write_part(run, "errors", shard, pa.Table.from_pylist(result.errors, schemas.ERRORS),

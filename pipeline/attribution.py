@@ -7,6 +7,7 @@ eval mode with frozen parameters, leaving restores what was there (zennit's patt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Self
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ class Attributor:
         self.model = model
         self._saved: tuple[bool, list[bool]] | None = None
 
-    def __enter__(self) -> "Attributor":
+    def __enter__(self) -> Self:
         params = list(self.model.parameters())
         self._saved = (self.model.training, [p.requires_grad for p in params])
         self.model.eval()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .device import prepare_module, resolve_device
 from .fido import Fido, FidoConfig
 from .images import DecodeLimits, decode_image, to_tensor
 from .models import LoadedModel
@@ -77,6 +78,7 @@ def load_batch(
 def explain_rows(
     model: LoadedModel, root: Path, rows: Sequence[dict], configs: dict[str, FidoConfig],
     seed: int, batch_size: int = 8, device: str = "cpu", limits: DecodeLimits | None = None,
+    compile_model: bool = False,
 ) -> ShardResult:
     """Masks of every method for ``rows`` (manifest records), ``batch_size`` images per step."""
     result = ShardResult()
@@ -86,13 +88,15 @@ def explain_rows(
             name: np.full((n, cfg.mask_size, cfg.mask_size), np.nan, np.float32)
             for name in ("joint", "ssr", "sdr")
         }
-    module = model.module.to(device)
+    target = resolve_device(device)
+    module = prepare_module(model.module, target, compile_model)
+    memory_format = torch.channels_last if target.type == "cuda" else torch.contiguous_format
     for start in range(0, n, batch_size):
         chunk = rows[start:start + batch_size]
         ok, images = load_batch(root, chunk, model.input_size, result, limits, model.resize)
         if images is None:
             continue
-        images = images.to(device)
+        images = images.to(target, memory_format=memory_format)
         with torch.no_grad():
             probs = module(images).float().softmax(dim=1)
         top_p, top_k = probs.topk(min(5, probs.shape[1]), dim=1)

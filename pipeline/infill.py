@@ -11,7 +11,7 @@ REFERENCE_SIZE = 224  # FIDO's blur (sigma 10 px) is defined at 224^2; it scales
 
 
 def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
-    radius = int(round(3.7 * sigma)) if radius is None else radius
+    radius = round(3.7 * sigma) if radius is None else radius
     xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (xs / sigma) ** 2)
     return k / k.sum()
@@ -20,7 +20,7 @@ def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W) with reflect padding (radius capped by the size)."""
     n, c, h, w = x.shape
-    radius = min(int(round(3.7 * sigma)), h - 1, w - 1)
+    radius = min(round(3.7 * sigma), h - 1, w - 1)
     if sigma <= 0 or radius < 1:
         return x.clone()
     k = gaussian_kernel1d(sigma, radius).to(x)
@@ -85,7 +85,7 @@ def inpaint_fill(x: torch.Tensor, generators: Sequence[torch.Generator]) -> torc
     import numpy as np
 
     out = []
-    band = max(4, int(round(16 * min(x.shape[-2:]) / REFERENCE_SIZE)))
+    band = max(4, round(16 * min(x.shape[-2:]) / REFERENCE_SIZE))
     for img in x:
         arr = (img.permute(1, 2, 0).cpu().numpy() * 255).clip(0, 255).astype(np.uint8)
         even = ((np.arange(arr.shape[0]) // band) % 2 == 0)[:, None].repeat(arr.shape[1], 1)
