@@ -24,17 +24,36 @@ def prepare_demo_archive(folder: Path) -> str:
 
 
 def print_demo_table(root: str) -> None:
+    """Per image and method: the prediction, the SSR/SDR probabilities, and what the
+    mask-guided re-classification answers (crop, crop+global; "=" when unchanged)."""
     from rich.console import Console
     from rich.table import Table
 
     from storage import parts, schemas
     from storage.runfolder import RunFolder
 
-    predictions = parts.read_stage(RunFolder(root), "predictions", schemas.PREDICTIONS).to_pylist()
-    table = Table(title="fidoflow demo: target probability on the image, under SSR and SDR blends")
-    for column in ("image", "method", "top-1 class", "p", "p (SSR)", "p (SDR)"):
+    run = RunFolder(root)
+    predictions = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()
+    reclassified = {(r["image_id"], r["method"], r["variant"]): r
+                    for r in parts.read_stage(run, "reclassify", schemas.RECLASSIFY).to_pylist()}
+    table = Table(title="fidoflow demo: target probability on the image, under SSR and SDR "
+                        "blends, and the mask-guided re-classification")
+    for column in ("image", "method", "top-1 class", "p", "p (SSR)", "p (SDR)", "crop",
+                   "crop+global"):
         table.add_column(column)
+
+    def answer(row: dict, variant: str) -> str:
+        hit = reclassified.get((row["image_id"], row["method"], variant))
+        if hit is None:
+            return "–"
+        if hit["top1"] == row["target"]:
+            return f"= ({hit['top1_prob']:.3f})"
+        return f"{hit['top1_name'][:24]} ({hit['top1_prob']:.3f})"
+
     for row in sorted(predictions, key=lambda r: (r["image_id"], r["method"])):
         table.add_row(row["image_id"], row["method"], row["target_name"][:32],
-                      f"{row['target_prob']:.3f}", f"{row['p_ssr']:.3f}", f"{row['p_sdr']:.3f}")
+                      f"{row['target_prob']:.3f}", f"{row['p_ssr']:.3f}", f"{row['p_sdr']:.3f}",
+                      answer(row, "crop"), answer(row, "crop+global"))
     Console().print(table)
+    if run.exists("report.html"):
+        Console().print(f"report: {run.url('report.html')}")

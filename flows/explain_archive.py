@@ -1,15 +1,23 @@
-"""The Prefect flow ``explain-archive``: manifest, then one task per shard on a Dask cluster."""
+"""The Prefect flow ``explain-archive``: manifest, then per shard explain → re-classify and
+evaluate on a Dask cluster, then one aggregate task (summary.parquet, report.html) and the
+run's artifacts (the summary as a table, the report's location as markdown)."""
 
 from __future__ import annotations
 
+import math
+
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 from rich.progress import Progress
 
-from . import stages
+from . import analysis, stages
 from .config import RunConfig
+
+SUMMARY_ARTIFACT = "fidoflow-summary"
+REPORT_ARTIFACT = "fidoflow-report"
 
 
 @task(name="explain-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
@@ -17,6 +25,27 @@ def explain_shard_task(config_json: dict, shard: int) -> dict[str, int]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
     return stages.explain_shard(config, shard)
+
+
+@task(name="reclassify-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
+def reclassify_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, int]:
+    config = RunConfig.from_json(config_json)
+    stages.set_worker_threads(config.workers)
+    return analysis.reclassify_shard(config, shard, analysis.AnalysisConfig.from_json(analysis_json))
+
+
+@task(name="evaluate-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
+def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, int]:
+    config = RunConfig.from_json(config_json)
+    stages.set_worker_threads(config.workers)
+    return analysis.evaluate_shard(config, shard, analysis.AnalysisConfig.from_json(analysis_json))
+
+
+@task(name="aggregate-run", cache_policy=NO_CACHE, persist_result=False)
+def aggregate_task(config_json: dict, analysis_json: dict) -> dict[str, object]:
+    config = RunConfig.from_json(config_json)
+    stages.set_worker_threads(config.workers)
+    return analysis.aggregate_run(config, analysis.AnalysisConfig.from_json(analysis_json))
 
 
 def dask_runner(workers: int, address: str | None = None) -> DaskTaskRunner:
@@ -30,25 +59,87 @@ def dask_runner(workers: int, address: str | None = None) -> DaskTaskRunner:
     )
 
 
+def publish_artifacts(outcome: dict[str, object]) -> None:
+    """The summary table as a Prefect table artifact, the report's location as markdown."""
+    import pandas as pd
+
+    from storage.runfolder import RunFolder
+
+    root = str(outcome["summary"]).rsplit("/", 1)[0]
+    summary = RunFolder(root).read_table("summary.parquet").to_pandas()
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in row.items()}
+               for row in summary.astype(object).where(pd.notna(summary), None).to_dict("records")]
+    create_table_artifact(records, key=SUMMARY_ARTIFACT,
+                          description=f"fidoflow summary of {root} (summary.parquet, "
+                                      "schema in docs/tables.md)")
+    top1 = summary[(summary["section"] == "accuracy") & (summary["group_by"] == "overall")
+                   & (summary["statistic"] == "top1")]
+    lines = ["# fidoflow report", "", f"- report: [{outcome['report']}]({outcome['report']})",
+             f"- summary: `{outcome['summary']}` ({len(summary)} rows)"]
+    if len(top1):
+        lines += ["", "| method | variant | top-1 | 95 % CI | images |", "|---|---|---|---|---|"]
+        lines += [f"| {r.method} | {r.variant} | {r.value:.1%} | {r.ci_low:.1%} – {r.ci_high:.1%}"
+                  f" | {r.n} |" for r in top1.itertuples()]
+    create_markdown_artifact("\n".join(lines), key=REPORT_ARTIFACT,
+                             description="where the run's report.html lies")
+
+
 @flow(name="explain-archive")
-def explain_archive(config_json: dict) -> dict[str, int]:
-    """Explain every pending shard of the run described by ``config_json`` (a RunConfig)."""
+def explain_archive(config_json: dict, analysis_json: dict | None = None) -> dict[str, object]:
+    """Explain every pending shard of the run described by ``config_json`` (a RunConfig), then
+    re-classify and evaluate each shard as soon as it is explained (shards explained in this
+    run are redone downstream, others only where their part is missing), then aggregate.
+    ``analysis_json`` (an AnalysisConfig; default: its defaults) sets the analysis stages."""
     config = RunConfig.from_json(config_json)
+    analysis_json = (analysis.AnalysisConfig.from_json(analysis_json) if analysis_json
+                     else analysis.DEFAULT_ANALYSIS).to_json()
     n_shards = stages.prepare_run(config)
     todo = stages.pending_shards(config, n_shards)
-    futures = [explain_shard_task.submit(config_json, shard) for shard in todo]
-    images = errors = 0
+    later = set(todo)
+    downstream = {
+        "reclassify": [s for s in analysis.pending(config, "reclassify", n_shards) if s not in later],
+        "evaluate": [s for s in analysis.pending(config, "evaluate", n_shards) if s not in later],
+    }
+    tasks = {"reclassify": reclassify_shard_task, "evaluate": evaluate_shard_task}
+    totals = {stage: len(shards) + len(todo) for stage, shards in downstream.items()}
+    futures = []
+
+    def submit_downstream(shard: int, stage: str) -> None:
+        futures.append((stage, tasks[stage].submit(config_json, analysis_json, shard)))
+
+    for stage, shards in downstream.items():
+        for shard in shards:
+            submit_downstream(shard, stage)
+    explain_futures = [explain_shard_task.submit(config_json, shard) for shard in todo]
+    images = errors = analysis_errors = 0
     with Progress(transient=False) as progress:
         bar = progress.add_task("explaining", total=len(todo))
-        for future in as_completed(futures):
+        bars = {stage: progress.add_task(stage, total=total) for stage, total in totals.items()}
+        for future in as_completed(explain_futures):
             outcome = future.result()
             images += outcome["images"]
             errors += outcome["errors"]
-            progress.update(bar, advance=1, description=f"shard {outcome['shard']} done")
-    return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors}
+            progress.update(bar, advance=1, description=f"shard {outcome['shard']} explained")
+            for stage in tasks:
+                submit_downstream(outcome["shard"], stage)
+        by_future = {id(f): stage for stage, f in futures}
+        for future in as_completed([f for _, f in futures]):
+            outcome = future.result()
+            analysis_errors += outcome["errors"]
+            stage = by_future[id(future)]
+            progress.update(bars[stage], advance=1,
+                            description=f"{stage}: shard {outcome['shard']} done")
+        summary = aggregate_task.submit(config_json, analysis_json).result()
+    publish_artifacts(summary)
+    return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors,
+            "analysis_errors": analysis_errors, "reclassified": totals["reclassify"], "evaluated": totals["evaluate"],
+            "summary": summary["summary"], "report": summary["report"]}
 
 
-def run_flow(config: RunConfig, address: str | None = None) -> dict[str, int]:
+def run_flow(config: RunConfig, address: str | None = None,
+             analysis_config: analysis.AnalysisConfig | None = None) -> dict[str, object]:
     """Run the flow with a task runner sized for ``config.workers``."""
     runner = dask_runner(config.workers, address)
-    return explain_archive.with_options(task_runner=runner)(config.to_json())
+    payload = (analysis_config or analysis.DEFAULT_ANALYSIS).to_json()
+    return explain_archive.with_options(task_runner=runner)(config.to_json(), payload)

@@ -55,3 +55,59 @@ ERRORS = pa.schema([
     ("error_type", pa.string()),
     ("message", pa.string()),
 ])
+
+# --- Re-classification, evaluation and the run summary (issue 5; docs/tables.md) ---------------
+
+# reclassify/part-XXXXX.parquet: one row per image and (method, variant), plus one baseline row
+# per image (method "none", variant "global"). Crop boxes are in pixels of the original image.
+RECLASSIFY = pa.schema([
+    ("image_id", pa.string()),
+    ("method", pa.string()),
+    ("variant", pa.string()),
+    ("top1", pa.int32()),
+    ("top1_name", pa.string()),
+    ("top1_prob", pa.float32()),
+    ("top5", pa.list_(pa.int32())),
+    ("top5_prob", pa.list_(pa.float32())),
+    ("label", pa.int32()),
+    ("label_name", pa.string()),
+    ("model_label", pa.int32()),
+    ("correct", pa.bool_()),
+    ("correct_top5", pa.bool_()),
+    ("crop_x0", pa.int32()),
+    ("crop_y0", pa.int32()),
+    ("crop_x1", pa.int32()),
+    ("crop_y1", pa.int32()),
+    ("seconds", pa.float32()),
+])
+
+# metrics/part-XXXXX.parquet: one row per image and method; box metrics null without a box.
+METRICS = pa.schema([
+    ("image_id", pa.string()),
+    ("method", pa.string()),
+    ("target", pa.int32()),
+    ("deletion_auc", pa.float32()),
+    ("insertion_auc", pa.float32()),
+    ("deletion_curve", pa.list_(pa.float32())),
+    ("insertion_curve", pa.list_(pa.float32())),
+    ("pointing_hit", pa.bool_()),
+    ("share_in_box", pa.float32()),
+    ("box_iou", pa.float32()),
+    ("fdr", pa.float32()),
+    ("total_variation", pa.float32()),
+    ("seconds", pa.float32()),
+])
+
+# summary.parquet: every aggregate of a run in one tidy long table.
+SUMMARY = pa.schema([
+    ("section", pa.string()),
+    ("group_by", pa.string()),
+    ("group_value", pa.string()),
+    ("method", pa.string()),
+    ("variant", pa.string()),
+    ("statistic", pa.string()),
+    ("value", pa.float64()),
+    ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()),
+    ("n", pa.int64()),
+])

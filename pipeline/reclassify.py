@@ -1,0 +1,223 @@
+"""Mask-guided re-classification: classify views of an image built from its saliency map.
+
+The paper's "improve accuracy without fine-tuning" (ALGORITHM.md, "Mask-guided
+re-classification"), with the same model and no training:
+
+- ``crop``: the saliency map resized to the picture, smoothed (sigma 3), thresholded at 0.5
+  (falling back to the map's mean when nothing reaches it); the bounding box of the salient
+  pixels, padded by 10 px, at least 64 px, made square and clipped to the picture, is cut from
+  the picture at its *original* resolution and resized to the model input;
+- ``blend``: the model-input image alpha-blended with its Gaussian blur (sigma 10) using the map
+  (salient pixels stay sharp, the rest is blurred);
+- ``crop+global``: the mean of the softmaxes of the full image and of the crop.
+
+Pixel parameters are those of the public code, which works on 224 px images: they are given
+at ``reference_size`` and scaled with the picture they apply to (the crop's with the original
+picture's shorter side, the blend's with the model input's), so that they cover the same part
+of the scene whatever the resolution.
+
+Conventions: images are (3, H, W) / (N, 3, H, W) floats in [0, 1]; boxes are (x0, y0, x1, y1)
+in pixel edges (pixel column j covers [j, j + 1)); a saliency map covers the picture's ``view``
+box (the whole picture when the model squashes it, the centre crop when it crops).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .infill import REFERENCE_SIZE, gaussian_blur
+
+VARIANTS = ("crop", "blend", "crop+global")
+BASELINE = "global"  # the full image, no mask: the variant every other one is compared with
+
+
+@dataclass(frozen=True)
+class ReclassifyConfig:
+    """Parameters of the re-classification views (defaults: the public SCD code's).
+
+    ``smooth_sigma``, ``pad`` and ``min_size`` are pixels of a picture whose shorter side is
+    ``reference_size``; ``blend_sigma`` likewise for the model input. ``threshold`` applies to
+    the smoothed map itself (the joint map lies in [0, 1]). ``box_grid`` caps the long side of
+    the grid on which the salient box is searched (the box is then scaled to the original
+    picture): huge photographs need no 24-megapixel smoothing. ``batch_size`` is the number of
+    views per forward pass.
+    """
+
+    variants: tuple[str, ...] = VARIANTS
+    smooth_sigma: float = 3.0
+    threshold: float = 0.5
+    pad: float = 10.0
+    min_size: float = 64.0
+    blend_sigma: float = 10.0
+    reference_size: int = REFERENCE_SIZE
+    box_grid: int = 512
+    topk: int = 5
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; expected some of {VARIANTS}")
+
+    def as_dict(self) -> dict[str, object]:
+        record = asdict(self)
+        record["variants"] = list(self.variants)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ReclassifyConfig:
+        record = dict(record)
+        if "variants" in record:
+            record["variants"] = tuple(record["variants"])
+        return cls(**record)
+
+    def needs_crop(self) -> bool:
+        return any(v in ("crop", "crop+global") for v in self.variants)
+
+    def decode_min_side(self, input_size: tuple[int, int]) -> int:
+        """Shorter side a picture needs so that even the smallest crop still has at least the
+        model input's pixels: decoders may shrink pictures (e.g. JPEG DCT scaling) down to it."""
+        return math.ceil(max(input_size) * self.reference_size / self.min_size)
+
+
+@dataclass
+class Reclassification:
+    """Softmax probabilities (N, K) per variant (``global`` included) and the crop boxes (N, 4)
+    in pixels of the pictures the crops were cut from (None without a crop variant)."""
+
+    probs: dict[str, torch.Tensor]
+    boxes: torch.Tensor | None
+
+
+def salient_box(saliency: torch.Tensor, picture_size: tuple[int, int],
+                config: ReclassifyConfig = ReclassifyConfig(),
+                view: tuple[float, float, float, float] | None = None) -> tuple[int, int, int, int]:
+    """The crop box (x0, y0, x1, y1), integer pixels of a picture of ``picture_size`` (H, W), for
+    one (h, w) saliency map covering the picture's ``view`` box (default: all of it).
+
+    Smooth, threshold (fall back to the mean), box the salient pixels, pad, enforce the minimum
+    side, make square around the box's centre, shift inside the picture and clip: the result is
+    square unless the square would not fit the picture.
+    """
+    height, width = picture_size
+    vx0, vy0, vx1, vy1 = view if view is not None else (0.0, 0.0, float(width), float(height))
+    vw, vh = vx1 - vx0, vy1 - vy0
+    scale = min(1.0, config.box_grid / max(vw, vh))  # grid pixels per picture pixel
+    gh, gw = max(1, round(vh * scale)), max(1, round(vw * scale))
+    sal = saliency.float()
+    sal = torch.nan_to_num(sal, nan=0.0)
+    grid = F.interpolate(sal[None, None], size=(gh, gw), mode="bilinear", align_corners=False)
+    side = min(height, width)
+    grid = gaussian_blur(grid, config.smooth_sigma * min(gh, gw) / config.reference_size)[0, 0]
+    salient = grid >= config.threshold
+    if not salient.any():
+        salient = grid >= grid.mean()
+    rows = torch.nonzero(salient.any(dim=1)).flatten()
+    cols = torch.nonzero(salient.any(dim=0)).flatten()
+    # grid edges -> picture pixels
+    x0 = vx0 + cols[0].item() * vw / gw
+    x1 = vx0 + (cols[-1].item() + 1) * vw / gw
+    y0 = vy0 + rows[0].item() * vh / gh
+    y1 = vy0 + (rows[-1].item() + 1) * vh / gh
+    unit = side / config.reference_size
+    pad = config.pad * unit
+    x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
+    square = max(x1 - x0, y1 - y0, config.min_size * unit)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+
+    def place(centre: float, extent: int) -> tuple[int, int]:
+        length = min(max(1, round(square)), extent)
+        start = round(centre - length / 2)
+        start = min(max(start, 0), extent - length)
+        return start, start + length
+
+    bx0, bx1 = place(cx, width)
+    by0, by1 = place(cy, height)
+    return bx0, by0, bx1, by1
+
+
+def crop_views(pictures: Sequence[torch.Tensor], boxes: torch.Tensor,
+               input_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, H, W) crops: each box cut from its picture (3, h_i, w_i) and resized (bilinear,
+    antialiased) to the model input."""
+    views = []
+    for picture, (x0, y0, x1, y1) in zip(pictures, boxes.tolist(), strict=True):
+        crop = picture[None, :, int(y0):int(y1), int(x0):int(x1)].float()
+        views.append(F.interpolate(crop, size=tuple(input_size), mode="bilinear",
+                                   align_corners=False, antialias=True)[0].clamp(0, 1))
+    return torch.stack(views)
+
+
+def blend_views(images: torch.Tensor, saliency: torch.Tensor,
+                config: ReclassifyConfig = ReclassifyConfig()) -> torch.Tensor:
+    """Model-input images (N, 3, H, W) blended with their Gaussian blur: map * image +
+    (1 - map) * blur, the map (N, h, w) resized bilinearly to H x W and clamped to [0, 1]."""
+    height, width = images.shape[-2:]
+    weight = F.interpolate(torch.nan_to_num(saliency.float(), nan=0.0)[:, None],
+                           size=(height, width), mode="bilinear", align_corners=False)
+    weight = weight.clamp(0, 1).to(images)
+    blurred = gaussian_blur(images, config.blend_sigma * min(height, width) / config.reference_size)
+    return blurred + weight * (images - blurred)
+
+
+@torch.no_grad()
+def softmax(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Softmax probabilities (N, K) of a pixel-space model, ``batch_size`` images at a time."""
+    out = [model(images[i:i + batch_size]).float().softmax(dim=1)
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def reclassify(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
+               pictures: Sequence[torch.Tensor] | None = None,
+               views: Sequence[tuple[float, float, float, float]] | None = None,
+               config: ReclassifyConfig = ReclassifyConfig(),
+               global_probs: torch.Tensor | None = None) -> Reclassification:
+    """Classify the mask-guided views of N images.
+
+    ``images`` (N, 3, H, W) are the model inputs the masks were made on; ``saliency`` (N, h, w)
+    their maps; ``pictures`` the same images at their original resolution (default: the model
+    inputs), each covered by the masks in its ``views`` box (default: the whole picture).
+    ``global_probs`` (N, K) saves recomputing the full images' softmax when several methods
+    share it. Returns probabilities for ``global`` and each configured variant.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = images.device
+        input_size = tuple(images.shape[-2:])
+        if global_probs is None:
+            global_probs = softmax(model, images, config.batch_size)
+        probs = {BASELINE: global_probs}
+        boxes = None
+        if config.needs_crop():
+            pictures = list(images) if pictures is None else list(pictures)
+            views = views if views is not None else [None] * len(pictures)
+            boxes = torch.tensor([salient_box(s, tuple(p.shape[-2:]), config, v)
+                                  for s, p, v in zip(saliency.cpu(), pictures, views, strict=True)],
+                                 dtype=torch.int64).reshape(-1, 4)
+            crops = crop_views(pictures, boxes, input_size).to(device)
+            crop_probs = softmax(model, crops, config.batch_size)
+            if "crop" in config.variants:
+                probs["crop"] = crop_probs
+            if "crop+global" in config.variants:
+                probs["crop+global"] = 0.5 * (crop_probs + global_probs)
+        if "blend" in config.variants:
+            blended = blend_views(images, saliency.to(device), config)
+            probs["blend"] = softmax(model, blended, config.batch_size)
+        return Reclassification(probs, boxes)
+    finally:
+        model.train(was_training)
+
+
+def top_k(probs: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and probabilities (N, min(k, K)) of the most probable classes."""
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return indices, values

@@ -1,0 +1,413 @@
+"""The run report: one self-contained static HTML file (pictures inlined as base64 data URIs).
+
+Sections: the headline (images, labels, accuracy of the baseline and of the best variant), the
+accuracy per variant as a chart and a table with confidence intervals, the gains against the
+baseline, the mean deletion/insertion curves per method, the mask-quality means, errors and
+timings, a gallery of images with their SSR, SDR and joint maps and the crop box, and the images
+whose label changed after re-classification (right→wrong, wrong→right; without labels, those
+whose top-1 changed). Works on arrays and DataFrames; the caller gathers them and writes the
+string wherever it likes. A script sets ``data-loaded="true"`` on ``<body>`` once every picture
+has decoded (``"false"`` if one failed), which a headless browser test reads back.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+MAP_NAMES = ("ssr", "sdr", "joint")
+MAP_TITLES = {"ssr": "SSR (keep)", "sdr": "SDR (drop)", "joint": "joint"}
+BOX_COLOUR = (0, 255, 120)
+
+
+@dataclass
+class MethodMaps:
+    """One method's maps (h, w) in [0, 1] for one image, and its crop box in thumbnail pixels."""
+
+    maps: dict[str, np.ndarray]
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class GalleryItem:
+    """An image of the gallery: thumbnail (H, W, 3) uint8, caption lines, maps per method."""
+
+    image_id: str
+    picture: np.ndarray
+    caption: list[str]
+    methods: dict[str, MethodMaps] = field(default_factory=dict)
+
+
+@dataclass
+class FlipItem:
+    """An image whose re-classified label differs from the baseline's."""
+
+    image_id: str
+    method: str
+    variant: str
+    direction: str  # "right→wrong", "wrong→right" or "changed" (no label)
+    picture: np.ndarray
+    caption: list[str]
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class Curves:
+    """Mean deletion and insertion curves of one method over the fraction of pixels changed."""
+
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    n: int
+
+
+# --- pictures ------------------------------------------------------------------------------
+
+def data_uri(picture: np.ndarray, fmt: str = "JPEG", quality: int = 85) -> str:
+    """(H, W, 3) uint8 as a base64 data URI (JPEG for photographs, PNG for charts)."""
+    img = Image.fromarray(np.ascontiguousarray(picture))
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.save(buf, "JPEG", quality=quality)
+        mime = "image/jpeg"
+    else:
+        img.save(buf, "PNG", optimize=True)
+        mime = "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def thumbnail(picture: np.ndarray, longest: int = 224) -> tuple[np.ndarray, float]:
+    """The picture shrunk so its longest side is at most ``longest``; and the scale applied."""
+    h, w = picture.shape[:2]
+    scale = min(1.0, longest / max(h, w))
+    if scale == 1.0:
+        return picture, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.Resampling.BILINEAR,
+                                                      reducing_gap=2.0)), scale
+
+
+def overlay(picture: np.ndarray, saliency: np.ndarray, cmap: str = "inferno",
+            alpha: float = 0.6) -> np.ndarray:
+    """The picture with a colour-mapped saliency map (resized bilinearly) blended on top;
+    the map's own values in [0, 1] are shown, not rescaled, so maps compare across images."""
+    import matplotlib
+
+    h, w = picture.shape[:2]
+    sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0).clip(0, 1)
+    sal = np.asarray(Image.fromarray(sal, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    colours = matplotlib.colormaps[cmap](sal.clip(0, 1))[..., :3] * 255
+    weight = alpha * (0.25 + 0.75 * sal.clip(0, 1))[..., None]
+    return (picture * (1 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8)
+
+
+def draw_box(picture: np.ndarray, box: Sequence[float] | None,
+             colour: tuple[int, int, int] = BOX_COLOUR) -> np.ndarray:
+    """A copy of the picture with ``box`` (x0, y0, x1, y1, pixel edges) outlined."""
+    if box is None:
+        return picture
+    img = Image.fromarray(np.ascontiguousarray(picture))
+    width = max(1, round(max(img.size) / 110))
+    x0, y0, x1, y1 = box
+    ImageDraw.Draw(img).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour,
+                                  width=width)
+    return np.asarray(img)
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+def _figure_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def accuracy_chart(summary: pd.DataFrame, statistic: str = "top1") -> str | None:
+    """Bar chart (PNG data URI) of overall accuracy per (method, variant) with CI whiskers; the
+    baseline as a horizontal band. None when no image has a label."""
+    from matplotlib.figure import Figure
+
+    rows = summary[(summary["section"] == "accuracy") & (summary["group_by"] == "overall")
+                   & (summary["statistic"] == statistic)]
+    if rows.empty:
+        return None
+    base = rows[rows["method"] == "none"]
+    others = rows[rows["method"] != "none"].sort_values(["method", "variant"])
+    labels = [f"{m}\n{v}" for m, v in zip(others["method"], others["variant"], strict=True)]
+    fig = Figure(figsize=(max(4.0, 0.9 * len(labels) + 2), 3.2))
+    ax = fig.subplots()
+    if not base.empty:
+        b = base.iloc[0]
+        ax.axhspan(b["ci_low"], b["ci_high"], color="0.85", zorder=0)
+        ax.axhline(b["value"], color="0.35", lw=1.2, zorder=1,
+                   label=f"baseline (global) {b['value']:.1%}")
+    x = np.arange(len(others))
+    values = others["value"].to_numpy(dtype=float)
+    err = np.stack([values - others["ci_low"].to_numpy(dtype=float),
+                    others["ci_high"].to_numpy(dtype=float) - values])
+    ax.bar(x, values, color="#3b7dd8", zorder=2, yerr=np.nan_to_num(err), capsize=3)
+    for xi, v in zip(x, values, strict=True):
+        ax.text(xi, v + 0.01, f"{v:.1%}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(f"{statistic} accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{statistic} accuracy per re-classification variant (95 % CI)", fontsize=10)
+    return _figure_uri(fig)
+
+
+def curves_chart(curves: dict[str, Curves]) -> str | None:
+    """Mean deletion and insertion curves per method (PNG data URI); None without curves."""
+    from matplotlib.figure import Figure
+
+    if not curves:
+        return None
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    for method, c in sorted(curves.items()):
+        del_auc = np.trapezoid(c.deletion, c.fractions)
+        ins_auc = np.trapezoid(c.insertion, c.fractions)
+        axes[0].plot(c.fractions, c.deletion, label=f"{method} (AUC {del_auc:.3f})")
+        axes[1].plot(c.fractions, c.insertion, label=f"{method} (AUC {ins_auc:.3f})")
+    for ax, title in zip(axes, ("deletion (lower is better)", "insertion (higher is better)"),
+                         strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fraction of pixels changed")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("target probability (mean)")
+    return _figure_uri(fig)
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+def _fmt(value: float | None, percent: bool) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:.1%}" if percent else f"{value:.3f}"
+
+
+def _ci(row: pd.Series, percent: bool = True) -> str:
+    if pd.isna(row["ci_low"]):
+        return _fmt(row["value"], percent)
+    return (f"{_fmt(row['value'], percent)} <span class=ci>[{_fmt(row['ci_low'], percent)}, "
+            f"{_fmt(row['ci_high'], percent)}]</span>")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def accuracy_table(summary: pd.DataFrame, group_by: str = "overall") -> str:
+    rows = summary[(summary["section"] == "accuracy") & (summary["group_by"] == group_by)]
+    if rows.empty:
+        return ""
+    out = []
+    keys = ["group_value", "method", "variant"]
+    for (group, method, variant), cell in rows.groupby(keys, sort=True):
+        by_stat = {r["statistic"]: r for _, r in cell.iterrows()}
+        top1, top5 = by_stat.get("top1"), by_stat.get("top5")
+        out.append(([html.escape(str(group))] if group_by != "overall" else []) + [
+            html.escape(method), html.escape(variant),
+            _ci(top1) if top1 is not None else "–", _ci(top5) if top5 is not None else "–",
+            str(int(top1["n"])) if top1 is not None else "0"])
+    header = (["group"] if group_by != "overall" else []) + [
+        "method", "variant", "top-1 [95 % CI]", "top-5 [95 % CI]", "images"]
+    return _table(header, out, "num")
+
+
+def gain_table(summary: pd.DataFrame) -> str:
+    rows = summary[(summary["section"] == "accuracy_gain") & (summary["group_by"] == "overall")]
+    if rows.empty:
+        return ""
+    out = []
+    for (method, variant), cell in rows.groupby(["method", "variant"], sort=True):
+        s = {r["statistic"]: r for _, r in cell.iterrows()}
+        count = {name: str(int(s[name]["value"])) if name in s else "–"
+                 for name in ("wrong_to_right", "right_to_wrong")}
+        out.append([html.escape(method), html.escape(variant),
+                    _ci(s["top1_gain"]) if "top1_gain" in s else "–",
+                    _ci(s["top5_gain"]) if "top5_gain" in s else "–",
+                    count["wrong_to_right"], count["right_to_wrong"],
+                    _ci(s["top1_changed"]) if "top1_changed" in s else "–",
+                    str(int(s["top1_changed"]["n"])) if "top1_changed" in s else "0"])
+    return _table(["method", "variant", "top-1 gain [95 % CI]", "top-5 gain [95 % CI]",
+                   "wrong→right", "right→wrong", "top-1 changed", "images"], out, "num")
+
+
+def metric_table(summary: pd.DataFrame) -> str:
+    rows = summary[(summary["section"] == "metric") & (summary["group_by"] == "overall")]
+    if rows.empty:
+        return ""
+    stats = list(dict.fromkeys(rows["statistic"]))
+    out = []
+    for method, cell in rows.groupby("method", sort=True):
+        s = {r["statistic"]: r for _, r in cell.iterrows()}
+        out.append([html.escape(method)] + [
+            (_ci(s[k], percent=False) + f" <span class=ci>n={int(s[k]['n'])}</span>")
+            if k in s else "–" for k in stats])
+    return _table(["method", *stats], out, "num")
+
+
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def simple_table(summary: pd.DataFrame, section: str) -> str:
+    rows = summary[summary["section"] == section]
+    if rows.empty:
+        return "<p>none</p>"
+    out = [[html.escape(_text(r["group_by"])), html.escape(_text(r["group_value"])),
+            html.escape(_text(r["method"])), html.escape(_text(r["statistic"])),
+            _fmt(r["value"], False) if section == "timing" else str(int(r["value"])),
+            str(int(r["n"]))] for _, r in rows.iterrows()]
+    return _table(["group_by", "group", "method", "statistic", "value", "n"], out, "num")
+
+
+# --- the page --------------------------------------------------------------------------------
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
+max-width:1200px}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;
+border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555;font-size:.9em} .ci{color:#777;font-size:.85em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
+table.num td{font-variant-numeric:tabular-nums}
+.headline{font-size:1.05em;background:#f6f9ff;border:1px solid #d6e2f7;padding:8px 12px}
+.gallery .row{display:flex;gap:6px;align-items:flex-start;margin:10px 0;flex-wrap:wrap}
+figure{margin:0;text-align:center;font-size:.78em;color:#444}
+figure img{display:block;max-width:224px;height:auto;border:1px solid #ccc}
+.caption{width:220px;font-size:.8em;color:#333;align-self:center}
+.flips{display:flex;flex-wrap:wrap;gap:8px}
+.flips figure img{max-width:150px}
+.flips figure{width:152px}
+details{margin:.6em 0}
+"""
+
+LOADED_SCRIPT = """
+(function(){
+  function check(){
+    var imgs=Array.prototype.slice.call(document.images);
+    if(!imgs.every(function(i){return i.complete;})){setTimeout(check,20);return;}
+    var ok=imgs.every(function(i){return i.naturalWidth>0;});
+    document.body.setAttribute('data-images',String(imgs.length));
+    document.body.setAttribute('data-loaded',ok?'true':'false');
+  }
+  if(document.readyState==='complete'){check();}else{window.addEventListener('load',check);}
+})();
+"""
+
+
+def _figure(uri: str, caption: str, alt: str) -> str:
+    return (f"<figure><img src='{uri}' alt='{html.escape(alt)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def gallery_html(items: Sequence[GalleryItem]) -> str:
+    parts = []
+    for item in items:
+        for method, mm in item.methods.items():
+            cells = [f"<div class=caption><b>{html.escape(item.image_id)}</b><br>"
+                     + "<br>".join(html.escape(c) for c in item.caption)
+                     + f"<br>method: {html.escape(method)}</div>"]
+            cells.append(_figure(data_uri(draw_box(item.picture, mm.box)),
+                                 "original + crop box", f"{item.image_id} original"))
+            for name in MAP_NAMES:
+                if name in mm.maps:
+                    cells.append(_figure(data_uri(overlay(item.picture, mm.maps[name])),
+                                         MAP_TITLES[name], f"{item.image_id} {method} {name}"))
+            parts.append("<div class=row>" + "".join(cells) + "</div>")
+    return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
+
+
+def flips_html(items: Sequence[FlipItem], limit_note: str = "") -> str:
+    if not items:
+        return "<p>No image changed its label.</p>"
+    groups: dict[tuple[str, str, str], list[FlipItem]] = {}
+    for item in items:
+        groups.setdefault((item.method, item.variant, item.direction), []).append(item)
+    out = []
+    for (method, variant, direction), members in groups.items():
+        figs = "".join(
+            _figure(data_uri(draw_box(m.picture, m.box)), " · ".join([m.image_id, *m.caption]),
+                    f"{m.image_id} {direction}") for m in members)
+        out.append(f"<h3>{html.escape(method)} / {html.escape(variant)}: "
+                   f"{html.escape(direction)} ({len(members)} shown)</h3>"
+                   f"<div class=flips>{figs}</div>")
+    return (f"<p class=meta>{html.escape(limit_note)}</p>" if limit_note else "") + "".join(out)
+
+
+def headline(summary: pd.DataFrame) -> str:
+    run = summary[summary["section"] == "run"].set_index("statistic")["value"]
+    images, labelled = int(run.get("images", 0)), int(run.get("labelled", 0))
+    text = f"{images} images, {labelled} with a label in the model's classes."
+    acc = summary[(summary["section"] == "accuracy") & (summary["group_by"] == "overall")
+                  & (summary["statistic"] == "top1")]
+    base = acc[acc["method"] == "none"]
+    others = acc[acc["method"] != "none"]
+    if not base.empty and not others.empty:
+        best = others.sort_values("value", ascending=False).iloc[0]
+        gains = summary[(summary["section"] == "accuracy_gain") & (summary["group_by"] == "overall")
+                        & (summary["statistic"] == "top1_gain") & (summary["method"] == best["method"])
+                        & (summary["variant"] == best["variant"])]
+        text += (f" Top-1 accuracy of the full image: {_ci(base.iloc[0])}; best re-classification"
+                 f" ({html.escape(best['method'])} / {html.escape(best['variant'])}): {_ci(best)}")
+        if not gains.empty:
+            text += f", gain {_ci(gains.iloc[0])} (paired bootstrap)"
+        text += "."
+    return text
+
+
+def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
+                  gallery: Sequence[GalleryItem], flips: Sequence[FlipItem],
+                  title: str = "fidoflow run report", meta: dict[str, str] | None = None,
+                  flips_note: str = "") -> str:
+    """The whole report as one HTML string."""
+    meta_html = "".join(f"<div><b>{html.escape(k)}</b>: {html.escape(str(v))}</div>"
+                        for k, v in (meta or {}).items())
+    chart = accuracy_chart(summary)
+    curve_chart = curves_chart(curves)
+    per_class = accuracy_table(summary, "class")
+    per_split = accuracy_table(summary, "split")
+    sections = [
+        f"<h1>{html.escape(title)}</h1><div class=meta>{meta_html}</div>",
+        f"<p class=headline>{headline(summary)}</p>",
+        "<h2>Accuracy per variant</h2>",
+        (f"<img src='{chart}' alt='accuracy per variant'>" if chart else
+         "<p>No image carries a label in the model's classes: accuracies need labels. "
+         "The share of images whose top-1 changed is in the next table.</p>"),
+        accuracy_table(summary),
+        "<h2>Against the baseline (same images, paired)</h2>", gain_table(summary),
+    ]
+    if per_split:
+        sections += ["<h2>Accuracy per split</h2>", per_split]
+    if per_class:
+        sections += ["<details><summary>Accuracy per class</summary>", per_class, "</details>"]
+    sections += [
+        "<h2>Deletion and insertion</h2>",
+        (f"<img src='{curve_chart}' alt='deletion and insertion curves'>" if curve_chart
+         else "<p>no curves</p>"),
+        "<h2>Mask quality (means, 95 % CI)</h2>", metric_table(summary) or "<p>none</p>",
+        ("<h2>Gallery</h2><p class=meta>Overlays show the map values themselves (0 dark, 1 "
+         "bright); the green box is the crop the re-classification classified.</p>"),
+        gallery_html(gallery),
+        "<h2>Images whose label changed</h2>", flips_html(flips, flips_note),
+        "<h2>Errors</h2>", simple_table(summary, "errors"),
+        "<h2>Timings (compute seconds)</h2>", simple_table(summary, "timing"),
+    ]
+    body = "\n".join(sections)
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset='utf-8'>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+            f"<body data-loaded='pending'>{body}<script>{LOADED_SCRIPT}</script></body></html>")
