@@ -15,8 +15,10 @@ from storage import schemas
 
 pytestmark = pytest.mark.slow
 
+# The small synthetic classifier keeps three flow runs cheap; test_analysis_flow.py runs the
+# embedded EfficientNet-Lite0 end to end.
 FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size", "2",
-        "--method", "scd,cd"]
+        "--method", "scd,cd", "--model", "synthetic-cnn"]
 
 
 def parts_of(run: Path, stage: str) -> list[Path]:
@@ -30,7 +32,7 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
     assert "2 of 2 shards run, 3 images, 0 errors" in capsys.readouterr().out
 
     info = json.loads((run / "run.json").read_text())
-    assert info["model"]["name"] == "efficientnet-lite0" and len(info["model"]["sha256"]) == 64
+    assert info["model"]["name"] == "synthetic-cnn" and len(info["model"]["sha256"]) == 64
     assert info["config"]["methods"]["scd"]["iterations"] == 2 and info["seed"] == 0
 
     manifest = pq.read_table(run / "manifest.parquet")
