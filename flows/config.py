@@ -69,6 +69,18 @@ class RunConfig:
         return record
 
     @classmethod
+    def from_settings(cls, archive: str, out: str, settings: dict | None = None) -> RunConfig:
+        """A config from a deployment's parameters: any RunConfig field by name, plus the
+        shortcuts ``method`` ("scd,cd") and ``fido`` (FidoConfig overrides for every method)."""
+        record = dict(settings or {})
+        names = str(record.pop("method", "scd")).split(",")
+        overrides = record.pop("fido", {})
+        if "methods" not in record:
+            record["methods"] = {n: cfg.as_dict()
+                                 for n, cfg in fido_methods([n.strip() for n in names], **overrides).items()}
+        return cls.from_json({**record, "source": archive, "root": out})
+
+    @classmethod
     def from_json(cls, record: dict) -> RunConfig:
         record = dict(record)
         record["methods"] = {name: FidoConfig(**cfg) for name, cfg in record["methods"].items()}

@@ -85,8 +85,8 @@ def publish_artifacts(outcome: dict[str, object]) -> None:
                              description="where the run's report.html lies")
 
 
-@flow(name="explain-archive")
-def explain_archive(config_json: dict, analysis_json: dict | None = None) -> dict[str, object]:
+@flow(name="explain-run")
+def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[str, object]:
     """Explain every pending shard of the run described by ``config_json`` (a RunConfig), then
     re-classify and evaluate each shard as soon as it is explained (shards explained in this
     run are redone downstream, others only where their part is missing), then aggregate.
@@ -137,9 +137,24 @@ def explain_archive(config_json: dict, analysis_json: dict | None = None) -> dic
             "summary": summary["summary"], "report": summary["report"]}
 
 
+@flow(name="explain-archive")
+def explain_archive(archive: str, out: str, settings: dict | None = None,
+                    analysis_settings: dict | None = None,
+                    dask_address: str | None = None) -> dict[str, object]:
+    """Explain ``archive`` into the run folder ``out`` (what deployments and the CLI run).
+
+    ``settings`` holds RunConfig fields by name (e.g. ``{"workers": 4, "method": "scd,cd",
+    "fido": {"iterations": 10}}``); the explain-run subflow gets a Dask cluster sized for it,
+    or the scheduler at ``dask_address``.
+    """
+    config = RunConfig.from_settings(archive, out, settings)
+    runner = dask_runner(config.workers, dask_address)
+    return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings)
+
+
 def run_flow(config: RunConfig, address: str | None = None,
              analysis_config: analysis.AnalysisConfig | None = None) -> dict[str, object]:
-    """Run the flow with a task runner sized for ``config.workers``."""
-    runner = dask_runner(config.workers, address)
+    """Run ``explain-archive`` for a config built by the CLI."""
+    settings = {k: v for k, v in config.to_json().items() if k not in ("source", "root")}
     payload = (analysis_config or analysis.DEFAULT_ANALYSIS).to_json()
-    return explain_archive.with_options(task_runner=runner)(config.to_json(), payload)
+    return explain_archive(config.source, config.root, settings, payload, address)
