@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     add_run_options(demo, out_required=False)
+    demo.set_defaults(shard_size=3)  # five photos: two shards keep both default workers busy
     return parser
 
 
