@@ -93,6 +93,15 @@ def decode(config: RunConfig, row: dict, min_side: int | None = None):
     return imaging.decode_image(archive_root(config) / str(row["path"]), **kwargs)
 
 
+def device_of(config: RunConfig) -> torch.device:
+    """The run's device (``auto``: the GPU when there is one)."""
+    try:
+        from pipeline.device import resolve_device
+    except ImportError:
+        return torch.device(config.device)
+    return resolve_device(config.device)
+
+
 def resize_mode(model) -> str:
     return getattr(model, "resize", "squash")
 
@@ -171,7 +180,8 @@ def reclassify_shard(config: RunConfig, shard: int,
     start, rows = _shard_rows(run, config, shard)
     explained = set(_explained(run, shard)["image_id"])
     model = model_of(config)
-    module = model.module.to(config.device)
+    device = device_of(config)
+    module = model.module.to(device).eval()
     size = tuple(model.input_size)
     mode = resize_mode(model)
     work_side = rcfg.decode_min_side(size)
@@ -199,7 +209,7 @@ def reclassify_shard(config: RunConfig, shard: int,
                 errors.append(_error(row, "reclassify", exc))
         if not batch:
             continue
-        x = torch.stack(inputs).to(config.device)
+        x = torch.stack(inputs).to(device)
         global_probs = softmax(module, x, rcfg.batch_size)
         batch_records = [_record(row, BASELINE_METHOD, BASELINE_VARIANT, global_probs[j], model,
                                  rcfg.topk, None) for j, (_, row) in enumerate(batch)]
@@ -277,7 +287,8 @@ def evaluate_shard(config: RunConfig, shard: int,
     predictions = _explained(run, shard)
     targets = {(r.image_id, r.method): int(r.target) for r in predictions.itertuples()}
     model = model_of(config)
-    module = model.module.to(config.device)
+    device = device_of(config)
+    module = model.module.to(device).eval()
     size = tuple(model.input_size)
     mode = resize_mode(model)
     explained = set(predictions["image_id"])
@@ -303,7 +314,7 @@ def evaluate_shard(config: RunConfig, shard: int,
                 errors.append(_error(row, "evaluate", exc))
         if not batch:
             continue
-        x = torch.stack(inputs).to(config.device)
+        x = torch.stack(inputs).to(device)
         boxes = boxes_to_input(_boxes([row for _, row in batch]), np.array(views), size)
         for method in config.methods:
             chosen = [(j, i, row) for j, (i, row) in enumerate(batch)
