@@ -159,7 +159,7 @@ def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
     rows = []
     for theta_value in (0.0, 2.0):
         for sampler in ("cd", "scd"):
-            cfg = FidoConfig(sampler=sampler, samples=samples)
+            cfg = FidoConfig(sampler=sampler, samples=samples, lo_cap=None)  # plain objective
             with Fido(bench.model, cfg):
                 objective = FidoObjective(bench.model, bench.data.images, bench.data.labels, cfg,
                                           list(range(n_images)))
@@ -183,16 +183,16 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     model = load_model().module
-    images = photos(8, (224, 224))
-    fast = FidoConfig(iterations=3 if quick else 5)
+    images = photos(8 if quick else 32, (224, 224))
+    fast = FidoConfig(samples=2, iterations=3)
     report = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                    f"{platform.processor() or 'cpu'}",
         "date": date.today().isoformat(),
         "torch": torch.__version__,
         "overhead": overhead(model, images[:4], samples=2, repeats=2 if quick else 5),
-        "throughput": throughput(model, images, fast, [1, 4] if quick else [1, 8]),
-        "quality_vs_compute": quality_vs_compute(8 if quick else 32,
+        "throughput": throughput(model, images, fast, [1, 4] if quick else [1, 8, 32]),
+        "quality_vs_compute": quality_vs_compute(8 if quick else 16,
                                                  [1, 4] if quick else [1, 2, 4, 8, 16],
                                                  [10] if quick else [10, 30]),
         "gradient_variance": gradient_variance(4 if quick else 16, 8 if quick else 32, samples=4),
