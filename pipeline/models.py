@@ -198,6 +198,17 @@ class Architecture:
     class_names: list[str] | None = None
 
 
+def _import_extra(module: str, architecture: str):
+    """An optional extra (torchvision, timm), or a ModelError that says how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # a broken install raises more than ImportError
+        raise ModelError(f"architecture {architecture} needs {module} ({type(exc).__name__}: "
+                         f"{exc}); {VISION_HINT}") from exc
+
+
 def build_architecture(name: str, num_classes: int | None) -> Architecture:
     """An untrained network of the named architecture with ``num_classes`` outputs."""
     kind, _, arch = name.partition(":") if ":" in name else ("fidoflow", ":", name)
@@ -214,11 +225,7 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
         return Architecture(net, (224, 224), (0.5,) * 3, (0.5,) * 3,
                             imagenet_class_names() if k == 1000 else None)
     if kind == "torchvision":
-        try:
-            import torchvision
-        except Exception as exc:
-            raise ModelError(f"architecture {name} needs torchvision ({type(exc).__name__}: "
-                             f"{exc}); {VISION_HINT}") from exc
+        torchvision = _import_extra("torchvision", name)
         try:
             kwargs = {"weights": None}
             if num_classes:
@@ -228,11 +235,7 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
             raise ModelError(f"torchvision has no model {arch!r}: {exc}") from exc
         return Architecture(net, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
     if kind == "timm":
-        try:
-            import timm
-        except Exception as exc:
-            raise ModelError(f"architecture {name} needs timm ({type(exc).__name__}: {exc}); "
-                             f"{VISION_HINT}") from exc
+        timm = _import_extra("timm", name)
         try:
             kwargs = {"num_classes": num_classes} if num_classes else {}
             net = timm.create_model(arch, pretrained=False, **kwargs)
