@@ -207,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         print_demo_table(config.root)
     print(f"{outcome['shards_run']} of {outcome['shards']} shards run, "
           f"{outcome['images_run']} images, {outcome['errors']} errors")
+    if outcome.get("analysis_errors"):
+        print(f"{outcome['analysis_errors']} images failed in re-classification or evaluation "
+              "(errors/reclassify-part-*, errors/evaluate-part-*)")
     for line in report_lines(config):
         print(line)
+    if args.command != "demo":
+        print(f"report: {outcome['report']}")
     print(f"run folder: {config.root}")
     return 0
 
