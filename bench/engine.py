@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.quality import load_benchmark, score  # noqa: E402
-from pipeline.attribution import log_odds  # noqa: E402
-from pipeline.baselines import GradCam  # noqa: E402
-from pipeline.fido import Fido, FidoConfig, FidoObjective  # noqa: E402
-from pipeline.models import load_model  # noqa: E402
+from bench.quality import load_benchmark, score
+from pipeline.attribution import log_odds
+from pipeline.baselines import GradCam
+from pipeline.fido import Fido, FidoConfig, FidoObjective
+from pipeline.models import load_model
 
 
 def timed(fn, repeats: int) -> float:
@@ -113,10 +113,10 @@ def end_to_end(n_photos: int, cfg: FidoConfig) -> dict:
         folder.mkdir()
         for i, image in enumerate(photos(n_photos, (224, 224))):
             Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(folder / f"{i}.png")
-        plain = [sys.executable, "-c", (
-            "import sys,torch; sys.path.insert(0, %r); from bench.engine import plain_run; "
-            "plain_run(%r, %d, %d, %d)" % (str(Path(__file__).resolve().parent.parent), str(folder),
-                                            cfg.samples, cfg.iterations, cfg.mask_size))]
+        repo = str(Path(__file__).resolve().parent.parent)
+        plain = [sys.executable, "-c",
+                 (f"import sys; sys.path.insert(0, {repo!r}); from bench.engine import plain_run; "
+                 f"plain_run({str(folder)!r}, {cfg.samples}, {cfg.iterations}, {cfg.mask_size})")]
         flow = [str(Path(sys.executable).parent / "fidoflow"), "run", str(folder), "--out",
                 str(Path(tmp) / "run"), "--samples", str(cfg.samples), "--iterations",
                 str(cfg.iterations), "--mask-size", str(cfg.mask_size), "--shard-size",
@@ -184,22 +184,21 @@ def main() -> None:
     quick = args.quick
     model = load_model().module
     images = photos(8 if quick else 32, (224, 224))
-    fast = FidoConfig(samples=2, iterations=3)
-    report = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{platform.processor() or 'cpu'}",
-        "date": date.today().isoformat(),
-        "torch": torch.__version__,
-        "overhead": overhead(model, images[:4], samples=2, repeats=2 if quick else 5),
-        "throughput": throughput(model, images, fast, [1, 4] if quick else [1, 8, 32]),
-        "quality_vs_compute": quality_vs_compute(8 if quick else 16,
-                                                 [1, 4] if quick else [1, 2, 4, 8, 16],
-                                                 [10] if quick else [10, 30]),
-        "gradient_variance": gradient_variance(4 if quick else 16, 8 if quick else 32, samples=4),
+    sections = {
+        "machine": lambda: f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "date": lambda: date.today().isoformat(),
+        "torch": lambda: torch.__version__,
+        "overhead": lambda: overhead(model, images[:4], samples=2, repeats=2 if quick else 3),
+        "throughput": lambda: throughput(model, images, FidoConfig(samples=2, iterations=2),
+                                         [1, 4] if quick else [1, 8, 32]),
+        "gradient_variance": lambda: gradient_variance(4 if quick else 16, 8 if quick else 32, 4),
+        "quality_vs_compute": lambda: quality_vs_compute(8, [1, 4] if quick else [1, 2, 4, 8, 16],
+                                                         [10] if quick else [10, 30]),
     }
     if not args.skip_end_to_end:
-        report["end_to_end"] = end_to_end(8, FidoConfig(iterations=10))
-    print(json.dumps(report, indent=2))
+        sections["end_to_end"] = lambda: end_to_end(8, FidoConfig(iterations=5))
+    for name, measure in sections.items():  # one JSON line per section, printed as it is done
+        print(json.dumps({name: measure()}), flush=True)
 
 
 if __name__ == "__main__":

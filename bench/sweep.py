@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.quality import load_benchmark, score  # noqa: E402
-from pipeline.baselines import GradCam  # noqa: E402
-from pipeline.fido import Fido, FidoConfig  # noqa: E402
+from bench.quality import load_benchmark, score
+from pipeline.baselines import GradCam
+from pipeline.fido import Fido, FidoConfig
 
 GRID = {
     "lr": [0.1, 0.3, 1.0],
