@@ -98,6 +98,8 @@ def add_run_options(parser: argparse.ArgumentParser, out_required: bool) -> None
                                           "bombs (default ~179M, Pillow's limit)")
     parser.add_argument("--device", default="auto",
                         help="auto (a GPU when there is one), cpu, cuda, cuda:0, ...")
+    parser.add_argument("--explain-only", action="store_true",
+                        help="masks and predictions only: skip re-classification, metrics, report")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the classifier (GPU runs: slower start, faster steps)")
     parser.add_argument("--dask-address", default=None,
@@ -129,7 +131,7 @@ def config_from(args: argparse.Namespace, source: str) -> RunConfig:
     return RunConfig(
         source=str(Path(source).resolve()), root=args.out, methods=methods, model=model,
         shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
-        workers=args.workers, device=str(resolve_device(args.device)), compile=args.compile,
+        workers=args.workers, device=str(resolve_device(args.device)), compile=args.compile, analyse=not args.explain_only,
         format=getattr(args, "format", None), split=getattr(args, "split", "all"),
         images_root=_absolute(getattr(args, "images_root", None)),
         model_card=_absolute(args.model_card), trust_model_code=args.trust_model_code,
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               "(errors/reclassify-part-*, errors/evaluate-part-*)")
     for line in report_lines(config):
         print(line)
-    if args.command != "demo":
+    if args.command != "demo" and outcome.get("report"):
         print(f"report: {outcome['report']}")
     print(f"run folder: {config.root}")
     return 0

@@ -30,6 +30,7 @@ class RunConfig:
     workers: int = 2
     device: str = "cpu"
     compile: bool = False
+    analyse: bool = True
     format: str | None = None
     split: str = "all"
     images_root: str | None = None
@@ -59,7 +60,7 @@ class RunConfig:
     def results_identity(self) -> dict[str, object]:
         """The part of the config that must match for a rerun to resume into the same folder."""
         record = self.to_json()
-        for key in ("root", "workers", "device", "compile", "trust_model_code"):
+        for key in ("root", "workers", "device", "compile", "analyse", "trust_model_code"):
             record.pop(key)
         return record
 

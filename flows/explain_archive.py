@@ -100,8 +100,9 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     downstream = {
         "reclassify": [s for s in analysis.pending(config, "reclassify", n_shards) if s not in later],
         "evaluate": [s for s in analysis.pending(config, "evaluate", n_shards) if s not in later],
-    }
-    tasks = {"reclassify": reclassify_shard_task, "evaluate": evaluate_shard_task}
+    } if config.analyse else {}
+    tasks = ({"reclassify": reclassify_shard_task, "evaluate": evaluate_shard_task}
+             if config.analyse else {})
     totals = {stage: len(shards) + len(todo) for stage, shards in downstream.items()}
     futures = []
 
@@ -130,10 +131,13 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
             stage = by_future[id(future)]
             progress.update(bars[stage], advance=1,
                             description=f"{stage}: shard {outcome['shard']} done")
-        summary = aggregate_task.submit(config_json, analysis_json).result()
-    publish_artifacts(summary)
+        summary = (aggregate_task.submit(config_json, analysis_json).result() if config.analyse
+                   else {"summary": None, "report": None})
+    if config.analyse:
+        publish_artifacts(summary)
     return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors,
-            "analysis_errors": analysis_errors, "reclassified": totals["reclassify"], "evaluated": totals["evaluate"],
+            "analysis_errors": analysis_errors, "reclassified": totals.get("reclassify", 0),
+            "evaluated": totals.get("evaluate", 0),
             "summary": summary["summary"], "report": summary["report"]}
 
 

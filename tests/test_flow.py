@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # The small synthetic classifier keeps three flow runs cheap; test_analysis_flow.py runs the
 # embedded EfficientNet-Lite0 end to end.
 FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size", "2",
-        "--method", "scd,cd", "--model", "synthetic-cnn"]
+        "--method", "scd,cd", "--model", "synthetic-cnn", "--explain-only"]
 
 
 def parts_of(run: Path, stage: str) -> list[Path]:
@@ -47,6 +47,7 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
     assert sorted((r["image_id"], r["method"]) for r in rows) == sorted(
         (i, m) for i in ("chelsea", "coffee", "sub/rocket") for m in ("scd", "cd"))
     assert all(len(r["top5"]) == 5 and 0 <= r["p_ssr"] <= 1 for r in rows)
+    assert not (run / "reclassify").exists() and not (run / "report.html").exists()  # explain-only
     errors = [pq.read_table(p) for p in parts_of(run, "errors")]
     assert all(t.schema.equals(schemas.ERRORS) and t.num_rows == 0 for t in errors)
 
