@@ -6,7 +6,8 @@ import torch
 from pipeline.fido import Fido, FidoConfig, total_variation
 from tests.conftest import SQUARE, square_image
 
-TOY = dict(samples=4, iterations=60, mask_size=32, lr=0.3, l1=40.0, tv=4.0, infill="mean")
+TOY = {"samples": 4, "iterations": 60, "mask_size": 32, "lr": 0.3, "l1": 40.0, "tv": 4.0,
+       "infill": "mean"}
 
 
 def square_mass(maps: torch.Tensor) -> torch.Tensor:
