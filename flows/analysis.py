@@ -137,12 +137,6 @@ def pending(config: RunConfig, stage: str, n_shards: int) -> list[int]:
     return [s for s in range(n_shards) if s not in done]
 
 
-def _shard_rows(run: RunFolder, config: RunConfig, shard: int) -> tuple[int, list[dict]]:
-    manifest = run.read_table("manifest.parquet")
-    start = shard * config.shard_size
-    return start, manifest.slice(start, config.shard_size).to_pylist()
-
-
 def _explained(run: RunFolder, shard: int) -> pd.DataFrame:
     """The shard's predictions (one row per image and method that explain produced)."""
     if shard not in parts.done_shards(run, "predictions"):
@@ -177,7 +171,7 @@ def reclassify_shard(config: RunConfig, shard: int,
     ``reclassify/`` part, written last, marks the shard done."""
     rcfg = analysis.reclassify
     run = RunFolder(config.root)
-    start, rows = _shard_rows(run, config, shard)
+    start, rows = stages.shard_rows(run, config, shard)
     explained = set(_explained(run, shard)["image_id"])
     model = model_of(config)
     device = device_of(config)
@@ -283,7 +277,7 @@ def evaluate_shard(config: RunConfig, shard: int,
     written last, marks the shard done."""
     ecfg = analysis.evaluate
     run = RunFolder(config.root)
-    start, rows = _shard_rows(run, config, shard)
+    start, rows = stages.shard_rows(run, config, shard)
     predictions = _explained(run, shard)
     targets = {(r.image_id, r.method): int(r.target) for r in predictions.itertuples()}
     model = model_of(config)

@@ -131,12 +131,16 @@ def pending_shards(config: RunConfig, n_shards: int) -> list[int]:
     return [s for s in range(n_shards) if s not in done]
 
 
+def shard_rows(run: RunFolder, config: RunConfig, shard: int) -> tuple[int, list[dict]]:
+    """The first mask row of ``shard`` and its manifest records, read without the other shards."""
+    rows = run.read_table("manifest.parquet", filters=[("shard", "==", shard)]).to_pylist()
+    return shard * config.shard_size, rows
+
+
 def explain_shard(config: RunConfig, shard: int) -> dict[str, int]:
     """Masks and predictions of one shard; the predictions part, written last, marks it done."""
     run = RunFolder(config.root)
-    manifest = run.read_table("manifest.parquet")
-    start = shard * config.shard_size
-    rows = manifest.slice(start, config.shard_size).to_pylist()
+    start, rows = shard_rows(run, config, shard)
     model = model_of(config)
     result = explain_rows(model, config.archive_root, rows, config.methods, config.seed,
                           config.batch_size, config.device, config.decode_limits,

@@ -55,9 +55,10 @@ class RunFolder:
         pq.write_table(table, sink)
         self.write_bytes_atomic(sink.getvalue(), *parts)
 
-    def read_table(self, *parts: str) -> pa.Table:
+    def read_table(self, *parts: str, filters: list[tuple] | None = None) -> pa.Table:
+        """A Parquet file, or only the row groups and rows matching ``filters`` (pyarrow's)."""
         with self.fs.open(self.local(*parts), "rb") as fh:
-            return pq.read_table(fh)
+            return pq.read_table(fh, filters=filters)
 
     def write_json(self, obj: dict[str, Any], *parts: str) -> None:
         self.write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
