@@ -175,7 +175,7 @@ def reclassify_shard(config: RunConfig, shard: int,
     explained = set(_explained(run, shard)["image_id"])
     model = model_of(config)
     device = device_of(config)
-    module = model.module.to(device).eval()
+    module = model.on(device)
     size = tuple(model.input_size)
     mode = resize_mode(model)
     work_side = rcfg.decode_min_side(size)
@@ -282,7 +282,7 @@ def evaluate_shard(config: RunConfig, shard: int,
     targets = {(r.image_id, r.method): int(r.target) for r in predictions.itertuples()}
     model = model_of(config)
     device = device_of(config)
-    module = model.module.to(device).eval()
+    module = model.on(device)
     size = tuple(model.input_size)
     mode = resize_mode(model)
     explained = set(predictions["image_id"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .device import prepare_module, resolve_device
+from .device import resolve_device
 from .fido import Fido, FidoConfig
 from .images import DecodeLimits, decode_image, to_tensor
 from .models import LoadedModel
@@ -89,14 +89,13 @@ def explain_rows(
             for name in ("joint", "ssr", "sdr")
         }
     target = resolve_device(device)
-    module = prepare_module(model.module, target, compile_model)
-    memory_format = torch.channels_last if target.type == "cuda" else torch.contiguous_format
+    module = model.on(target, compile_model)
     for start in range(0, n, batch_size):
         chunk = rows[start:start + batch_size]
         ok, images = load_batch(root, chunk, model.input_size, result, limits, model.resize)
         if images is None:
             continue
-        images = images.to(target, memory_format=memory_format)
+        images = images.to(target)
         with torch.no_grad():
             probs = module(images).float().softmax(dim=1)
         top_p, top_k = probs.topk(min(5, probs.shape[1]), dim=1)

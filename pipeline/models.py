@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .device import prepare_module
 from .images import RESIZE_MODES
 
 BUILTIN = "efficientnet-lite0"
@@ -74,6 +75,15 @@ class LoadedModel:
     identity: str  # sha256 of the weights file(s) and card: which model made the masks
     resize: str = "squash"
     details: dict = field(default_factory=dict)  # architecture, files, normalisation
+    _prepared: dict[tuple[str, bool], nn.Module] = field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device: torch.device, compile_model: bool = False) -> nn.Module:
+        """The classifier fused and laid out for ``device`` (pipeline/device.py), prepared once
+        per process and device: every shard a worker explains reuses it."""
+        key = (str(device), compile_model)
+        if key not in self._prepared:
+            self._prepared[key] = prepare_module(self.module, device, compile_model, self.input_size)
+        return self._prepared[key]
 
     def describe(self) -> dict[str, object]:
         """What run.json records."""
