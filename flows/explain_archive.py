@@ -13,8 +13,13 @@ from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 from rich.progress import Progress
 
-from . import analysis, stages
+from . import stages
+from .aggregate_stage import aggregate_run
+from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
+from .analysis_shards import pending
 from .config import RunConfig
+from .evaluate_stage import evaluate_shard
+from .reclassify_stage import reclassify_shard
 
 SUMMARY_ARTIFACT = "fidoflow-summary"
 REPORT_ARTIFACT = "fidoflow-report"
@@ -31,21 +36,21 @@ def explain_shard_task(config_json: dict, shard: int) -> dict[str, int]:
 def reclassify_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, int]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
-    return analysis.reclassify_shard(config, shard, analysis.AnalysisConfig.from_json(analysis_json))
+    return reclassify_shard(config, shard, AnalysisConfig.from_json(analysis_json))
 
 
 @task(name="evaluate-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
 def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, int]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
-    return analysis.evaluate_shard(config, shard, analysis.AnalysisConfig.from_json(analysis_json))
+    return evaluate_shard(config, shard, AnalysisConfig.from_json(analysis_json))
 
 
 @task(name="aggregate-run", cache_policy=NO_CACHE, persist_result=False)
 def aggregate_task(config_json: dict, analysis_json: dict) -> dict[str, object]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
-    return analysis.aggregate_run(config, analysis.AnalysisConfig.from_json(analysis_json))
+    return aggregate_run(config, AnalysisConfig.from_json(analysis_json))
 
 
 def dask_runner(workers: int, address: str | None = None) -> DaskTaskRunner:
@@ -92,14 +97,14 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     run are redone downstream, others only where their part is missing), then aggregate.
     ``analysis_json`` (an AnalysisConfig; default: its defaults) sets the analysis stages."""
     config = RunConfig.from_json(config_json)
-    analysis_json = (analysis.AnalysisConfig.from_json(analysis_json) if analysis_json
-                     else analysis.DEFAULT_ANALYSIS).to_json()
+    analysis_json = (AnalysisConfig.from_json(analysis_json) if analysis_json
+                     else DEFAULT_ANALYSIS).to_json()
     n_shards = stages.prepare_run(config)
     todo = stages.pending_shards(config, n_shards)
     later = set(todo)
     downstream = {
-        "reclassify": [s for s in analysis.pending(config, "reclassify", n_shards) if s not in later],
-        "evaluate": [s for s in analysis.pending(config, "evaluate", n_shards) if s not in later],
+        "reclassify": [s for s in pending(config, "reclassify", n_shards) if s not in later],
+        "evaluate": [s for s in pending(config, "evaluate", n_shards) if s not in later],
     } if config.analyse else {}
     tasks = ({"reclassify": reclassify_shard_task, "evaluate": evaluate_shard_task}
              if config.analyse else {})
@@ -157,8 +162,8 @@ def explain_archive(archive: str, out: str, settings: dict | None = None,
 
 
 def run_flow(config: RunConfig, address: str | None = None,
-             analysis_config: analysis.AnalysisConfig | None = None) -> dict[str, object]:
+             analysis_config: AnalysisConfig | None = None) -> dict[str, object]:
     """Run ``explain-archive`` for a config built by the CLI."""
     settings = {k: v for k, v in config.to_json().items() if k not in ("source", "root")}
-    payload = (analysis_config or analysis.DEFAULT_ANALYSIS).to_json()
+    payload = (analysis_config or DEFAULT_ANALYSIS).to_json()
     return explain_archive(config.source, config.root, settings, payload, address)

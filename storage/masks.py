@@ -65,3 +65,9 @@ def write_region(url: str, method: str, start: int, maps: Mapping[str, np.ndarra
 
 def read_maps(url: str, method: str, name: str = "joint", rows: slice = slice(None)) -> np.ndarray:
     return zarr.open_group(url, mode="r")[method][name][rows]
+
+
+def map_names(url: str, method: str) -> tuple[str, ...]:
+    """The maps stored for ``method`` (``joint`` always; ``ssr`` and ``sdr`` where it has them)."""
+    group = zarr.open_group(url, mode="r")[method]
+    return tuple(name for name in MAP_NAMES if name in group)

@@ -18,8 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows import analysis, stages
+from flows import stages
+from flows.aggregate_stage import aggregate_run
+from flows.analysis_config import AnalysisConfig
+from flows.analysis_shards import pending
 from flows.config import RunConfig
+from flows.evaluate_stage import evaluate_shard
+from flows.reclassify_stage import reclassify_shard
+from pipeline.aggregate import BootstrapConfig
 from pipeline.evaluate import EvaluateConfig
 from pipeline.fido import FidoConfig
 from pipeline.models import LoadedModel
@@ -30,9 +36,8 @@ from storage.runfolder import RunFolder
 from tests.test_report import assert_all_images_loaded, chromium, render_in_browser  # noqa: F401
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-TINY = analysis.AnalysisConfig(evaluate=EvaluateConfig(steps=4),
-                               bootstrap=analysis.BootstrapConfig(resamples=200),
-                               gallery=3, flips=2)
+TINY = AnalysisConfig(evaluate=EvaluateConfig(steps=4), bootstrap=BootstrapConfig(resamples=200),
+                      gallery=3, flips=2)
 
 
 def synthetic_model() -> LoadedModel:
@@ -71,9 +76,9 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, P
     try:
         for shard in range(3):
             stages.explain_shard(config, shard)
-            analysis.reclassify_shard(config, shard, TINY)
-            analysis.evaluate_shard(config, shard, TINY)
-        analysis.aggregate_run(config, TINY)
+            reclassify_shard(config, shard, TINY)
+            evaluate_shard(config, shard, TINY)
+        aggregate_run(config, TINY)
     finally:
         patch.undo()
     return config, run
@@ -180,15 +185,15 @@ def test_readme_queries_answer_the_analysts_questions(labelled_run, capsys) -> N
 
 def test_rerun_skips_done_shards_and_redoes_a_missing_one(labelled_run) -> None:
     config, run = labelled_run
-    assert analysis.pending(config, "reclassify", 3) == []
+    assert pending(config, "reclassify", 3) == []
     part = run / "reclassify" / parts.part_name(1)
     before = pq.read_table(part)
     part.unlink()
-    assert analysis.pending(config, "reclassify", 3) == [1]
+    assert pending(config, "reclassify", 3) == [1]
     patch = pytest.MonkeyPatch()
     patch.setattr(stages, "worker_model", lambda *args, **kwargs: synthetic_model())
     try:
-        analysis.reclassify_shard(config, 1, TINY)
+        reclassify_shard(config, 1, TINY)
     finally:
         patch.undo()
     after = pq.read_table(part)
@@ -208,11 +213,12 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows import explain_archive
     from flows.cli import main
     from flows.server import prefect_api
 
     chromium_path = request.getfixturevalue("chromium")
-    monkeypatch.setattr(analysis, "DEFAULT_ANALYSIS", TINY)
+    monkeypatch.setattr(explain_archive, "DEFAULT_ANALYSIS", TINY)
     run = tmp_path / "run"
     argv = ["run", str(photo_folder), "--out", str(run), "--iterations", "2", "--samples", "1",
             "--mask-size", "8", "--shard-size", "2", "--method", "scd,cd"]

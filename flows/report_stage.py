@@ -1,0 +1,173 @@
+"""``report.html`` of a run: the summary's tables, mean deletion/insertion curves, a gallery of
+pictures with their maps and crops, and examples whose class the re-classification flipped.
+Reads pictures from the archive and maps from the mask store; the rendering is
+``pipeline.report``'s."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.aggregate import BASELINE_METHOD
+from pipeline.models import LoadedModel
+from pipeline.report import Curves, FlipItem, GalleryItem, MethodMaps, render_report, thumbnail
+from storage import masks
+from storage.runfolder import RunFolder
+
+from . import stages
+from .analysis_config import AnalysisConfig
+from .config import RunConfig
+from .pictures import decode_row, original_size, view_box
+
+log = logging.getLogger(__name__)
+GALLERY_SIDE = 224  # longest side of a gallery thumbnail, pixels
+FLIP_SIDE = 150  # and of a flip example's
+Frame = tuple[float, float, float]  # original pixels -> thumbnail pixels: scale, offset x, y
+RowsById = dict[str, tuple[int, dict]]  # image_id -> (manifest row number, manifest row)
+
+
+def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
+                 manifest: pd.DataFrame, reclassified: pd.DataFrame, metrics: pd.DataFrame,
+                 summary: pd.DataFrame) -> str:
+    """The report's HTML (self-contained: pictures and plots inlined)."""
+    model = stages.model_of(config)
+    rows_by_id = {r["image_id"]: (i, r) for i, r in enumerate(manifest.to_dict("records"))}
+    base = reclassified[reclassified["method"] == BASELINE_METHOD].set_index("image_id")
+    gallery = gallery_items(config, analysis, run, model, rows_by_id, base, reclassified)
+    flips = flip_items(config, analysis, model, rows_by_id, base, reclassified)
+    note = (f"At most {analysis.flips} examples per method, variant and direction "
+            "(first image ids); the counts are in the table above.")
+    return render_report(summary, mean_curves(metrics) if len(metrics) else {}, gallery, flips,
+                         title=f"fidoflow report: {Path(run.root).name}",
+                         meta=report_meta(config, analysis, run), flips_note=note)
+
+
+def mean_curves(metrics: pd.DataFrame) -> dict[str, Curves]:
+    """Mean deletion/insertion curve per method; the x axis is the fraction of pixels changed
+    (step k of s changes floor(k·HW/s) pixels: k/s to within one pixel)."""
+    curves = {}
+    for method, cell in metrics.groupby("method", sort=True):
+        deletion = np.stack(cell["deletion_curve"].map(np.asarray).to_list())
+        insertion = np.stack(cell["insertion_curve"].map(np.asarray).to_list())
+        steps = deletion.shape[1] - 1
+        curves[str(method)] = Curves(np.linspace(0, 1, steps + 1), deletion.mean(0),
+                                     insertion.mean(0), len(cell))
+    return curves
+
+
+def gallery_items(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
+                  model: LoadedModel, rows_by_id: RowsById, base: pd.DataFrame,
+                  reclassified: pd.DataFrame) -> list[GalleryItem]:
+    """``analysis.gallery`` images drawn with the bootstrap seed (the same on every rerun):
+    each with every method's maps, its crop box and the classes before and after."""
+    methods = list(config.methods)
+    crop_rows = reclassified[reclassified["variant"] == "crop"].set_index(["image_id", "method"])
+    rng = np.random.default_rng(analysis.bootstrap.seed)
+    ids = sorted(base.index)
+    chosen = sorted(rng.choice(len(ids), size=min(analysis.gallery, len(ids)), replace=False)) \
+        if ids else []
+    map_names = {method: masks.map_names(run.masks_url, method) for method in methods}
+    gallery = []
+    for k in chosen:
+        image_id = ids[k]
+        i, row = rows_by_id[image_id]
+        try:
+            thumb, frame = picture_frame(config, row, model, GALLERY_SIDE)
+        except Exception as exc:  # noqa: BLE001 - a picture that vanished since: leave it out
+            log.warning("report: %s left out of the gallery: %s", image_id, exc)
+            continue
+        b = base.loc[image_id]
+        caption = [f"label: {row.get('label_name') or '–'}",
+                   f"global: {b['top1_name']} ({b['top1_prob']:.2f})"]
+        per_method = {}
+        for method in methods:
+            maps = {name: masks.read_maps(run.masks_url, method, name, slice(i, i + 1))[0]
+                    for name in ("ssr", "sdr", "joint") if name in map_names[method]}
+            box = None
+            if (image_id, method) in crop_rows.index:
+                rec = crop_rows.loc[(image_id, method)]
+                box = box_in(frame, rec)
+                caption.append(f"{method} crop: {rec['top1_name']} ({rec['top1_prob']:.2f})")
+            per_method[method] = MethodMaps(maps, box)
+        gallery.append(GalleryItem(image_id, thumb, caption, per_method))
+    return gallery
+
+
+def flip_items(config: RunConfig, analysis: AnalysisConfig, model: LoadedModel,
+               rows_by_id: RowsById, base: pd.DataFrame, reclassified: pd.DataFrame
+               ) -> list[FlipItem]:
+    """Per (method, variant) the first ``analysis.flips`` images the variant turned from wrong
+    to right and from right to wrong (labelled runs), or whose top-1 it changed (unlabelled)."""
+    flips = []
+    labelled = base["correct"].notna().any() if len(base) else False
+    others = reclassified[reclassified["method"] != BASELINE_METHOD]
+    for (method, variant), cell in others.groupby(["method", "variant"], sort=True):
+        cell = cell.merge(base[["top1", "top1_name", "correct"]], left_on="image_id",
+                          right_index=True, suffixes=("", "_base")).set_index("image_id")
+        cell = cell.sort_index()
+        if labelled:
+            now = cell["correct"].astype("boolean")
+            before = cell["correct_base"].astype("boolean")
+            groups = {"wrong→right": cell[(~before & now).fillna(False).to_numpy(bool)],
+                      "right→wrong": cell[(before & ~now).fillna(False).to_numpy(bool)]}
+        else:
+            groups = {"changed": cell[cell["top1"] != cell["top1_base"]]}
+        for direction, members in groups.items():
+            for image_id, rec in members.head(analysis.flips).iterrows():
+                _, row = rows_by_id[image_id]
+                try:
+                    thumb, frame = picture_frame(config, row, model, FLIP_SIDE)
+                except Exception as exc:  # noqa: BLE001 - a picture that vanished since
+                    log.warning("report: %s left out of the flips: %s", image_id, exc)
+                    continue
+                caption = ([f"label {row.get('label_name') or rec.get('model_label')}"]
+                           if labelled else [])
+                caption += [f"{rec['top1_name_base']} → {rec['top1_name']}"]
+                flips.append(FlipItem(str(image_id), str(method), str(variant), direction, thumb,
+                                      caption, box_in(frame, rec)))
+    return flips
+
+
+def report_meta(config: RunConfig, analysis: AnalysisConfig, run: RunFolder) -> dict[str, str]:
+    """The report's header: what was run, with which settings, by which code."""
+    info = run.read_json("run.json") if run.exists("run.json") else {}
+    return {
+        "run folder": run.root,
+        "model": str(info.get("model", {}).get("name", config.model)),
+        "methods": ", ".join(config.methods),
+        "variants": ", ".join(analysis.reclassify.variants),
+        "created": str(info.get("created", "")),
+        "code version": str(info.get("code_version", "")),
+        "deletion/insertion": f"{analysis.evaluate.steps} steps, baseline "
+                              f"{analysis.evaluate.baseline}",
+        "confidence intervals": f"{analysis.bootstrap.confidence:.0%} percentile bootstrap, "
+                                f"{analysis.bootstrap.resamples} resamples, seed "
+                                f"{analysis.bootstrap.seed}",
+    }
+
+
+def picture_frame(config: RunConfig, row: dict, model: LoadedModel, longest: int
+                  ) -> tuple[np.ndarray, Frame]:
+    """Thumbnail of the part of a picture the model saw, and the map from original pixels to
+    thumbnail pixels."""
+    img = decode_row(config, row, longest)
+    width, _ = original_size(img)
+    vx0, vy0, vx1, vy1 = view_box(img.size, model.input_size, model.resize)
+    seen = img.crop((int(vx0), int(vy0), int(vx1), int(vy1))) if (vx0, vy0) != (0, 0) or (
+        vx1, vy1) != img.size else img
+    thumb, t = thumbnail(np.asarray(seen), longest)
+    r = img.size[0] / width  # decoded pixels per original pixel
+    return thumb, (r * t, vx0 * t, vy0 * t)
+
+
+def box_in(frame: Frame, record: pd.Series) -> tuple[float, ...] | None:
+    """A ``reclassify`` row's crop box (original pixels) in thumbnail pixels; None without."""
+    values = [getattr(record, c, None) for c in ("crop_x0", "crop_y0", "crop_x1", "crop_y1")]
+    if any(v is None or pd.isna(v) for v in values):
+        return None
+    s, ox, oy = frame
+    x0, y0, x1, y1 = values
+    return x0 * s - ox, y0 * s - oy, x1 * s - ox, y1 * s - oy
