@@ -88,20 +88,35 @@ def overhead(model: torch.nn.Module, images: torch.Tensor, samples: int, repeats
             "overhead_ratio": step_s / bare_s}
 
 
-def throughput(model: torch.nn.Module, images: torch.Tensor, cfg: FidoConfig, batches: list[int]) -> dict:
-    """Images/s when N images share each step, and a plain one-image-at-a-time loop."""
-    rows = {}
-    with Fido(model, cfg) as fido:
-        for n in batches:
-            chunk = images[:n]
+def throughput(loaded, images: torch.Tensor, cfg: FidoConfig, batches: list[int], rounds: int) -> dict:
+    """Images/s when N images share each step on the prepared classifier (fused, channels_last),
+    and a plain one-image-at-a-time loop on the classifier as loaded. Rounds interleave every
+    configuration, so warm-up (first round) and drifts of the shared machine hit all of them; medians."""
+    prepared = loaded.on(torch.device("cpu"))
+    n_max = max(batches)
+
+    def batched(n: int) -> float:
+        with Fido(prepared, cfg) as fido:
             began = time.perf_counter()
-            fido.attribute(chunk, seeds=list(range(n)))
-            rows[f"N={n}"] = n / (time.perf_counter() - began)
-        began = time.perf_counter()
-        for i in range(len(images[: max(batches)])):
-            fido.attribute(images[i:i + 1], seeds=[i])
-        rows["plain_loop"] = max(batches) / (time.perf_counter() - began)
-    return {"config": f"B={cfg.samples}, {cfg.iterations} steps, mask {cfg.mask_size}", "images_per_s": rows}
+            for start in range(0, n_max, n):
+                fido.attribute(images[start:start + n], seeds=list(range(start, start + n)))
+            return n_max / (time.perf_counter() - began)
+
+    def plain(module: torch.nn.Module) -> float:
+        with Fido(module, cfg) as fido:
+            began = time.perf_counter()
+            for i in range(n_max):
+                fido.attribute(images[i:i + 1], seeds=[i])
+            return n_max / (time.perf_counter() - began)
+
+    runs = {f"N={n}": (lambda n=n: batched(n)) for n in batches}
+    runs["plain_loop"] = lambda: plain(loaded.module)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            rates[name].append(run())
+    return {"config": f"B={cfg.samples}, {cfg.iterations} steps, mask {cfg.mask_size}, {n_max} images",
+            "images_per_s": {name: statistics.median(r) for name, r in rates.items()}}
 
 
 def end_to_end(n_photos: int, cfg: FidoConfig) -> dict:
@@ -114,28 +129,38 @@ def end_to_end(n_photos: int, cfg: FidoConfig) -> dict:
         for i, image in enumerate(photos(n_photos, (224, 224))):
             Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(folder / f"{i}.png")
         repo = str(Path(__file__).resolve().parent.parent)
-        plain = [sys.executable, "-c",
-                 (f"import sys; sys.path.insert(0, {repo!r}); from bench.engine import plain_run; "
-                 f"plain_run({str(folder)!r}, {cfg.samples}, {cfg.iterations}, {cfg.mask_size})")]
+
+        def plain(prepared: bool) -> list[str]:
+            return [sys.executable, "-c",
+                    (f"import sys; sys.path.insert(0, {repo!r}); from bench.engine import plain_run; "
+                     f"plain_run({str(folder)!r}, {cfg.samples}, {cfg.iterations}, {cfg.mask_size}, "
+                     f"{prepared})")]
+
         flow = [str(Path(sys.executable).parent / "fidoflow"), "run", str(folder), "--out",
                 str(Path(tmp) / "run"), "--samples", str(cfg.samples), "--iterations",
                 str(cfg.iterations), "--mask-size", str(cfg.mask_size), "--shard-size",
                 str(max(1, n_photos // 2)), "--explain-only"]
         times = {}
-        for name, command in (("plain_loop_s", plain), ("fidoflow_run_s", flow)):
+        commands = {"plain_loop_s": plain(False), "fidoflow_run_s": flow,
+                    "plain_loop_prepared_model_s": plain(True)}
+        for name, command in commands.items():
             began = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)
             times[name] = time.perf_counter() - began
-    return {"photos": n_photos, **times, "ratio": times["fidoflow_run_s"] / times["plain_loop_s"]}
+    return {"photos": n_photos, **times, "ratio": times["fidoflow_run_s"] / times["plain_loop_s"],
+            "ratio_to_prepared_plain_loop": times["fidoflow_run_s"] / times["plain_loop_prepared_model_s"]}
 
 
-def plain_run(folder: str, samples: int, iterations: int, mask_size: int) -> None:
-    """The reference: decode, classify and explain one image at a time, no batching, no workers."""
+def plain_run(folder: str, samples: int, iterations: int, mask_size: int, prepared: bool = False) -> None:
+    """The reference: decode, classify and explain one image at a time, no batching, no workers,
+    on the classifier as loaded (or, to separate the flow's gains from the classifier's, prepared
+    as the flow prepares it)."""
     from pipeline.images import decode_image, to_tensor
 
     model = load_model()
+    module = model.on(torch.device("cpu")) if prepared else model.module
     cfg = FidoConfig(samples=samples, iterations=iterations, mask_size=mask_size)
-    with Fido(model.module, cfg) as fido:
+    with Fido(module, cfg) as fido:
         for path in sorted(Path(folder).iterdir()):
             fido.attribute(to_tensor(decode_image(path), model.input_size)[None], seeds=[0])
 
@@ -149,6 +174,33 @@ def quality_vs_compute(n_images: int, samples: list[int], iterations: list[int])
                 cfg = FidoConfig(sampler=sampler, samples=b, iterations=its)
                 rows.append({"method": sampler, "samples": b, "iterations": its,
                              **score(bench, Fido(bench.model, cfg))})
+    return rows
+
+
+def early_stopping(loaded, photo_images: torch.Tensor, runs: list[tuple[int, float | None]]) -> list[dict]:
+    """Quality and cost of stopping each image once its masks settle, against fixed iterations:
+    on the synthetic benchmark (16 scenes, ground truth) and on photos (EfficientNet-Lite0,
+    deletion/insertion of the predicted class), one image per slot as on a CPU."""
+    from pipeline.metrics import deletion_insertion
+
+    bench = load_benchmark(16)
+    prepared = loaded.on(torch.device("cpu"))
+    rows = []
+    for iterations, tolerance in runs:
+        cfg = FidoConfig(iterations=iterations, stop_change=tolerance)
+        row = {"iterations": iterations, "stop_change": tolerance,
+               **{f"synthetic_{k}": v for k, v in score(bench, Fido(bench.model, cfg)).items()}}
+        with Fido(prepared, cfg) as fido:
+            targets = fido.predict(photo_images)
+            began = time.perf_counter()
+            out = fido.attribute(photo_images, targets, list(range(len(photo_images))), slots=1)
+            seconds = (time.perf_counter() - began) / len(photo_images)
+        curves = deletion_insertion(prepared, photo_images, out.joint, targets, steps=32)
+        row.update(photos_deletion=curves.deletion_auc.mean().item(),
+                   photos_insertion=curves.insertion_auc.mean().item(),
+                   photos_mean_iterations=out.extras["iterations"].float().mean().item(),
+                   photos_sec_per_image=seconds)
+        rows.append(row)
     return rows
 
 
@@ -179,26 +231,29 @@ def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--sections", default="overhead,throughput,gradient_variance,quality_vs_compute,early_stopping,end_to_end",
+                        help="comma list of the sections to measure")
     args = parser.parse_args()
     quick = args.quick
-    model = load_model().module
+    loaded = load_model()
     images = photos(8 if quick else 32, (224, 224))
     sections = {
-        "machine": lambda: f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "date": lambda: date.today().isoformat(),
-        "torch": lambda: torch.__version__,
-        "overhead": lambda: overhead(model, images[:4], samples=2, repeats=2 if quick else 3),
-        "throughput": lambda: throughput(model, images, FidoConfig(samples=2, iterations=2),
-                                         [1, 4] if quick else [1, 8, 32]),
+        "overhead": lambda: overhead(loaded.on(torch.device("cpu")), images[:4], samples=2,
+                                     repeats=2 if quick else 3),
+        "throughput": lambda: throughput(loaded, images, FidoConfig(samples=2, iterations=2),
+                                         [1, 4] if quick else [1, 8, 32], rounds=2 if quick else 3),
         "gradient_variance": lambda: gradient_variance(4 if quick else 16, 8 if quick else 32, 4),
         "quality_vs_compute": lambda: quality_vs_compute(8, [1, 4] if quick else [1, 2, 4, 8, 16],
                                                          [10] if quick else [10, 30]),
+        "early_stopping": lambda: early_stopping(
+            loaded, images[:4 if quick else 8],
+            [(30, None), (30, 0.005)] if quick else [(30, None), (30, 0.005), (30, 0.003), (60, None), (60, 0.002)]),
+        "end_to_end": lambda: end_to_end(8, FidoConfig(iterations=5 if quick else 30)),
     }
-    if not args.skip_end_to_end:
-        sections["end_to_end"] = lambda: end_to_end(8, FidoConfig())
-    for name, measure in sections.items():  # one JSON line per section, printed as it is done
-        print(json.dumps({name: measure()}), flush=True)
+    print(json.dumps({"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+                      "date": date.today().isoformat(), "torch": torch.__version__}), flush=True)
+    for name in args.sections.split(","):  # one JSON line per section, printed as it is done
+        print(json.dumps({name: sections[name]()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,4 +39,6 @@ def score(bench: Benchmark, attributor: Attributor, steps: int = 32) -> dict[str
         "deletion": curves.deletion_auc.mean().item(),
         "insertion": curves.insertion_auc.mean().item(),
         "sec_per_image": seconds,
+        **({"mean_iterations": out.extras["iterations"].float().mean().item()}
+           if "iterations" in out.extras else {}),
     }

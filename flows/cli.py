@@ -78,8 +78,12 @@ def add_run_options(parser: argparse.ArgumentParser, out_required: bool) -> None
     parser.add_argument("--iterations", type=positive_int, help="optimisation steps")
     parser.add_argument("--mask-size", type=positive_int, help="mask side h = w")
     parser.add_argument("--infill", choices=sorted(INFILLS), help="what replaces dropped pixels")
+    parser.add_argument("--stop-change", type=float, metavar="TOL",
+                        help="stop an image early once its mask cells moved less than TOL on average "
+                             "over 5 steps (its slot takes the next image); 0 never stops early")
     parser.add_argument("--shard-size", type=positive_int, default=16, help="images per task")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per optimisation step")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images per optimisation step (default: 8 on a GPU, 1 on a CPU)")
     parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="Dask worker processes")
     parser.add_argument("--seed", type=int, default=0)
@@ -116,7 +120,7 @@ def config_from(args: argparse.Namespace, source: str) -> RunConfig:
     methods = fido_methods(
         [m.strip() for m in args.method.split(",") if m.strip()],
         samples=args.samples, iterations=args.iterations, mask_size=args.mask_size,
-        infill=args.infill,
+        infill=args.infill, stop_change=args.stop_change,
     )
     model = args.model
     if model not in BUILTINS:

@@ -25,7 +25,7 @@ class RunConfig:
     methods: dict[str, FidoConfig] = field(default_factory=lambda: {"scd": FidoConfig()})
     model: str = "efficientnet-lite0"
     shard_size: int = 16
-    batch_size: int = 8
+    batch_size: int | None = None  # None: pipeline.device.default_batch_size
     seed: int = 0
     workers: int = 2
     device: str = "cpu"
@@ -49,6 +49,12 @@ class RunConfig:
     @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(self.max_pixels, self.max_image_pixels)
+
+    @property
+    def images_per_step(self) -> int:
+        """``batch_size``, or the device's measured best when it is not set."""
+        from pipeline.device import default_batch_size, resolve_device
+        return self.batch_size or default_batch_size(resolve_device(self.device))
 
     @property
     def mask_size(self) -> int:

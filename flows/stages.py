@@ -75,6 +75,10 @@ def prepare_run(config: RunConfig) -> int:
     model = model_of(config)
     if run.exists("run.json"):
         recorded = run.read_json("run.json")
+        if recorded.get("schema_version") != SCHEMA_VERSION:
+            raise RunMismatch(f"{config.root} was written with table schema "
+                              f"{recorded.get('schema_version')}, this fidoflow writes "
+                              f"{SCHEMA_VERSION}; use another --out")
         if recorded["config"] != _normalised(config.results_identity()):
             raise RunMismatch(f"{config.root} holds a run with other settings; "
                               "use another --out or the same options")
@@ -143,7 +147,7 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, int]:
     start, rows = shard_rows(run, config, shard)
     model = model_of(config)
     result = explain_rows(model, config.archive_root, rows, config.methods, config.seed,
-                          config.batch_size, config.device, config.decode_limits,
+                          config.images_per_step, config.device, config.decode_limits,
                           config.compile)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)

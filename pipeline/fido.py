@@ -2,7 +2,8 @@
 
 Implements ../ALGORITHM.md: joint SSR + SDR objective, one forward/backward over 2·N·B blended
 images per step, per-image random streams, penalties normalised by the mask area so that their
-weights do not depend on the mask size.
+weights do not depend on the mask size. Images stream through N slots (continuous batching): one
+that is done, after its iterations or once its masks settle, hands its slot to the next.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class FidoConfig:
     once a region is *sufficient* (or *destroying*) only the penalties act and shrink it. That
     makes the mask's extent follow sufficiency rather than the balance of ``l1`` against the
     log-odds scale, which differs between a small part and a large object.
+
+    ``stop_change`` (None = always ``iterations`` steps) ends an image's optimisation early once
+    its keeps moved less than this on average over the last 5 steps; ``iterations`` stays the cap.
     """
 
     sampler: str = "scd"
@@ -47,6 +51,7 @@ class FidoConfig:
     adam_eps: float = 1e-3
     lo_cap: float | None = 2.0
     autocast: bool = True
+    stop_change: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -72,10 +77,12 @@ def blend(images: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor) -> torch
 
 
 class FidoObjective:
-    """The joint SSR + SDR loss of N images: fixed images, in-fills, targets and random streams.
+    """The joint SSR + SDR loss of the images in the engine's slots: images, in-fills, targets and
+    one random stream per image.
 
-    ``loss(theta, step)`` draws one batch of noise per image from its own stream, so the same
-    images and seeds give the same sequence of losses whatever else is in the batch.
+    ``loss(theta, ramp)`` draws one batch of noise per image from its own stream, so the same
+    images and seeds give the same sequence of losses whatever else is in the batch; ``admit``
+    puts a new image into a slot and ``keep_rows`` drops finished slots (continuous batching).
     """
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
@@ -88,8 +95,20 @@ class FidoObjective:
         self.images = images
         self.fill = make_infill(images, config.infill, self.generators)
         self.targets = targets
-        self._flat_targets = targets.repeat_interleave(config.samples).repeat(2)
         self.autocast = config.autocast and images.device.type == "cuda"
+
+    def admit(self, row: int, image: torch.Tensor, target: torch.Tensor, seed: int) -> None:
+        """Slot ``row`` now holds ``image`` (3, H, W) with a fresh random stream."""
+        generator = image_generators([seed])[0]
+        self.generators[row] = generator
+        self.images[row] = image
+        self.fill[row] = make_infill(image[None], self.config.infill, [generator])[0]
+        self.targets[row] = target
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the slots ``rows`` (indices), in that order."""
+        self.generators = [self.generators[int(r)] for r in rows]
+        self.images, self.fill, self.targets = self.images[rows], self.fill[rows], self.targets[rows]
 
     def initial_theta(self) -> torch.Tensor:
         """theta[0] = SSR keep-logits, theta[1] = SDR keep-logits, both 0 (keep 0.5)."""
@@ -112,7 +131,8 @@ class FidoObjective:
         keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
         size = self.images.shape[-2:]
         blended = blend(self.images.unsqueeze(1), self.fill.unsqueeze(1), upsample(keep, size))
-        lo = log_odds(self.classify(blended), self._flat_targets).view(2, n, b)
+        targets = self.targets.repeat_interleave(b).repeat(2)
+        lo = log_odds(self.classify(blended), targets).view(2, n, b)
         cap = self.config.lo_cap
         if cap is not None:
             lo = torch.stack([lo[0].clamp(max=cap), lo[1].clamp(min=-cap)])
@@ -125,22 +145,56 @@ class FidoObjective:
         sparsity = 0.5 * (keep[0].mean(dim=(1, 2)) + (1 - keep[1]).mean(dim=(1, 2)))
         return self.config.l1 * sparsity + self.config.tv * total_variation(keep).sum(dim=0)
 
-    def loss(self, theta: torch.Tensor, step: int) -> torch.Tensor:
-        """Summed over images (not averaged): an image's gradient does not depend on N."""
-        warmup = self.config.warmup
-        ramp = min(step / warmup, 1.0) if warmup > 0 else 1.0
+    def loss(self, theta: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
+        """Summed over images (not averaged): an image's gradient does not depend on N.
+        ``ramp`` (N,) in [0, 1] scales each image's penalties during its warm-up."""
         return (self.data_term(theta, self.draw_noise()) + ramp * self.penalty(theta)).sum()
 
     @torch.no_grad()
-    def outcome(self, theta: torch.Tensor) -> Attribution:
-        """Deterministic maps and the target's probability under the SSR and SDR blends."""
+    def outcome(self, theta: torch.Tensor, rows: torch.Tensor | None = None) -> Attribution:
+        """Deterministic maps and the target's probability under the SSR and SDR blends, for the
+        slots ``rows`` (default: all); ``theta`` holds those slots only."""
+        images, fill, targets = ((self.images, self.fill, self.targets) if rows is None
+                                 else (self.images[rows], self.fill[rows], self.targets[rows]))
         keep = torch.sigmoid(theta)
-        blended = blend(self.images, self.fill, upsample(keep, self.images.shape[-2:]))
+        blended = blend(images, fill, upsample(keep, images.shape[-2:]))
         probs = self.classify(blended).softmax(dim=1)
-        p = probs.gather(1, self.targets.repeat(2)[:, None]).view(2, -1)
+        p = probs.gather(1, targets.repeat(2)[:, None]).view(2, -1)
         ssr, sdr = keep[0], 1.0 - keep[1]
-        return Attribution(joint=torch.sqrt(ssr * sdr), target=self.targets, ssr=ssr, sdr=sdr,
+        return Attribution(joint=torch.sqrt(ssr * sdr), target=targets, ssr=ssr, sdr=sdr,
                            p_ssr=p[0], p_sdr=p[1])
+
+
+class SlotAdam:
+    """Adam (torch's update rule) over theta (2, N, m, m) whose N slots start at different times:
+    each slot has its own step count for the bias correction and can be restarted or dropped."""
+
+    def __init__(self, theta: torch.Tensor, lr: float, eps: float, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.lr, self.eps, self.betas = lr, eps, betas
+        self.exp_avg = torch.zeros_like(theta)
+        self.exp_avg_sq = torch.zeros_like(theta)
+        self.steps = torch.zeros(theta.shape[1], device=theta.device)
+
+    @torch.no_grad()
+    def step(self, theta: torch.Tensor, grad: torch.Tensor) -> None:
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        steps = self.steps.double()  # 1 - 0.999**t loses digits in float32
+        correction1 = (1 - beta1 ** steps).float().view(1, -1, 1, 1)
+        correction2 = (1 - beta2 ** steps).float().view(1, -1, 1, 1)
+        denominator = (self.exp_avg_sq / correction2).sqrt_().add_(self.eps)
+        theta.addcdiv_(self.exp_avg, denominator * correction1, value=-self.lr)
+
+    def restart(self, row: int) -> None:
+        self.exp_avg[:, row] = 0
+        self.exp_avg_sq[:, row] = 0
+        self.steps[row] = 0
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.exp_avg, self.exp_avg_sq = self.exp_avg[:, rows], self.exp_avg_sq[:, rows]
+        self.steps = self.steps[rows]
 
 
 class Fido(Attributor):
@@ -152,17 +206,98 @@ class Fido(Attributor):
         self.name = config.sampler
 
     def attribute(
-        self, images: torch.Tensor, targets: torch.Tensor | None = None, seeds: list[int] | None = None
+        self, images: torch.Tensor, targets: torch.Tensor | None = None, seeds: list[int] | None = None,
+        slots: int | None = None,
     ) -> Attribution:
-        """Masks for ``images`` (N, 3, H, W) in pixel space [0, 1]; targets default to top-1."""
+        """Masks for ``images`` (N, 3, H, W) in pixel space [0, 1]; targets default to top-1.
+
+        ``slots`` images are optimised together (default: all N in one batch). With
+        ``config.stop_change`` an image leaves as soon as its masks stop changing and the next
+        image takes its slot, so the batch stays full (continuous batching).
+        ``extras["iterations"]`` says how many steps each image took.
+        """
+        n = len(images)
         if targets is None:
             targets = self.predict(images)
-        seeds = list(range(len(images))) if seeds is None else seeds
-        objective = FidoObjective(self.model, images, targets, self.config, seeds)
-        theta = objective.initial_theta()
-        optimiser = torch.optim.Adam([theta], lr=self.config.lr, eps=self.config.adam_eps)
-        for step in range(self.config.iterations):
-            optimiser.zero_grad(set_to_none=True)
-            objective.loss(theta, step).backward()
-            optimiser.step()
-        return objective.outcome(theta.detach())
+        seeds = list(range(n)) if seeds is None else seeds
+        width = min(slots or n, n)
+        objective = FidoObjective(self.model, images[:width].clone(), targets[:width].clone(),
+                                  self.config, seeds[:width])
+        theta = objective.initial_theta().detach()
+        adam = SlotAdam(theta, self.config.lr, self.config.adam_eps)
+        holds = list(range(width))  # which input image each slot holds
+        waiting = iter(range(width, n))
+        results = _Results(n, self.config.mask_size, images.device)
+        reference = torch.sigmoid(theta)
+        while holds:
+            ramp = (adam.steps / self.config.warmup).clamp(max=1.0) if self.config.warmup > 0 else torch.ones_like(adam.steps)
+            theta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(objective.loss(theta, ramp), theta)
+            theta = theta.detach()
+            adam.step(theta, grad)
+            finished, reference = self._finished(theta, adam.steps, reference)
+            if not finished.any():
+                continue
+            rows = finished.nonzero().flatten()
+            results.store([holds[int(r)] for r in rows], objective.outcome(theta[:, rows], rows),
+                          adam.steps[rows])
+            for row in rows.tolist():
+                following = next(waiting, None)
+                if following is None:
+                    holds[row] = -1
+                    continue
+                holds[row] = following
+                objective.admit(row, images[following], targets[following], seeds[following])
+                theta[:, row] = 0
+                reference[:, row] = 0.5
+                adam.restart(row)
+            if -1 in holds:
+                live = torch.tensor([i for i, h in enumerate(holds) if h >= 0], dtype=torch.long,
+                                    device=theta.device)
+                objective.keep_rows(live)
+                adam.keep_rows(live)
+                theta, reference = theta[:, live], reference[:, live]
+                holds = [h for h in holds if h >= 0]
+        return results.attribution(targets)
+
+    def _finished(self, theta: torch.Tensor, steps: torch.Tensor, reference: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots done after this step (all iterations, or masks settled), and the new reference
+        keeps: with ``stop_change``, every ``STOP_CHECK_EVERY`` steps after the warm-up a slot whose
+        keeps moved less than it on average (both maps, all cells) since the last check (or the
+        start) has converged. The mean, not the largest change: a few cells on the mask's border
+        keep oscillating under the sampling noise long after the mask has settled."""
+        done = steps >= self.config.iterations
+        tolerance = self.config.stop_change
+        if tolerance is None:
+            return done, reference
+        check = (steps % STOP_CHECK_EVERY == 0) & (steps > self.config.warmup)
+        if not check.any():
+            return done, reference
+        keep = torch.sigmoid(theta)
+        change = (keep - reference).abs().mean(dim=(0, 2, 3))
+        reference = torch.where(check.view(1, -1, 1, 1), keep, reference)
+        return done | (check & (change < tolerance)), reference
+
+
+STOP_CHECK_EVERY = 5
+
+
+class _Results:
+    """The engine's output rows, filled in whatever order images finish."""
+
+    def __init__(self, n: int, mask_size: int, device: torch.device) -> None:
+        self.maps = {name: torch.zeros(n, mask_size, mask_size, device=device) for name in ("joint", "ssr", "sdr")}
+        self.probs = {name: torch.zeros(n, device=device) for name in ("p_ssr", "p_sdr")}
+        self.iterations = torch.zeros(n, dtype=torch.long, device=device)
+
+    def store(self, images: list[int], out: Attribution, steps: torch.Tensor) -> None:
+        index = torch.tensor(images, dtype=torch.long, device=self.iterations.device)
+        for name, maps in self.maps.items():
+            maps[index] = getattr(out, name).float()
+        for name, probs in self.probs.items():
+            probs[index] = getattr(out, name).float()
+        self.iterations[index] = steps.long()
+
+    def attribution(self, targets: torch.Tensor) -> Attribution:
+        return Attribution(target=targets, **self.maps, **self.probs, extras={"iterations": self.iterations})

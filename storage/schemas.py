@@ -43,6 +43,7 @@ PREDICTIONS = pa.schema([
     ("top5_prob", pa.list_(pa.float32())),
     ("p_ssr", pa.float32()),
     ("p_sdr", pa.float32()),
+    ("iterations", pa.int32()),
     ("seconds", pa.float32()),
 ])
 

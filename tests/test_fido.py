@@ -88,3 +88,45 @@ def test_a_huge_cap_is_the_plain_objective(square_model) -> None:
     with Fido(square_model, capped) as fido:
         b = fido.attribute(square_image(), torch.tensor([1]), seeds=[4])
     assert torch.equal(a.joint, b.joint)
+
+
+@pytest.mark.parametrize("stop_change", [None, 0.05])
+@pytest.mark.parametrize("slots", [1, 2])
+def test_continuous_batching_gives_each_image_its_own_masks(square_model, slots: int, stop_change) -> None:
+    """Whatever the slots and whenever partners leave, an image's masks and step count are those
+    it gets alone."""
+    config = FidoConfig(**{**TOY, "iterations": 25, "stop_change": stop_change})
+    images = torch.cat([square_image(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))])
+    targets, seeds = torch.tensor([1, 0, 1]), [7, 8, 9]
+    with Fido(square_model, config) as fido:
+        together = fido.attribute(images, targets, seeds, slots=slots)
+        alone = [fido.attribute(images[i:i + 1], targets[i:i + 1], seeds[i:i + 1]) for i in range(3)]
+    for i, single in enumerate(alone):
+        torch.testing.assert_close(together.ssr[i], single.ssr[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(together.sdr[i], single.sdr[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(together.p_ssr[i], single.p_ssr[0], atol=1e-5, rtol=0)
+        assert together.extras["iterations"][i] == single.extras["iterations"][0]
+
+
+@pytest.mark.parametrize(("stop_change", "expected"), [(None, 40), (0.0, 40), (1.0, 10)])
+def test_early_stop_leaves_when_masks_settle_and_never_before_a_check(square_model, stop_change, expected) -> None:
+    """A tolerance of 1 stops at the first check after the warm-up (step 10); 0 never stops."""
+    config = FidoConfig(**{**TOY, "iterations": 40, "warmup": 5, "stop_change": stop_change})
+    with Fido(square_model, config) as fido:
+        out = fido.attribute(square_image(), torch.tensor([1]), seeds=[1])
+    assert out.extras["iterations"].tolist() == [expected]
+
+
+def test_slot_adam_is_torch_adam_when_slots_start_together() -> None:
+    from pipeline.fido import SlotAdam
+
+    target = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    ours = torch.zeros(2, 3, 4, 4)
+    theirs = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    slot_adam, adam = SlotAdam(ours, lr=0.3, eps=1e-3), torch.optim.Adam([theirs], lr=0.3, eps=1e-3)
+    for _ in range(7):
+        adam.zero_grad()
+        ((theirs - target) ** 2).sum().backward()
+        adam.step()
+        slot_adam.step(ours, 2 * (ours - target))
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-6)

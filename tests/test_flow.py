@@ -12,6 +12,7 @@ import zarr
 
 from flows.cli import main
 from storage import schemas
+from storage.runfolder import SCHEMA_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +76,18 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
 def test_rerun_with_other_settings_is_refused(photo_folder: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     (run).mkdir()
-    (run / "run.json").write_text(json.dumps({"config": {"source": "elsewhere"}}))
+    (run / "run.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION,
+                                              "config": {"source": "elsewhere"}}))
     assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 1
     assert "holds a run with other settings" in capsys.readouterr().err
+
+
+def test_rerun_into_a_folder_of_an_older_layout_is_refused(photo_folder: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "run.json").write_text(json.dumps({"schema_version": 1, "config": {}}))
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 1
+    assert f"written with table schema 1, this fidoflow writes {SCHEMA_VERSION}" in capsys.readouterr().err
 
 
 def test_missing_folder_and_unknown_option_fail_with_one_line(tmp_path: Path, capsys) -> None:
