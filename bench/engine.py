@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.quality import load_benchmark, score
 from pipeline.attribution import log_odds
 from pipeline.baselines import GradCam
-from pipeline.fido import Fido, FidoConfig, FidoObjective
+from pipeline.fido import Fido, FidoConfig, FidoObjective, SlotAdam
 from pipeline.models import load_model
 
 
@@ -63,13 +63,14 @@ def overhead(model: torch.nn.Module, images: torch.Tensor, samples: int, repeats
     cfg = FidoConfig(samples=samples)
     targets = torch.zeros(n, dtype=torch.long)
     objective = FidoObjective(model, images, targets, cfg, list(range(n)))
-    theta = objective.initial_theta()
-    optimiser = torch.optim.Adam([theta], lr=cfg.lr, eps=cfg.adam_eps)
+    theta = objective.initial_theta().detach()
+    adam = SlotAdam(theta, cfg.lr, cfg.adam_eps)
+    ramp = torch.ones(n)
 
-    def step() -> None:
-        optimiser.zero_grad(set_to_none=True)
-        objective.loss(theta, 10).backward()
-        optimiser.step()
+    def step() -> None:  # what Fido.attribute does per step, the stopping check aside
+        leaf = theta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective.loss(leaf, ramp), leaf)
+        adam.step(theta.detach_(), grad)
 
     bare_inputs = images.repeat(2 * samples, 1, 1, 1).requires_grad_(True)
     bare_targets = torch.zeros(len(bare_inputs), dtype=torch.long)
@@ -86,6 +87,33 @@ def overhead(model: torch.nn.Module, images: torch.Tensor, samples: int, repeats
     bare_s, step_s = statistics.median(t_bare), statistics.median(t_step)
     return {"images": n, "samples": samples, "bare_fwd_bwd_s": bare_s, "step_s": step_s,
             "overhead_ratio": step_s / bare_s}
+
+
+def preparation(loaded, images: torch.Tensor, samples: int, rounds: int) -> dict:
+    """One optimisation step (N images × B samples) on the classifier as loaded, with its
+    BatchNorms and SAME paddings folded (pipeline/fusion.py), and folded + channels_last (what
+    ``LoadedModel.on`` gives a run); interleaved rounds, medians, ratios to the first."""
+    from pipeline.fusion import fuse_frozen
+
+    fused, _ = fuse_frozen(loaded.module, images[:2])
+    variants = {"as_loaded": loaded.module, "folded": fused,
+                "folded_channels_last": loaded.on(torch.device("cpu"))}
+    cfg = FidoConfig(samples=samples)
+    targets = torch.zeros(len(images), dtype=torch.long)
+
+    def step_time(module: torch.nn.Module) -> float:
+        with Fido(module, cfg):
+            objective = FidoObjective(module, images, targets, cfg, list(range(len(images))))
+            theta, ramp = objective.initial_theta(), torch.ones(len(images))
+            return timed(lambda: objective.loss(theta, ramp).backward(), 1)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, module in variants.items():
+            times[name].append(step_time(module))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {"images": len(images), "samples": samples, "step_s": medians,
+            "speed_up": {name: medians["as_loaded"] / t for name, t in medians.items()}}
 
 
 def throughput(loaded, images: torch.Tensor, cfg: FidoConfig, batches: list[int], rounds: int) -> dict:
@@ -231,13 +259,14 @@ def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--sections", default="overhead,throughput,gradient_variance,quality_vs_compute,early_stopping,end_to_end",
+    parser.add_argument("--sections", default="preparation,overhead,throughput,gradient_variance,quality_vs_compute,early_stopping,end_to_end",
                         help="comma list of the sections to measure")
     args = parser.parse_args()
     quick = args.quick
     loaded = load_model()
     images = photos(8 if quick else 32, (224, 224))
     sections = {
+        "preparation": lambda: preparation(loaded, images[:1], samples=4, rounds=3 if quick else 5),
         "overhead": lambda: overhead(loaded.on(torch.device("cpu")), images[:4], samples=2,
                                      repeats=2 if quick else 3),
         "throughput": lambda: throughput(loaded, images, FidoConfig(samples=2, iterations=2),
