@@ -107,6 +107,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     analysis_json = (AnalysisConfig.from_json(analysis_json) if analysis_json
                      else DEFAULT_ANALYSIS).to_json()
     n_shards = stages.prepare_run(config)
+    if config.analyse:
+        stages.record_analysis(config, analysis_json)
     todo = stages.pending_shards(config, n_shards)
     later = set(todo)
     downstream = {

@@ -107,6 +107,20 @@ def prepare_run(config: RunConfig) -> int:
     return -(-manifest.num_rows // config.shard_size)
 
 
+def record_analysis(config: RunConfig, analysis: dict) -> None:
+    """Write the analysis settings into run.json on the first analysing run; refuse a later run
+    with other ones, whose parts would mix with the done shards' (``--explain-only`` runs
+    record nothing)."""
+    run = RunFolder(config.root)
+    record = run.read_json("run.json")
+    wanted = _normalised(analysis)
+    if "analysis" not in record:
+        run.write_json({**record, "analysis": wanted}, "run.json")
+    elif record["analysis"] != wanted:
+        raise RunMismatch(f"{config.root} was analysed with other analysis settings; "
+                          "use another --out or the same settings")
+
+
 def manifest_report(config: RunConfig) -> dict[str, object]:
     """What the manifest says about refused rows and labels, for the CLI's closing lines."""
     run = RunFolder(config.root)

@@ -20,7 +20,7 @@ import pytest
 
 from flows import stages
 from flows.aggregate_stage import aggregate_run
-from flows.analysis_config import AnalysisConfig
+from flows.analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
 from flows.analysis_shards import pending
 from flows.config import RunConfig
 from flows.evaluate_stage import evaluate_shard
@@ -257,3 +257,15 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     results = run_readme_queries(run)  # no labels: the queries still run, with no accuracy rows
     assert results["accuracy per class"].empty and results["images that flipped"].empty
     assert len(results["worst masks"]) == 6
+
+
+def test_analysis_settings_are_recorded_once_and_other_ones_refused(tmp_path: Path) -> None:
+    config = RunConfig(source=str(tmp_path), root=str(tmp_path / "run"))
+    folder = RunFolder(config.root)
+    folder.makedirs()
+    folder.write_json({"schema_version": 2, "config": {}}, "run.json")
+    stages.record_analysis(config, TINY.to_json())
+    stages.record_analysis(config, TINY.to_json())  # the same settings again: resumes
+    assert folder.read_json("run.json")["analysis"]["gallery"] == TINY.gallery
+    with pytest.raises(stages.RunMismatch, match="other analysis settings"):
+        stages.record_analysis(config, DEFAULT_ANALYSIS.to_json())
