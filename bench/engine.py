@@ -232,6 +232,48 @@ def early_stopping(loaded, photo_images: torch.Tensor, runs: list[tuple[int, flo
     return rows
 
 
+# Objects of the bundled photos that fill only part of the frame, boxed by hand on the originals
+# (x0, y0, x1, y1 in pixels): the cup (with handle and spoon), the rocket, the motorcycle.
+PHOTO_OBJECTS = {"coffee": (170, 15, 425, 325), "rocket": (295, 120, 350, 410),
+                 "stereo_motorcycle": (90, 90, 690, 450)}
+
+
+def photo_share(loaded) -> list[dict]:
+    """Share of the saliency inside each photo's object box (its predicted class), FIDO defaults
+    against Grad-CAM, with the box's area fraction as the uniform map's score."""
+    import skimage.data
+    from PIL import Image
+
+    from pipeline.images import to_tensor
+    from pipeline.metrics import share_inside
+
+    images, boxes = [], []
+    for name, (x0, y0, x1, y1) in PHOTO_OBJECTS.items():
+        pixels = getattr(skimage.data, name)()
+        pixels = pixels[0] if isinstance(pixels, tuple) else pixels  # a stereo pair: the left view
+        height, width = pixels.shape[:2]
+        images.append(to_tensor(Image.fromarray(pixels), loaded.input_size))
+        sx, sy = loaded.input_size[1] / width, loaded.input_size[0] / height
+        boxes.append([x0 * sx, y0 * sy, x1 * sx, y1 * sy])
+    images, boxes = torch.stack(images), torch.tensor(boxes)
+    prepared = loaded.on(torch.device("cpu"))
+    with Fido(prepared, FidoConfig()) as fido:
+        targets = fido.predict(images)
+        out = fido.attribute(images, targets, list(range(len(images))), slots=1)
+    with GradCam(loaded.module, "net._conv_head") as cam:
+        grad_cam = cam.attribute(images, targets).joint
+    size = tuple(loaded.input_size)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (size[0] * size[1])
+    rows = []
+    for i, name in enumerate(PHOTO_OBJECTS):
+        rows.append({"photo": name, "target": loaded.class_names[int(targets[i])],
+                     "box_area": area[i].item(),
+                     **{method: share_inside(maps[i:i + 1], boxes[i:i + 1], size).item()
+                        for method, maps in (("scd_joint", out.joint), ("scd_ssr", out.ssr),
+                                             ("gradcam", grad_cam))}})
+    return rows
+
+
 def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
     """Spread of d(data term)/d(theta) over independent noise draws at fixed theta, CD vs SCD
     with each sampler's own temperature (the variance lever, per ALGORITHM.md)."""
@@ -259,7 +301,7 @@ def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--sections", default="preparation,overhead,throughput,gradient_variance,quality_vs_compute,early_stopping,end_to_end",
+    parser.add_argument("--sections", default="preparation,overhead,throughput,gradient_variance,quality_vs_compute,early_stopping,photo_share,end_to_end",
                         help="comma list of the sections to measure")
     args = parser.parse_args()
     quick = args.quick
@@ -277,6 +319,7 @@ def main() -> None:
         "early_stopping": lambda: early_stopping(
             loaded, images[:4 if quick else 8],
             [(30, None), (30, 0.005)] if quick else [(30, None), (30, 0.005), (30, 0.003), (60, None), (60, 0.002)]),
+        "photo_share": lambda: photo_share(loaded),
         "end_to_end": lambda: end_to_end(8, FidoConfig(iterations=5 if quick else 30)),
     }
     print(json.dumps({"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
