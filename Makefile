@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/fidoflow demo --out runs/demo
 
 test: venv
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q
 
 lint: venv
