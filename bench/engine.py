@@ -1,8 +1,11 @@
-"""Engine benchmark: overhead, throughput, quality vs compute, gradient variance (issue 3).
+"""Engine benchmark (issue 3): classifier preparation, overhead, throughput, gradient variance,
+quality vs compute, saliency on photo objects; on request early stopping, samplers on photos and
+the end-to-end `fidoflow run` against a plain loop.
 
-    .venv/bin/python bench/engine.py [--quick] > engine.json
+    .venv/bin/python bench/engine.py [--quick] [--sections a,b|all] > engine.jsonl
 
-Everything is measured side by side in one run and printed as one JSON document; ratios, not
+The default sections take ~10 min on the 2-core box; ``all`` adds ~30 min. Each section prints one
+JSON line as it ends; what is compared is measured side by side in one run, and ratios, not
 absolute times, are what compare across this shared, noisy machine.
 """
 
@@ -205,31 +208,41 @@ def quality_vs_compute(n_images: int, samples: list[int], iterations: list[int])
     return rows
 
 
-def early_stopping(loaded, photo_images: torch.Tensor, runs: list[tuple[int, float | None]]) -> list[dict]:
-    """Quality and cost of stopping each image once its masks settle, against fixed iterations:
-    on the synthetic benchmark (16 scenes, ground truth) and on photos (EfficientNet-Lite0,
-    deletion/insertion of the predicted class), one image per slot as on a CPU."""
+def photo_quality(prepared: torch.nn.Module, images: torch.Tensor, cfg: FidoConfig) -> dict:
+    """Deletion/insertion of FIDO's joint map for each photo's predicted class, mean steps and
+    seconds per photo, one image per slot as on a CPU."""
     from pipeline.metrics import deletion_insertion
 
+    with Fido(prepared, cfg) as fido:
+        targets = fido.predict(images)
+        began = time.perf_counter()
+        out = fido.attribute(images, targets, list(range(len(images))), slots=1)
+        seconds = (time.perf_counter() - began) / len(images)
+    curves = deletion_insertion(prepared, images, out.joint, targets, steps=32)
+    return {"deletion": curves.deletion_auc.mean().item(), "insertion": curves.insertion_auc.mean().item(),
+            "mean_iterations": out.extras["iterations"].float().mean().item(), "sec_per_image": seconds}
+
+
+def early_stopping(loaded, photo_images: torch.Tensor, runs: list[tuple[int, float | None]]) -> list[dict]:
+    """Quality and cost of stopping each image once its masks settle, against fixed iterations:
+    on the synthetic benchmark (16 scenes, ground truth) and on photos (EfficientNet-Lite0)."""
     bench = load_benchmark(16)
     prepared = loaded.on(torch.device("cpu"))
     rows = []
     for iterations, tolerance in runs:
         cfg = FidoConfig(iterations=iterations, stop_change=tolerance)
-        row = {"iterations": iterations, "stop_change": tolerance,
-               **{f"synthetic_{k}": v for k, v in score(bench, Fido(bench.model, cfg)).items()}}
-        with Fido(prepared, cfg) as fido:
-            targets = fido.predict(photo_images)
-            began = time.perf_counter()
-            out = fido.attribute(photo_images, targets, list(range(len(photo_images))), slots=1)
-            seconds = (time.perf_counter() - began) / len(photo_images)
-        curves = deletion_insertion(prepared, photo_images, out.joint, targets, steps=32)
-        row.update(photos_deletion=curves.deletion_auc.mean().item(),
-                   photos_insertion=curves.insertion_auc.mean().item(),
-                   photos_mean_iterations=out.extras["iterations"].float().mean().item(),
-                   photos_sec_per_image=seconds)
-        rows.append(row)
+        rows.append({"iterations": iterations, "stop_change": tolerance,
+                     **{f"synthetic_{k}": v for k, v in score(bench, Fido(bench.model, cfg)).items()},
+                     **{f"photos_{k}": v for k, v in photo_quality(prepared, photo_images, cfg).items()}})
     return rows
+
+
+def photo_samplers(loaded, photo_images: torch.Tensor, samples: list[int]) -> list[dict]:
+    """The paper's claim on photos: SCD at small B against CD at large B (30 steps, defaults)."""
+    prepared = loaded.on(torch.device("cpu"))
+    return [{"method": sampler, "samples": b,
+             **photo_quality(prepared, photo_images, FidoConfig(sampler=sampler, samples=b))}
+            for sampler in ("scd", "cd") for b in samples]
 
 
 # Objects of the bundled photos that fill only part of the frame, boxed by hand on the originals
@@ -298,11 +311,15 @@ def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
     return rows
 
 
+DEFAULT_SECTIONS = ("preparation", "overhead", "throughput", "gradient_variance", "quality_vs_compute",
+                    "photo_share")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--sections", default="preparation,overhead,throughput,gradient_variance,quality_vs_compute,early_stopping,photo_share,end_to_end",
-                        help="comma list of the sections to measure")
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help="comma list of the sections to measure, or all")
     args = parser.parse_args()
     quick = args.quick
     loaded = load_model()
@@ -320,11 +337,13 @@ def main() -> None:
             loaded, images[:4 if quick else 8],
             [(30, None), (30, 0.005)] if quick else [(30, None), (30, 0.005), (30, 0.003), (60, None), (60, 0.002)]),
         "photo_share": lambda: photo_share(loaded),
+        "photo_samplers": lambda: photo_samplers(loaded, images[:5], [1, 4] if quick else [1, 4, 16]),
         "end_to_end": lambda: end_to_end(8, FidoConfig(iterations=5 if quick else 30)),
     }
     print(json.dumps({"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
                       "date": date.today().isoformat(), "torch": torch.__version__}), flush=True)
-    for name in args.sections.split(","):  # one JSON line per section, printed as it is done
+    names = list(sections) if args.sections == "all" else args.sections.split(",")
+    for name in names:  # one JSON line per section, printed as it is done
         print(json.dumps({name: sections[name]()}), flush=True)
 
 
