@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,10 +47,16 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 @contextmanager
-def prefect_api(timeout: float = 90.0) -> Iterator[str]:
-    """Yield an API URL: PREFECT_API_URL when set, else a server started for this run."""
+def prefect_api(timeout: float = 90.0, meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
+    """Yield an API URL: PREFECT_API_URL when set, else a server started for this run.
+
+    ``meanwhile`` runs while the server boots (~10 s): the caller's own start-up (imports of
+    Prefect, Dask and the flows) overlaps it instead of following it.
+    """
     prefect_home()
     if os.environ.get("PREFECT_API_URL"):
+        if meanwhile is not None:
+            meanwhile()
         yield os.environ["PREFECT_API_URL"]
         return
     port = free_port()
@@ -63,6 +69,8 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
         )
         os.environ["PREFECT_API_URL"] = url
         try:
+            if meanwhile is not None:
+                meanwhile()
             wait_healthy(url, process, timeout)
             yield url
         finally:

@@ -99,3 +99,13 @@ def test_missing_folder_and_unknown_option_fail_with_one_line(tmp_path: Path, ca
         main(["run", str(tmp_path), "--out", str(tmp_path / "run"), "--frobnicate"])
     assert unknown.value.code == 2
     assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
+
+
+def test_prefect_api_runs_the_callers_start_up_once_whichever_api(monkeypatch) -> None:
+    from flows.server import prefect_api
+
+    calls = []
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    with prefect_api(meanwhile=lambda: calls.append("imported")) as url:
+        assert url == "http://127.0.0.1:1/api"
+    assert calls == ["imported"]
