@@ -150,6 +150,32 @@ def throughput(loaded, images: torch.Tensor, cfg: FidoConfig, batches: list[int]
             "images_per_s": {name: statistics.median(r) for name, r in rates.items()}}
 
 
+def gpu_throughput(loaded, images: torch.Tensor, slots: list[int], total: int = 256,
+                   compile_model: bool = False) -> dict:
+    """Images/s on the GPU at the issue's goal settings (EfficientNet-Lite0, 224², B = 2, 30 steps),
+    ``total`` images streamed through N slots; the goal is ≥ 100 images/s on one H100."""
+    from pipeline.device import resolve_device
+
+    device = resolve_device("auto")
+    if device.type != "cuda":
+        return {"skipped": "no CUDA device"}
+    prepared = loaded.on(device, compile_model)
+    batch = images.repeat(-(-total // len(images)), 1, 1, 1)[:total].to(device)
+    cfg = FidoConfig(samples=2, iterations=30)
+    rates = {}
+    with Fido(prepared, cfg) as fido:
+        targets = fido.predict(batch)
+        for n in slots:
+            fido.attribute(batch[:n], targets[:n], list(range(n)), slots=n)  # warm-up, autotuning
+            torch.cuda.synchronize()
+            began = time.perf_counter()
+            fido.attribute(batch, targets, list(range(total)), slots=n)
+            torch.cuda.synchronize()
+            rates[f"N={n}"] = total / (time.perf_counter() - began)
+    return {"device": torch.cuda.get_device_name(device), "compile": compile_model,
+            "config": f"B=2, 30 steps, {total} images", "images_per_s": rates}
+
+
 def end_to_end(n_photos: int, cfg: FidoConfig) -> dict:
     """`fidoflow run` on ``n_photos`` photos (start-up included) vs a plain loop in one process."""
     from PIL import Image
@@ -336,6 +362,7 @@ def main() -> None:
         "early_stopping": lambda: early_stopping(
             loaded, images[:4 if quick else 8],
             [(30, None), (30, 0.005)] if quick else [(30, None), (30, 0.005), (30, 0.003), (60, None), (60, 0.002)]),
+        "gpu_throughput": lambda: gpu_throughput(loaded, images, [8, 32, 128]),
         "photo_share": lambda: photo_share(loaded),
         "photo_samplers": lambda: photo_samplers(loaded, images[:5], [1, 4] if quick else [1, 4, 16]),
         "end_to_end": lambda: end_to_end(8, FidoConfig(iterations=5 if quick else 30)),
