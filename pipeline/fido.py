@@ -18,6 +18,8 @@ from .attribution import Attribution, Attributor, image_generators, log_odds
 from .infill import make_infill
 from .samplers import make_sampler
 
+STOP_CHECK_EVERY = 5  # steps between two looks at whether an image's masks have settled
+
 
 @dataclass(frozen=True)
 class FidoConfig:
@@ -279,8 +281,6 @@ class Fido(Attributor):
         reference = torch.where(check.view(1, -1, 1, 1), keep, reference)
         return done | (check & (change < tolerance)), reference
 
-
-STOP_CHECK_EVERY = 5
 
 
 class _Results:
