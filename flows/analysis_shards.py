@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.explain import error_record
 from storage import masks, parts, schemas
 from storage.runfolder import RunFolder
 
@@ -83,8 +84,7 @@ def batches(todo: Todo, size: int) -> Iterator[Todo]:
 
 def error_row(row: dict, stage: str, exc: BaseException) -> dict[str, object]:
     """An ``errors`` table row: one bad file is recorded, never allowed to stop a shard."""
-    return {"image_id": row["image_id"], "path": row["path"], "stage": stage,
-            "error_type": type(exc).__name__, "message": str(exc)}
+    return error_record(row, stage, type(exc).__name__, str(exc))
 
 
 def finish_shard(run: RunFolder, stage: str, shard: int, explained: int,
