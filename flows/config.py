@@ -28,7 +28,7 @@ class RunConfig:
     batch_size: int | None = None  # None: pipeline.device.default_batch_size
     seed: int = 0
     workers: int = 2
-    device: str = "cpu"
+    device: str = "auto"
     compile: bool = False
     analyse: bool = True
     format: str | None = None
@@ -74,18 +74,6 @@ class RunConfig:
         record = asdict(self)
         record["methods"] = {name: cfg.as_dict() for name, cfg in self.methods.items()}
         return record
-
-    @classmethod
-    def from_settings(cls, archive: str, out: str, settings: dict | None = None) -> RunConfig:
-        """A config from a deployment's parameters: any RunConfig field by name, plus the
-        shortcuts ``method`` ("scd,cd") and ``fido`` (FidoConfig overrides for every method)."""
-        record = dict(settings or {})
-        names = str(record.pop("method", "scd")).split(",")
-        overrides = record.pop("fido", {})
-        if "methods" not in record:
-            record["methods"] = {n: cfg.as_dict()
-                                 for n, cfg in fido_methods([n.strip() for n in names], **overrides).items()}
-        return cls.from_json({**record, "source": archive, "root": out})
 
     @classmethod
     def from_json(cls, record: dict) -> RunConfig:

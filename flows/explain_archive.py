@@ -5,25 +5,51 @@ run's artifacts (the summary as a table, the report's location as markdown)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-import dask
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
-from prefect_dask import DaskTaskRunner
+from prefect.futures import PrefectFuture, as_completed
 from rich.progress import Progress
+
+from storage.lease import Lease
+from storage.runfolder import RunFolder
 
 from . import stages
 from .aggregate_stage import aggregate_run
 from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
 from .analysis_shards import pending
+from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
 from .config import RunConfig
 from .evaluate_stage import evaluate_shard
+from .reaper import guard_children
 from .reclassify_stage import reclassify_shard
+from .settings import RunSettings
 
 SUMMARY_ARTIFACT = "fidoflow-summary"
 REPORT_ARTIFACT = "fidoflow-report"
+DEFAULT_SETTINGS = RunSettings()
+WORKER_CHECK_SECONDS = 180.0  # a remote cluster may still be starting its workers
+
+
+@task(name="check-worker", cache_policy=NO_CACHE, persist_result=False)
+def check_worker_task() -> int:
+    """Runs on a worker before any shard: the worker can import and run fidoflow's tasks."""
+    import os
+
+    from . import stages  # noqa: F401 - what every shard task imports
+    return os.getpid()
+
+
+def workers_ready(probe: PrefectFuture) -> None:
+    """Fail with one line when no worker runs the probe (tasks that cannot be imported there,
+    workers that die or never come), instead of waiting for shards that never run."""
+    try:
+        probe.result(timeout=WORKER_CHECK_SECONDS)
+    except Exception as exc:  # any cause ends the run, named
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise RuntimeError(f"the Dask workers cannot run fidoflow's tasks ({cause})") from exc
 
 
 @task(name="explain-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
@@ -54,28 +80,9 @@ def aggregate_task(config_json: dict, analysis_json: dict) -> dict[str, object]:
     return aggregate_run(config, AnalysisConfig.from_json(analysis_json))
 
 
-def dask_runner(workers: int, address: str | None = None) -> DaskTaskRunner:
-    """A LocalCluster of ``workers`` single-threaded processes, or an existing scheduler.
-
-    Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's mmap
-    threshold at 128 KiB: every activation tensor of every step is then mmapped and page-faulted
-    afresh (62 M page faults, 107 s of system time for 8 photos). Our workers run without it.
-    """
-    if address:
-        return DaskTaskRunner(address=address)
-    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
-    )
-
-
 def publish_artifacts(outcome: dict[str, object]) -> None:
     """The summary table as a Prefect table artifact, the report's location as markdown."""
     import pandas as pd
-
-    from storage.runfolder import RunFolder
 
     root = str(outcome["summary"]).rsplit("/", 1)[0]
     summary = RunFolder(root).read_table("summary.parquet").to_pandas()
@@ -106,6 +113,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     config = RunConfig.from_json(config_json)
     analysis_json = (AnalysisConfig.from_json(analysis_json) if analysis_json
                      else DEFAULT_ANALYSIS).to_json()
+    probe = check_worker_task.submit()  # workers start while the run folder is prepared
     n_shards = stages.prepare_run(config)
     if config.analyse:
         stages.record_analysis(config, analysis_json)
@@ -119,6 +127,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
              if config.analyse else {})
     totals = {stage: len(shards) + len(todo) for stage, shards in downstream.items()}
     futures = []
+    workers_ready(probe)
 
     def submit_downstream(shard: int, stage: str) -> None:
         futures.append((stage, tasks[stage].submit(config_json, analysis_json, shard)))
@@ -156,23 +165,28 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
 
 
 @flow(name="explain-archive")
-def explain_archive(archive: str, out: str, settings: dict | None = None,
-                    analysis_settings: dict | None = None,
-                    dask_address: str | None = None) -> dict[str, object]:
+def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETTINGS,
+                    analysis_settings: dict | None = None) -> dict[str, object]:
     """Explain ``archive`` into the run folder ``out`` (what deployments and the CLI run).
 
-    ``settings`` holds RunConfig fields by name (e.g. ``{"workers": 4, "method": "scd,cd",
-    "fido": {"iterations": 10}}``); the explain-run subflow gets a Dask cluster sized for it,
-    or the scheduler at ``dask_address``.
+    ``settings`` are the run's options (flows/settings.py; the CLI's ``--options`` by the same
+    names), validated before anything starts. The run takes the folder's lease first, so a second
+    run on ``out`` fails at once; the explain-run subflow gets the cluster ``plan_cluster`` picks.
     """
-    config = RunConfig.from_settings(archive, out, settings)
-    runner = dask_runner(config.workers, dask_address)
-    return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings)
+    guard_children()
+    config = settings.to_config(archive, out)
+    plan = plan_cluster(config.workers, config.device, settings.dask_address, out, visible_gpus())
+    if plan.address:
+        check_scheduler(plan.address)
+    if plan.task_device:
+        config = replace(config, device=plan.task_device)
+    with Lease(RunFolder(out)):
+        runner = build_runner(plan)
+        return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings)
 
 
-def run_flow(config: RunConfig, address: str | None = None,
+def run_flow(archive: str, out: str, settings: RunSettings,
              analysis_config: AnalysisConfig | None = None) -> dict[str, object]:
-    """Run ``explain-archive`` for a config built by the CLI."""
-    settings = {k: v for k, v in config.to_json().items() if k not in ("source", "root")}
+    """Run ``explain-archive`` for settings given on the command line."""
     payload = (analysis_config or DEFAULT_ANALYSIS).to_json()
-    return explain_archive(config.source, config.root, settings, payload, address)
+    return explain_archive(archive, out, settings, payload)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,9 @@ class RunFolder:
 
     @property
     def masks_url(self) -> str:
-        return self.url("masks.zarr")
+        """Where zarr opens the mask store: a plain path on a local disk (zarr's own local
+        store; ``file://`` URLs would go through fsspec's), the URL elsewhere."""
+        return self.local("masks.zarr") if self.is_local else self.url("masks.zarr")
 
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.local(*parts))
@@ -41,14 +45,36 @@ class RunFolder:
     def makedirs(self, *parts: str) -> None:
         self.fs.makedirs(self.local(*parts), exist_ok=True)
 
+    @property
+    def is_local(self) -> bool:
+        """A local disk (rename is atomic there), not an object store or memory."""
+        protocol = self.fs.protocol
+        return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
     def write_bytes_atomic(self, data: bytes, *parts: str) -> None:
-        """Write under a hidden temporary name, then rename: readers never see half a file."""
+        """Write so that readers never see half a file.
+
+        On a local disk: a hidden temporary file, flushed, then renamed (removed again if the
+        write fails, e.g. on a full disk). Elsewhere one whole-object write, which object stores
+        publish atomically and which has no rename to lean on.
+        """
         *folder, name = parts
         self.makedirs(*folder)
+        if not self.is_local:
+            with self.fs.open(self.local(*parts), "wb") as fh:
+                fh.write(data)
+            return
         tmp = self.local(*folder, f".{name}.tmp")
-        with self.fs.open(tmp, "wb") as fh:
-            fh.write(data)
-        self.fs.mv(tmp, self.local(*parts))
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.local(*parts))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def write_table(self, table: pa.Table, *parts: str) -> None:
         sink = io.BytesIO()

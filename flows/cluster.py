@@ -1,0 +1,112 @@
+"""Which Dask cluster a run gets, decided by one function (``plan_cluster``) and built by another.
+
+- an address given: that scheduler, checked to answer before anything is written;
+- a ``memory://`` run folder: threads of this process (each process has its own memory
+  filesystem, so worker processes would each see an empty folder);
+- a CUDA device with GPUs visible: ``dask_cuda.LocalCUDACluster``, one worker per GPU, each
+  pinned to its GPU (``CUDA_VISIBLE_DEVICES``), so its tasks use ``cuda`` (= its own GPU);
+- otherwise a LocalCluster of single-threaded worker processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prefect.task_runners import TaskRunner
+
+Kind = Literal["address", "threads", "cuda", "local"]
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What to start: ``kind``, how many workers, the scheduler ``address`` or the ``gpus``."""
+
+    kind: Kind
+    workers: int
+    address: str | None = None
+    gpus: tuple[int, ...] = ()
+
+    @property
+    def task_device(self) -> str | None:
+        """The device a task should use instead of the run's (a pinned GPU is ``cuda``)."""
+        return "cuda" if self.kind == "cuda" else None
+
+
+def plan_cluster(workers: int, device: str, address: str | None, root: str,
+                 gpu_count: int) -> ClusterPlan:
+    """The cluster for a run of ``workers`` on ``device`` writing to ``root``, on a machine with
+    ``gpu_count`` visible GPUs."""
+    in_memory = root.startswith("memory://")
+    if address:
+        if in_memory:
+            raise ValueError("a memory:// run folder lives inside one process; it cannot be "
+                             "written by the workers of --dask-address")
+        return ClusterPlan("address", workers, address=address)
+    if in_memory:
+        return ClusterPlan("threads", workers)
+    wants_cuda = device.startswith("cuda") or (device == "auto" and gpu_count > 0)
+    if wants_cuda:
+        if gpu_count == 0:
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is visible")
+        if ":" in device:
+            index = int(device.split(":", 1)[1])
+            if index >= gpu_count:
+                raise ValueError(f"device {device!r} requested but only {gpu_count} GPU(s) "
+                                 "are visible")
+            return ClusterPlan("cuda", 1, gpus=(index,))
+        return ClusterPlan("cuda", gpu_count, gpus=tuple(range(gpu_count)))
+    return ClusterPlan("local", workers)
+
+
+def visible_gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when no Dask scheduler answers at ``address``."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ValueError(f"no Dask scheduler answers at {address} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
+    client.close()
+
+
+def build_runner(plan: ClusterPlan) -> TaskRunner:
+    """The Prefect task runner that realises ``plan``.
+
+    Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's mmap
+    threshold at 128 KiB: every activation tensor of every step is then mmapped and page-faulted
+    afresh (62 M page faults, 107 s of system time for 8 photos). Our workers run without it.
+    A worker that dies takes its task with it once (``allowed-failures``), then the task fails
+    instead of hopping from worker to worker.
+    """
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    if plan.kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+        return ThreadPoolTaskRunner(max_workers=plan.workers)
+    if plan.kind == "address":
+        return DaskTaskRunner(address=plan.address)
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                     "distributed.scheduler.allowed-failures": 1})
+    if plan.kind == "cuda":
+        try:
+            import dask_cuda  # noqa: F401
+        except ImportError:
+            raise ValueError("a CUDA run needs dask-cuda: pip install 'fidoflow[gpu]'") from None
+        return DaskTaskRunner(
+            cluster_class="dask_cuda.LocalCUDACluster",
+            cluster_kwargs={"CUDA_VISIBLE_DEVICES": list(plan.gpus), "threads_per_worker": 1,
+                            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+        )
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": plan.workers, "threads_per_worker": 1, "processes": True,
+                        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+    )
