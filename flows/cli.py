@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     prefect_home()
     quiet_console()
     terminate_on_sigterm()
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # a torn-down cluster is not news
     try:
         settings = settings_from_cli(args)
         if args.command == "demo":

@@ -4,7 +4,7 @@ The lease names its holder (host, pid, the process's start time, when it was tak
 unless renewed; a renewing thread keeps it alive while the run works. Another run may take it
 over only when the holder is gone (same host, process no longer alive) or the lease expired
 (any host). Taking it is an exclusive create, so of two runs released together exactly one wins:
-on a local disk ``O_EXCL``; on other filesystems fsspec's exclusive ``"xb"`` mode where it has
+on a local disk a hard link of a fully written file; on other filesystems fsspec's exclusive ``"xb"`` mode where it has
 one, else a write read back after a pause (object stores that lack conditional writes).
 """
 
@@ -120,16 +120,19 @@ class Lease:
 
     def _create(self) -> bool:
         """Exclusive create; False when a lease file is already there."""
-        if self.run.is_local:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as fh:
+        if self.run.is_local:  # written whole aside, then linked: link fails if one exists
+            aside = f"{self.path}.{self.token}"
+            with open(aside, "wb") as fh:
                 fh.write(self._payload())
                 fh.flush()
                 os.fsync(fh.fileno())
-            return True
+            try:
+                os.link(aside, self.path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(aside)
         try:
             with self.run.fs.open(self.path, "xb") as fh:
                 fh.write(self._payload())

@@ -1,33 +1,80 @@
-"""prefect.yaml points at the real flow, with parameters the flow accepts."""
+"""prefect.yaml points at the real flow by module; its settings are the CLI's, validated alike."""
 
-import inspect
+from __future__ import annotations
+
+import argparse
+import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 
-from flows.config import RunConfig
 from flows.explain_archive import explain_archive
+from flows.settings import RunSettings, add_cli_options, settings_from_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_deployment_names_the_flow_and_its_parameters() -> None:
+def test_every_deployment_names_the_flow_by_module_with_accepted_parameters() -> None:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    accepted = set(inspect.signature(explain_archive.fn).parameters)
+    names = {d["name"] for d in spec["deployments"]}
+    assert {"nightly", "adhoc"} <= names
+    schema = explain_archive.parameters.model_dump()["properties"]
     for deployment in spec["deployments"]:
-        path, name = deployment["entrypoint"].split(":")
-        assert (ROOT / path).is_file() and name == "explain_archive"
-        assert explain_archive.name == "explain-archive"
-        assert set(deployment["parameters"]) <= accepted
-        RunConfig.from_settings("/data/a", "/data/run", deployment["parameters"].get("settings"))
+        module, name = deployment["entrypoint"].split(":")
+        assert not module.endswith(".py"), "file entrypoints break imports on Dask workers"
+        assert getattr(importlib.import_module(module), name) is explain_archive
+        assert set(deployment.get("parameters", {})) <= set(schema)
+        RunSettings.parse(deployment.get("parameters", {}).get("settings", {}))
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly")
+    assert nightly["schedules"][0]["active"] is False
 
 
-def test_settings_shortcuts_build_one_config_per_method() -> None:
-    config = RunConfig.from_settings("/a", "/run", {"method": "scd,cd", "fido": {"iterations": 7},
-                                                    "workers": 3})
-    assert sorted(config.methods) == ["cd", "scd"] and config.workers == 3
-    assert {c.iterations for c in config.methods.values()} == {7}
-    assert config.methods["cd"].sampler == "cd"
-    again = RunConfig.from_settings("/a", "/run", {k: v for k, v in config.to_json().items()
-                                                   if k not in ("source", "root")})
-    assert again == config
+def test_the_deployment_form_shows_every_setting_typed_and_bounded() -> None:
+    schema = explain_archive.parameters.model_dump()
+    settings = schema["definitions"]["RunSettings"]["properties"]
+    assert set(settings) == set(RunSettings.model_fields)
+    assert settings["iterations"]["anyOf"][0] == {"minimum": 1, "type": "integer"}
+    assert settings["device"]["default"] == "auto"
+    assert all(field.get("description") for field in settings.values())
+
+
+def cli_settings(*argv: str) -> RunSettings:
+    parser = argparse.ArgumentParser()
+    add_cli_options(parser, archive=True)
+    return settings_from_cli(parser.parse_args(list(argv)))
+
+
+def test_cli_and_deployment_build_the_same_settings() -> None:
+    from_cli = cli_settings("--method", "scd,cd", "--iterations", "7", "--workers", "3",
+                            "--max-pixels", "2M", "--explain-only")
+    from_deployment = RunSettings.parse({"method": "scd,cd", "iterations": 7, "workers": 3,
+                                         "max_pixels": 2_000_000, "explain_only": True})
+    assert from_cli == from_deployment
+    config = from_cli.to_config("/a", "/run")
+    assert sorted(config.methods) == ["cd", "scd"] and config.device == "auto"
+    assert {c.iterations for c in config.methods.values()} == {7} and not config.analyse
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"iterations": 0}, "iterations: Input should be greater than or equal to 1 (got 0)"),
+    ({"iterations": -5}, "iterations: Input should be greater than or equal to 1 (got -5)"),
+    ({"mask_size": 0}, "mask_size: Input should be greater than or equal to 1"),
+    ({"workers": 0}, "workers: Input should be greater than or equal to 1"),
+    ({"shard_size": 0}, "shard_size: Input should be greater than or equal to 1"),
+    ({"device": "gpu"}, "device: expected auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
+    ({"method": "scd,grad"}, "unknown method(s) grad"),
+    ({"frobnicate": 1}, "frobnicate: Extra inputs are not permitted"),
+])
+def test_bad_settings_fail_with_one_line_naming_the_field(values: dict, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        RunSettings.parse(values)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_refuses_what_a_deployment_refuses(capsys) -> None:
+    from flows.cli import main
+
+    assert main(["run", str(ROOT), "--out", "/nonexistent/run", "--iterations", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fidoflow: error: invalid settings: iterations")

@@ -1,0 +1,55 @@
+"""The cluster a run gets: one function decides, for every device, folder and address."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.cluster import ClusterPlan, build_runner, plan_cluster
+
+
+@pytest.mark.parametrize(("args", "plan"), [
+    ((2, "auto", None, "/runs/x", 0), ClusterPlan("local", 2)),
+    ((2, "cpu", None, "/runs/x", 4), ClusterPlan("local", 2)),
+    ((2, "auto", None, "/runs/x", 4), ClusterPlan("cuda", 4, gpus=(0, 1, 2, 3))),
+    ((1, "cuda", None, "s3://b/x", 2), ClusterPlan("cuda", 2, gpus=(0, 1))),
+    ((2, "cuda:1", None, "/runs/x", 2), ClusterPlan("cuda", 1, gpus=(1,))),
+    ((3, "auto", "tcp://10.0.0.5:8786", "/runs/x", 2),
+     ClusterPlan("address", 3, address="tcp://10.0.0.5:8786")),
+    ((2, "auto", None, "memory://x", 2), ClusterPlan("threads", 2)),
+])
+def test_plan_for_each_kind_of_run(args: tuple, plan: ClusterPlan) -> None:
+    assert plan_cluster(*args) == plan
+
+
+def test_a_pinned_gpu_worker_uses_its_own_gpu_as_cuda() -> None:
+    assert plan_cluster(2, "cuda:1", None, "/r", 2).task_device == "cuda"
+    assert plan_cluster(2, "auto", None, "/r", 0).task_device is None
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((2, "cuda", None, "/r", 0), "no CUDA GPU is visible"),
+    ((2, "cuda:2", None, "/r", 2), "only 2 GPU(s) are visible"),
+    ((2, "auto", "tcp://127.0.0.1:1", "memory://x", 0), "cannot be written by the workers"),
+])
+def test_impossible_plans_are_refused(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_cluster(*args)
+
+
+def test_runners_realise_the_plans() -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    local = build_runner(ClusterPlan("local", 3))
+    assert isinstance(local, DaskTaskRunner)
+    assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["host"] == "127.0.0.1"
+    assert isinstance(build_runner(ClusterPlan("threads", 2)), ThreadPoolTaskRunner)
+    assert build_runner(ClusterPlan("address", 2, address="tcp://h:1")).address == "tcp://h:1"
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"fidoflow\[gpu\]"):
+            build_runner(ClusterPlan("cuda", 2, gpus=(0, 1)))
+    else:
+        cuda = build_runner(ClusterPlan("cuda", 2, gpus=(0, 1)))
+        assert cuda.cluster_kwargs["CUDA_VISIBLE_DEVICES"] == [0, 1]
