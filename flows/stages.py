@@ -29,6 +29,10 @@ class RunMismatch(RuntimeError):
     """RUN already holds a run made with other settings."""
 
 
+class EmptyArchive(ValueError):
+    """The source has no image rows at all."""
+
+
 @functools.cache
 def worker_model(spec: str, card: str | None = None, trust_code: bool = False) -> LoadedModel:
     """The model, loaded once per process (each Dask worker keeps its own)."""
@@ -57,6 +61,10 @@ def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[pa.Table, dic
     label_map = (read_label_map(config.label_map, model.class_names)
                  if config.label_map else None)
     frame = read_archive(config.source, config.format, config.split, config.images_root)
+    if frame.empty:
+        split = "" if config.split == "all" else f" in the {config.split} split"
+        raise EmptyArchive(f"{config.source} holds no images{split} (folders are searched "
+                           "recursively for image files); nothing to do")
     mapping = map_labels(frame["label_name"], model.class_names, label_map)
     frame["model_label"] = pd.array(mapping.model_label, dtype="Int32")
     frame["shard"] = pd.array([i // config.shard_size for i in range(len(frame))], dtype="Int32")

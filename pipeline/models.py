@@ -321,6 +321,16 @@ def _state_dict(obj: object) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def unpickler_cause(exc: Exception) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to load unsafely."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1].strip()
+        if rest:
+            return rest.splitlines()[0]
+    return type(exc).__name__
+
+
 def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn.Module, dict]:
     """The network in ``path`` (without normalisation) and how it was loaded."""
     if is_exported_program(path):
@@ -340,8 +350,8 @@ def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn
         kind = "state_dict"
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # not a class to allow: the bytes are no pickle
-            raise ModelError(f"{path} is no PyTorch file torch.load can read: "
-                             f"{str(exc).splitlines()[0]}") from exc
+            raise ModelError(f"{path} is corrupt or no PyTorch file "
+                             f"({unpickler_cause(exc)})") from exc
         if not trust_code:
             raise ModelError(
                 f"{path} holds a pickled Python object, not plain weights; loading it runs code "

@@ -59,6 +59,7 @@ class Lease:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _renewer: threading.Thread | None = field(default=None, repr=False)
+    _made_folder: bool = field(default=False, repr=False)
 
     @property
     def path(self) -> str:
@@ -73,6 +74,7 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease or raise ``RunLocked`` naming its live holder."""
+        self._made_folder = not self.run.fs.exists(self.run.path)
         try:
             self.run.makedirs()
         except (FileExistsError, NotADirectoryError):
@@ -96,6 +98,8 @@ class Lease:
         held = self.holder()
         if held is not None and held.get("token") == self.token:
             self.run.fs.rm(self.path)
+        if self._made_folder and self.run.is_local and not os.listdir(self.run.path):
+            os.rmdir(self.run.path)  # a run that failed before writing leaves no trace
 
     def holder(self) -> dict | None:
         try:

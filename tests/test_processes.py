@@ -1,0 +1,70 @@
+"""Processes die with their run: however `fidoflow run` ends, its Prefect server and Dask
+cluster end too, and its lease on the run folder is released or left for take-over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SLOW = ["--model", "synthetic-cnn", "--iterations", "100000", "--samples", "1",
+        "--mask-size", "8", "--shard-size", "1", "--explain-only"]
+
+
+def start_run(photo_folder: Path, run: Path, home: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(photo_folder),
+                             "--out", str(run), *SLOW], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def busy_workers(cli: subprocess.Popen, run: Path, timeout: float = 90) -> list[psutil.Process]:
+    """Every descendant of the CLI once its Dask workers are explaining (predictions pending)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert cli.poll() is None, cli.communicate()
+        family = psutil.Process(cli.pid).children(recursive=True)
+        workers = [p for p in family if "spawn_main" in " ".join(p.cmdline())]
+        if len(workers) >= 2 and (run / "manifest.parquet").exists():
+            time.sleep(2)  # the shards are running now
+            return psutil.Process(cli.pid).children(recursive=True)
+        time.sleep(0.5)
+    raise AssertionError("the run's Dask workers never started")
+
+
+def all_gone(processes: list[psutil.Process], timeout: float = 30) -> list[str]:
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    left = [" ".join(p.cmdline())[:100] for p in alive]
+    for process in alive:  # never leave them behind, even when the test fails
+        process.kill()
+    return left
+
+
+def test_sigkill_of_the_cli_leaves_no_process_of_the_run(photo_folder: Path,
+                                                       tmp_path: Path) -> None:
+    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home")
+    family = busy_workers(cli, tmp_path / "run")
+    assert any("prefect" in " ".join(p.cmdline()) for p in family)  # the run's API server
+    cli.send_signal(signal.SIGKILL)
+    cli.wait(10)
+    assert all_gone(family) == []
+
+
+def test_sigterm_ends_the_run_cleanly(photo_folder: Path, tmp_path: Path) -> None:
+    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home")
+    family = busy_workers(cli, tmp_path / "run")
+    cli.send_signal(signal.SIGTERM)
+    cli.communicate(timeout=60)
+    assert cli.returncode == 128 + signal.SIGTERM
+    assert all_gone(family) == []
+    assert not (tmp_path / "run" / ".lock").exists()
+    assert list((tmp_path / "run").rglob(".*.tmp")) == []
