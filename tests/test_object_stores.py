@@ -38,7 +38,8 @@ def assert_complete(fs: fsspec.AbstractFileSystem, root: str, masks_url: str) ->
 
 def test_file_url(photo_folder: Path, tmp_path: Path) -> None:
     assert main(["run", str(photo_folder), "--out", f"file://{tmp_path}/run", *FAST]) == 0
-    assert_complete(fsspec.filesystem("file"), f"{tmp_path}/run", str(tmp_path / "run/masks.zarr"))
+    assert_complete(fsspec.filesystem("file"), f"{tmp_path}/run",
+                    str(tmp_path / "run/masks.zarr"))
 
 
 def test_memory_url_runs_in_one_process(photo_folder: Path) -> None:
