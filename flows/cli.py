@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -31,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     demo.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder")
     add_cli_options(demo, archive=False)
-    demo.set_defaults(shard_size=3)  # five photos: two shards keep both default workers busy
     return parser
 
 
@@ -124,6 +124,7 @@ def fail(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    began = time.monotonic()
     args = parser.parse_args(argv)
     prefect_home()
     quiet_console()
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         print_demo_table(config.root)
     print(f"{outcome['shards_run']} of {outcome['shards']} shards run, "
-          f"{outcome['images_run']} images, {outcome['errors']} errors")
+          f"{outcome['images_run']} images, {outcome['errors']} errors "
+          f"({outcome['shard_seconds']:.1f} s of shard work in {time.monotonic() - began:.1f} s)")
     if outcome.get("analysis_errors"):
         print(f"{outcome['analysis_errors']} images failed in re-classification or evaluation "
               "(errors/reclassify-part-*, errors/evaluate-part-*)")

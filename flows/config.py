@@ -24,7 +24,7 @@ class RunConfig:
     root: str
     methods: dict[str, FidoConfig] = field(default_factory=lambda: {"scd": FidoConfig()})
     model: str = "efficientnet-lite0"
-    shard_size: int = 16
+    shard_size: int | None = None  # None: chosen from the image count and the workers
     batch_size: int | None = None  # None: pipeline.device.default_batch_size
     seed: int = 0
     workers: int = 2

@@ -53,9 +53,11 @@ def workers_ready(probe: PrefectFuture) -> None:
 
 
 @task(name="explain-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def explain_shard_task(config_json: dict, shard: int) -> dict[str, int]:
+def explain_shard_task(config_json: dict, shard: int, busy_workers: int) -> dict[str, float]:
+    """One shard; its worker's torch threads are the cores shared among the busy workers
+    (a lone shard gets every core)."""
     config = RunConfig.from_json(config_json)
-    stages.set_worker_threads(config.workers)
+    stages.set_worker_threads(busy_workers)
     return stages.explain_shard(config, shard)
 
 
@@ -114,7 +116,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     analysis_json = (AnalysisConfig.from_json(analysis_json) if analysis_json
                      else DEFAULT_ANALYSIS).to_json()
     probe = check_worker_task.submit()  # workers start while the run folder is prepared
-    n_shards = stages.prepare_run(config)
+    config, n_shards = stages.prepare_run(config)
+    config_json = config.to_json()
     if config.analyse:
         stages.record_analysis(config, analysis_json)
     todo = stages.pending_shards(config, n_shards)
@@ -135,14 +138,17 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     for stage, shards in downstream.items():
         for shard in shards:
             submit_downstream(shard, stage)
-    explain_futures = [explain_shard_task.submit(config_json, shard) for shard in todo]
+    busy = min(config.workers, max(len(todo), 1))
+    explain_futures = [explain_shard_task.submit(config_json, shard, busy) for shard in todo]
     images = errors = analysis_errors = 0
+    shard_seconds = 0.0
     with Progress(transient=False) as progress:
         bar = progress.add_task("explaining", total=len(todo))
         bars = {stage: progress.add_task(stage, total=total) for stage, total in totals.items()}
         for future in as_completed(explain_futures):
             outcome = future.result()
             images += outcome["images"]
+            shard_seconds += outcome["seconds"]
             errors += outcome["errors"]
             progress.update(bar, advance=1, description=f"shard {outcome['shard']} explained")
             for stage in tasks:
@@ -159,6 +165,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     if config.analyse:
         publish_artifacts(summary)
     return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors,
+            "shard_seconds": shard_seconds,
             "analysis_errors": analysis_errors, "reclassified": totals.get("reclassify", 0),
             "evaluated": totals.get("evaluate", 0),
             "summary": summary["summary"], "report": summary["report"]}

@@ -47,7 +47,8 @@ class RunSettings(BaseModel):
     stop_change: float | None = Field(
         None, ge=0, description="stop an image early once its mask cells moved less than this "
                                 "on average over 5 steps; 0 or unset never stops early")
-    shard_size: int = Field(16, ge=1, description="images per task")
+    shard_size: int | None = Field(None, ge=1, description="images per task (default: every "
+                                   "worker gets an equal shard in every round, at most 16)")
     batch_size: int | None = Field(None, ge=1, description="images per optimisation step "
                                                            "(default: 8 on a GPU, 1 on a CPU)")
     workers: int = Field(default_factory=default_workers, ge=1,
@@ -148,6 +149,29 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
+# ---- the docs' projection ------------------------------------------------------------------
+
+def settings_markdown() -> str:
+    """docs/settings.md: one row per setting, as the CLI and the deployment form take it."""
+    lines = ["# Run settings", "",
+             "Generated from `flows/settings.py` (`python -m flows.settings > docs/settings.md`).",
+             "The CLI takes each as `--name-with-dashes`; a deployment takes them by name in its",
+             "`settings` parameter (`--param settings='{\"iterations\": 50}'`). Both validate",
+             "them with the same model.", "",
+             "| CLI option | setting | type | default | meaning |", "|---|---|---|---|---|"]
+    for name, info in RunSettings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if name == "workers":
+            default = "min(2, cores)"
+        kind = _literal_choices(info.annotation)
+        shown = " \\| ".join(kind) if kind else _scalar_type(info.annotation).__name__
+        if info.annotation is bool:
+            shown = "flag"
+        lines.append(f"| `--{name.replace('_', '-')}` | `{name}` | {shown} | "
+                     f"{'–' if default is None else f'`{default}`'} | {info.description} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the CLI's projection -------------------------------------------------------------------
 
 def pixel_count(text: str) -> int:
@@ -209,3 +233,7 @@ def _scalar_type(annotation: object) -> type:
         if annotation is kind or kind in get_args(annotation):
             return kind
     return str
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

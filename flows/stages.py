@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,9 +57,22 @@ def code_version() -> str:
     return f"{version('fidoflow')}+{sha}" if sha else version("fidoflow")
 
 
-def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[pa.Table, dict]:
-    """The manifest table of the run's archive (labels mapped to the model, shards assigned)
-    and the label-mapping report. Raises on archive-level problems only."""
+LARGEST_AUTO_SHARD = 16
+
+
+def auto_shard_size(images: int, workers: int, largest: int = LARGEST_AUTO_SHARD) -> int:
+    """Images per shard when the user does not say: the fewest rounds of at most ``largest``
+    images per worker, split evenly, so every worker has a shard in every round (8 images on
+    2 workers: 2 shards of 4; 48: 4 of 12; 256: 16 of 16)."""
+    workers = max(workers, 1)
+    rounds = -(-images // (workers * largest))
+    return max(1, -(-images // (workers * rounds)))
+
+
+def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[RunConfig, pa.Table, dict]:
+    """The config with its shard size resolved, the manifest table of the run's archive (labels
+    mapped to the model, shards assigned) and the label-mapping report. Raises on archive-level
+    problems only."""
     label_map = (read_label_map(config.label_map, model.class_names)
                  if config.label_map else None)
     frame = read_archive(config.source, config.format, config.split, config.images_root)
@@ -65,16 +80,20 @@ def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[pa.Table, dic
         split = "" if config.split == "all" else f" in the {config.split} split"
         raise EmptyArchive(f"{config.source} holds no images{split} (folders are searched "
                            "recursively for image files); nothing to do")
+    if config.shard_size is None:
+        config = replace(config, shard_size=auto_shard_size(len(frame), config.workers))
     mapping = map_labels(frame["label_name"], model.class_names, label_map)
     frame["model_label"] = pd.array(mapping.model_label, dtype="Int32")
     frame["shard"] = pd.array([i // config.shard_size for i in range(len(frame))], dtype="Int32")
     table = pa.Table.from_pandas(frame[schemas.MANIFEST.names], schema=schemas.MANIFEST,
                                  preserve_index=False)
-    return table, mapping.report()
+    return config, table, mapping.report()
 
 
-def prepare_run(config: RunConfig) -> int:
-    """Create or reopen the run folder: run.json, manifest.parquet, masks.zarr. Returns #shards.
+def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
+    """Create or reopen the run folder: run.json, manifest.parquet, masks.zarr. Returns the
+    config with its shard size resolved (chosen now, or the one the folder was made with) and
+    the number of shards.
 
     The archive is read before anything is written, so a source or option the readers refuse
     leaves no half-made run folder behind.
@@ -87,14 +106,16 @@ def prepare_run(config: RunConfig) -> int:
             raise RunMismatch(f"{config.root} was written with table schema "
                               f"{recorded.get('schema_version')}, this fidoflow writes "
                               f"{SCHEMA_VERSION}; use another --out")
+        if config.shard_size is None:  # automatic: whatever the first run chose
+            config = replace(config, shard_size=recorded["config"].get("shard_size"))
         if recorded["config"] != _normalised(config.results_identity()):
             raise RunMismatch(f"{config.root} holds a run with other settings; "
                               "use another --out or the same options")
         if not run.exists("manifest.parquet"):
-            table, _ = build_manifest(config, model)
+            config, table, _ = build_manifest(config, model)
             run.write_table(table, "manifest.parquet")
     else:
-        table, labels = build_manifest(config, model)
+        config, table, labels = build_manifest(config, model)
         run.makedirs()
         run.write_json({
             "schema_version": SCHEMA_VERSION,
@@ -112,7 +133,7 @@ def prepare_run(config: RunConfig) -> int:
         {name: cfg.as_dict() for name, cfg in config.methods.items()},
         manifest.column("image_id").to_pylist(),
     )
-    return -(-manifest.num_rows // config.shard_size)
+    return config, -(-manifest.num_rows // config.shard_size)
 
 
 def record_analysis(config: RunConfig, analysis: dict) -> None:
@@ -163,8 +184,10 @@ def shard_rows(run: RunFolder, config: RunConfig, shard: int) -> tuple[int, list
     return shard * config.shard_size, rows
 
 
-def explain_shard(config: RunConfig, shard: int) -> dict[str, int]:
-    """Masks and predictions of one shard; the predictions part, written last, marks it done."""
+def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
+    """Masks and predictions of one shard; the predictions part, written last, marks it done.
+    ``seconds`` is the shard's whole time on its worker (decode, explain, write)."""
+    began = time.perf_counter()
     run = RunFolder(config.root)
     start, rows = shard_rows(run, config, shard)
     model = model_of(config)
@@ -178,7 +201,8 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, int]:
     parts.write_part(run, "predictions", shard,
                      pa.Table.from_pylist(result.predictions, schemas.PREDICTIONS),
                      schemas.PREDICTIONS)
-    return {"shard": shard, "images": len(rows), "errors": len(result.errors)}
+    return {"shard": shard, "images": len(rows), "errors": len(result.errors),
+            "seconds": time.perf_counter() - began}
 
 
 def set_worker_threads(workers: int) -> None:

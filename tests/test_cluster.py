@@ -53,3 +53,41 @@ def test_runners_realise_the_plans() -> None:
     else:
         cuda = build_runner(ClusterPlan("cuda", 2, gpus=(0, 1)))
         assert cuda.cluster_kwargs["CUDA_VISIBLE_DEVICES"] == [0, 1]
+
+
+def die() -> None:
+    import os
+    os._exit(3)
+
+
+@pytest.mark.slow
+def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
+    """Workers that die on a task end the flow with an error instead of a hang."""
+    from prefect import flow, task
+
+    from flows.explain_archive import workers_ready
+
+    @task(name="dies")
+    def dies() -> None:
+        die()
+
+    @flow(name="dying-workers", task_runner=build_runner(ClusterPlan("local", 1)))
+    def dying() -> None:
+        workers_ready(dies.submit())
+
+    with pytest.raises(RuntimeError, match="the Dask workers cannot run fidoflow's tasks "
+                                           r"\(KilledWorker"):
+        dying()
+
+
+@pytest.mark.parametrize(("images", "workers", "size", "shards"), [
+    (8, 2, 4, 2), (5, 2, 3, 2), (48, 2, 12, 4), (256, 2, 16, 16), (1, 2, 1, 1),
+    (1000, 3, 16, 63), (30, 1, 15, 2), (7, 4, 2, 4),
+])
+def test_automatic_shards_give_every_worker_work(images: int, workers: int, size: int,
+                                                 shards: int) -> None:
+    from flows.stages import LARGEST_AUTO_SHARD, auto_shard_size
+
+    got = auto_shard_size(images, workers)
+    assert (got, -(-images // got)) == (size, shards)
+    assert got <= LARGEST_AUTO_SHARD

@@ -203,7 +203,8 @@ def explain_everything(source: Path, run: Path, **options: object) -> tuple[list
                        batch_size=4, methods={m: FidoConfig(sampler=m, iterations=1, samples=1,
                                                             mask_size=4) for m in ("scd", "cd")},
                        **options)
-    for shard in range(stages.prepare_run(config)):
+    config, shards = stages.prepare_run(config)
+    for shard in range(shards):
         stages.explain_shard(config, shard)
     folder = RunFolder(config.root)
     return (pq.read_table(run / "manifest.parquet").to_pylist(),

@@ -78,3 +78,10 @@ def test_cli_refuses_what_a_deployment_refuses(capsys) -> None:
     assert main(["run", str(ROOT), "--out", "/nonexistent/run", "--iterations", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fidoflow: error: invalid settings: iterations")
+
+
+def test_the_settings_doc_is_generated_from_the_declaration() -> None:
+    from flows.settings import settings_markdown
+
+    assert (ROOT / "docs" / "settings.md").read_text() == settings_markdown(), \
+        "run `python -m flows.settings > docs/settings.md`"

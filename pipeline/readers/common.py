@@ -158,12 +158,15 @@ def finish(entries: list[dict], root: Path, split: str = "all", format_name: str
     return typed_frame(rows)
 
 
-def _map(func, items: Sequence[str], workers: int) -> Iterable[dict]:
-    """``func`` over ``items`` in order; threads overlap file reads (hashing releases the GIL)."""
+def _map(func, items: Sequence[str], workers: int, chunk: int = 256) -> Iterable[dict]:
+    """``func`` over ``items`` in order; threads overlap file reads (hashing releases the GIL).
+    Items go to the threads in chunks: one future per item cost more than a small file's read."""
     if workers <= 1 or len(items) < 8:
         return map(func, items)
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(func, items, chunksize=16))
+        return [result for part in pool.map(lambda part: [func(x) for x in part], chunks)
+                for result in part]
 
 
 def mark_duplicates(rows: list[dict]) -> None:
