@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from prefect.task_runners import TaskRunner
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 Kind = Literal["address", "threads", "cuda", "local"]
 
@@ -76,8 +80,8 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     client.close()
 
 
-def build_runner(plan: ClusterPlan) -> TaskRunner:
-    """The Prefect task runner that realises ``plan``.
+def configure_dask() -> None:
+    """Settings for the clusters fidoflow starts.
 
     Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's mmap
     threshold at 128 KiB: every activation tensor of every step is then mmapped and page-faulted
@@ -86,6 +90,25 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
     instead of hopping from worker to worker.
     """
     import dask
+
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                     "distributed.scheduler.allowed-failures": 1})
+
+
+def cluster_spec(plan: ClusterPlan) -> tuple[str, dict]:
+    """The cluster class and its arguments for a ``local`` or ``cuda`` plan."""
+    common = {"threads_per_worker": 1, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    if plan.kind == "cuda":
+        try:
+            import dask_cuda  # noqa: F401
+        except ImportError:
+            raise ValueError("a CUDA run needs dask-cuda: pip install 'fidoflow[gpu]'") from None
+        return "dask_cuda.LocalCUDACluster", {"CUDA_VISIBLE_DEVICES": list(plan.gpus), **common}
+    return "distributed.LocalCluster", {"n_workers": plan.workers, "processes": True, **common}
+
+
+def build_runner(plan: ClusterPlan) -> TaskRunner:
+    """The Prefect task runner that realises ``plan``."""
     from prefect_dask import DaskTaskRunner
 
     if plan.kind == "threads":
@@ -93,20 +116,44 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=plan.workers)
     if plan.kind == "address":
         return DaskTaskRunner(address=plan.address)
-    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                     "distributed.scheduler.allowed-failures": 1})
-    if plan.kind == "cuda":
-        try:
-            import dask_cuda  # noqa: F401
-        except ImportError:
-            raise ValueError("a CUDA run needs dask-cuda: pip install 'fidoflow[gpu]'") from None
-        return DaskTaskRunner(
-            cluster_class="dask_cuda.LocalCUDACluster",
-            cluster_kwargs={"CUDA_VISIBLE_DEVICES": list(plan.gpus), "threads_per_worker": 1,
-                            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
-        )
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": plan.workers, "threads_per_worker": 1, "processes": True,
-                        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
-    )
+    configure_dask()
+    cluster_class, kwargs = cluster_spec(plan)
+    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
+
+
+def warm_worker(config_json: dict) -> None:
+    """On a worker: import the shard tasks' code and load and prepare the run's model, so that
+    the first shard starts explaining at once (each worker keeps both for the run)."""
+    from pipeline.device import resolve_device
+
+    from . import stages
+    from .config import RunConfig
+
+    config = RunConfig.from_json(config_json)
+    stages.model_of(config).on(resolve_device(config.device), config.compile)
+
+
+@contextmanager
+def prestarted(plan: ClusterPlan, config_json: dict) -> Iterator[str | None]:
+    """For a ``local`` or ``cuda`` plan: start the cluster now and warm its workers in the
+    background, yielding its address (the CLI overlaps this with the API server's boot); the
+    cluster closes when the block ends. Other plans yield None: the flow makes its own."""
+    if plan.kind not in ("local", "cuda"):
+        yield None
+        return
+    import importlib
+
+    from distributed import Client
+
+    configure_dask()
+    cluster_class, kwargs = cluster_spec(plan)
+    module, name = cluster_class.rsplit(".", 1)
+    with getattr(importlib.import_module(module), name)(**kwargs) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        def warm() -> None:
+            with suppress(Exception):  # a model that cannot load fails the run itself, named
+                client.run(warm_worker, config_json)
+
+        warming = threading.Thread(target=warm, daemon=True, name="fidoflow-warm-workers")
+        warming.start()
+        yield cluster.scheduler_address

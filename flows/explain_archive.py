@@ -141,7 +141,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     busy = min(config.workers, max(len(todo), 1))
     explain_futures = [explain_shard_task.submit(config_json, shard, busy) for shard in todo]
     images = errors = analysis_errors = 0
-    shard_seconds = 0.0
+    shard_seconds, first_start = 0.0, float("inf")
     with Progress(transient=False) as progress:
         bar = progress.add_task("explaining", total=len(todo))
         bars = {stage: progress.add_task(stage, total=total) for stage, total in totals.items()}
@@ -149,6 +149,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
             outcome = future.result()
             images += outcome["images"]
             shard_seconds += outcome["seconds"]
+            first_start = min(first_start, outcome["started"])
             errors += outcome["errors"]
             progress.update(bar, advance=1, description=f"shard {outcome['shard']} explained")
             for stage in tasks:
@@ -165,7 +166,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     if config.analyse:
         publish_artifacts(summary)
     return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors,
-            "shard_seconds": shard_seconds,
+            "shard_seconds": shard_seconds, "first_shard_started": first_start,
             "analysis_errors": analysis_errors, "reclassified": totals.get("reclassify", 0),
             "evaluated": totals.get("evaluate", 0),
             "summary": summary["summary"], "report": summary["report"]}

@@ -187,7 +187,7 @@ def shard_rows(run: RunFolder, config: RunConfig, shard: int) -> tuple[int, list
 def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
     """Masks and predictions of one shard; the predictions part, written last, marks it done.
     ``seconds`` is the shard's whole time on its worker (decode, explain, write)."""
-    began = time.perf_counter()
+    began, started = time.perf_counter(), time.time()
     run = RunFolder(config.root)
     start, rows = shard_rows(run, config, shard)
     model = model_of(config)
@@ -202,7 +202,7 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
                      pa.Table.from_pylist(result.predictions, schemas.PREDICTIONS),
                      schemas.PREDICTIONS)
     return {"shard": shard, "images": len(rows), "errors": len(result.errors),
-            "seconds": time.perf_counter() - began}
+            "seconds": time.perf_counter() - began, "started": started}
 
 
 def set_worker_threads(workers: int) -> None:
