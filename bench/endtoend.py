@@ -1,0 +1,175 @@
+"""End-to-end benchmark (issue 14): the whole `fidoflow run` command, start-up included, against
+a plain one-image-at-a-time loop of the same algorithm written here (not the engine), and the
+classifier's own floor.
+
+    .venv/bin/python bench/endtoend.py [--sizes 8,48] [--repeats 3] [--force]
+
+Settings: --method scd --samples 4 --iterations 30 --mask-size 56 --infill blur --explain-only,
+EfficientNet-Lite0. Sizes: 8 photos (scikit-image's, a laptop user's wait) and 48 images (those 8,
+each also cropped and flipped five ways). The two sides alternate (fidoflow, plain, fidoflow, ...)
+on a quiet machine (bench/quiet.py) and each figure carries its load average. The floor is the
+prepared classifier's forward+backward over the 2·B blends of each of T steps of every image,
+timed in the same run; "fraction of floor" = floor ÷ fidoflow's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.quiet import alternate, machine, medians, require_quiet
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
+          "immunohistochemistry", "retina")
+SAMPLES, ITERATIONS, MASK = 4, 30, 56
+
+
+def write_images(folder: Path, count: int) -> Path:
+    """``count`` images: the 8 photos, then crops and flips of them."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    bases = []
+    for name in PHOTOS:
+        pixels = getattr(skimage.data, name)()
+        pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+        bases.append(np.ascontiguousarray(pixels[..., :3]))
+    variants = [lambda p: p, lambda p: p[:, ::-1], lambda p: p[: p.shape[0] * 3 // 4],
+                lambda p: p[p.shape[0] // 4:], lambda p: p[:, : p.shape[1] * 3 // 4],
+                lambda p: p[:, p.shape[1] // 4:][:, ::-1]]
+    for i in range(count):
+        pixels = variants[(i // len(bases)) % len(variants)](bases[i % len(bases)])
+        Image.fromarray(np.ascontiguousarray(pixels)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+PLAIN_LOOP = """
+import sys, time, torch
+from pathlib import Path
+from pipeline.images import decode_image, to_tensor
+from pipeline.infill import gaussian_blur, scaled_sigma
+from pipeline.models import load_model
+
+B, T, M = {samples}, {iterations}, {mask}
+L1, TV, LR, EPS, WARMUP, CAP = 64.0, 32.0, 1.0, 1e-3, 5, 2.0
+model = load_model()
+net = model.module.eval()
+for p in net.parameters():
+    p.requires_grad_(False)
+
+def log_odds(logits, c):
+    rest = torch.cat([logits[:, :c], logits[:, c + 1:]], dim=1)
+    return logits[:, c] - rest.logsumexp(dim=1)
+
+def tv(keep):
+    return ((keep[..., 1:, :] - keep[..., :-1, :]).abs().mean((-2, -1))
+            + (keep[..., :, 1:] - keep[..., :, :-1]).abs().mean((-2, -1)))
+
+gen = torch.Generator().manual_seed(0)
+for path in sorted(Path(sys.argv[1]).iterdir()):
+    x = to_tensor(decode_image(path), model.input_size)[None]
+    fill = gaussian_blur(x, scaled_sigma(x, 10.0))
+    with torch.no_grad():
+        c = int(net(x).argmax())
+    theta = torch.zeros(2, 1, M, M, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=LR, eps=EPS)
+    for i in range(T):
+        u = torch.rand(2, B, M, M, generator=gen).clamp(1e-7, 1 - 1e-7)
+        keep = torch.sigmoid(theta + torch.log(u) - torch.log1p(-u))          # SCD, t = 1
+        keep = torch.nn.functional.interpolate(keep.reshape(2 * B, 1, M, M), size=x.shape[-2:],
+                                               mode="bilinear", align_corners=False)
+        blended = fill + keep * (x - fill)
+        lo = log_odds(net(blended), c).view(2, B)
+        data = lo[1].clamp(min=-CAP).mean() - lo[0].clamp(max=CAP).mean()
+        k = torch.sigmoid(theta)
+        penalty = L1 * 0.5 * (k[0].mean() + (1 - k[1]).mean()) + TV * tv(k).sum()
+        loss = data + min((i + 1) / WARMUP, 1.0) * penalty
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+"""
+
+FLOOR = """
+import json, sys, time, torch
+from pipeline.models import load_model
+B, T, N = {samples}, {iterations}, {images}
+model = load_model()
+net = model.on(torch.device("cpu"))
+x = torch.rand(2 * B, 3, *model.input_size).contiguous(memory_format=torch.channels_last)
+def step():
+    blend = x.clone().requires_grad_(True)
+    net(blend).logsumexp(dim=1).sum().backward()
+step(); step()
+times = []
+for _ in range(10):
+    began = time.perf_counter(); step(); times.append(time.perf_counter() - began)
+times.sort()
+print(json.dumps({{"step_seconds": times[len(times) // 2], "floor_seconds": times[len(times) // 2] * T * N}}))
+"""
+
+
+def timed(command: list[str]) -> float:
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"{command[:4]} failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - began
+
+
+def compare(images: int, repeats: int, force: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_images(Path(tmp) / "images", images)
+        runs = iter(range(10_000))
+        options = ["--method", "scd", "--samples", str(SAMPLES), "--iterations", str(ITERATIONS),
+                   "--mask-size", str(MASK), "--infill", "blur", "--explain-only"]
+        plain = PLAIN_LOOP.format(samples=SAMPLES, iterations=ITERATIONS, mask=MASK)
+        sides = {
+            "fidoflow": lambda: {"seconds": timed([sys.executable, "-m", "flows.cli", "run",
+                                                   str(folder), "--out",
+                                                   str(Path(tmp) / f"run-{next(runs)}"),
+                                                   *options])},
+            "plain loop": lambda: {"seconds": timed([sys.executable, "-c", plain, str(folder)])},
+        }
+        results = alternate(sides, repeats, force,
+                            report=lambda r: print(json.dumps({"images": images, **r}), flush=True))
+        if not force:
+            require_quiet()
+        floor = json.loads(subprocess.run(
+            [sys.executable, "-c", FLOOR.format(samples=SAMPLES, iterations=ITERATIONS,
+                                                images=images)],
+            capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    seconds = medians(results)
+    return {"section": "end_to_end", "images": images, "median_seconds": seconds,
+            "ratio": seconds["fidoflow"] / seconds["plain loop"],
+            "floor_seconds": floor["floor_seconds"],
+            "fraction_of_floor": floor["floor_seconds"] / seconds["fidoflow"],
+            "loads": sorted({r["load"] for rs in results.values() for r in rs}),
+            "spread": {k: [round(min(r["seconds"] for r in v), 1),
+                           round(max(r["seconds"] for r in v), 1)] for k, v in results.items()},
+            "repeats": repeats}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="8,48")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--force", action="store_true",
+                        help="time even when other jobs run (the figures are then no result)")
+    args = parser.parse_args()
+    print(json.dumps({"machine": machine()}), flush=True)
+    for size in (int(s) for s in args.sizes.split(",")):
+        print(json.dumps(compare(size, args.repeats, args.force)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
