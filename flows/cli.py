@@ -1,4 +1,5 @@
-"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``)."""
+"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``); list
+the attribution methods (``methods``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.device import resolve_device
-from pipeline.images import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
+from pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
+from pipeline.models.device import resolve_device
 
-from .config import RunConfig, fido_methods
+from .config import RunConfig
 from .server import prefect_home
 
 
@@ -49,11 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     add_run_options(demo, out_required=False)
     demo.set_defaults(shard_size=3)  # five photos: two shards keep both default workers busy
+
+    commands.add_parser("methods", help="list the registered attribution methods, their "
+                                        "settings and defaults")
     return parser
 
 
 def add_archive_options(parser: argparse.ArgumentParser) -> None:
-    from pipeline.readers import FORMATS, SPLITS
+    from pipeline.archive.readers import FORMATS, SPLITS
 
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="force a reader instead of detecting it from SOURCE")
@@ -68,12 +72,17 @@ def add_archive_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser, out_required: bool) -> None:
-    from pipeline.infill import INFILLS
+    from pipeline.imaging.infill import INFILLS
 
     parser.add_argument("--out", required=out_required, default=None if out_required else "runs/demo",
                         metavar="RUN", help="run folder: a path or fsspec URL")
-    parser.add_argument("--method", default="scd",
-                        help="comma list of FIDO samplers: scd (default), cd")
+    parser.add_argument("--method", action="append", default=None, metavar="METHODS",
+                        help="comma list of methods (default scd; `fidoflow methods` lists them), "
+                             "each KIND or NAME=KIND:key=value:key=value for a variant, e.g. "
+                             "scd,cd,gradcam,knockoff=scd:infill=knockoff; may be repeated")
+    parser.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                        help="the class the maps explain: the top-1 prediction (default) or the "
+                             "manifest's label where it is one of the model's classes")
     parser.add_argument("--samples", type=positive_int, help="samples B per image and step")
     parser.add_argument("--iterations", type=positive_int, help="optimisation steps")
     parser.add_argument("--mask-size", type=positive_int, help="mask side h = w")
@@ -115,13 +124,12 @@ def _absolute(path: str | None) -> str | None:
 
 
 def config_from(args: argparse.Namespace, source: str) -> RunConfig:
-    from pipeline.models import BUILTINS
+    from pipeline.methods import parse_methods
+    from pipeline.models.loading import BUILTINS
 
-    methods = fido_methods(
-        [m.strip() for m in args.method.split(",") if m.strip()],
-        samples=args.samples, iterations=args.iterations, mask_size=args.mask_size,
-        infill=args.infill, stop_change=args.stop_change,
-    )
+    methods = parse_methods(args.method or ["scd"], {
+        "samples": args.samples, "iterations": args.iterations, "mask_size": args.mask_size,
+        "infill": args.infill, "stop_change": args.stop_change})
     model = args.model
     if model not in BUILTINS:
         if not Path(model).is_file():
@@ -134,6 +142,7 @@ def config_from(args: argparse.Namespace, source: str) -> RunConfig:
             raise FileNotFoundError(f"--{option.replace('_', '-')} not found: {value}")
     return RunConfig(
         source=str(Path(source).resolve()), root=args.out, methods=methods, model=model,
+        mask_size=args.mask_size or 28, target=args.target,
         shard_size=args.shard_size, batch_size=args.batch_size, seed=args.seed,
         workers=args.workers, device=str(resolve_device(args.device)), compile=args.compile, analyse=not args.explain_only,
         format=getattr(args, "format", None), split=getattr(args, "split", "all"),
@@ -193,9 +202,23 @@ def flush_prefect_logs() -> None:
     APILogWorker.drain_all(timeout=5)
 
 
+def print_methods() -> None:
+    """Every registered method kind: its description and default settings."""
+    from pipeline.methods.registry import describe
+
+    for entry in describe():
+        print(f"{entry['kind']:<11} {entry['description']}")
+        defaults = ", ".join(f"{k}={v}" for k, v in entry["defaults"].items())
+        print(f"{'':<11} defaults: {defaults or '(no settings)'}")
+    print("\nuse: --method KIND[,KIND...]; a variant: --method NAME=KIND:key=value:key=value")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "methods":
+        print_methods()
+        return 0
     prefect_home()
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:

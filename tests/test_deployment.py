@@ -26,8 +26,8 @@ def test_settings_shortcuts_build_one_config_per_method() -> None:
     config = RunConfig.from_settings("/a", "/run", {"method": "scd,cd", "fido": {"iterations": 7},
                                                     "workers": 3})
     assert sorted(config.methods) == ["cd", "scd"] and config.workers == 3
-    assert {c.iterations for c in config.methods.values()} == {7}
-    assert config.methods["cd"].sampler == "cd"
+    assert {s.config.iterations for s in config.methods.values()} == {7}
+    assert config.methods["cd"].config.sampler == "cd"
     again = RunConfig.from_settings("/a", "/run", {k: v for k, v in config.to_json().items()
                                                    if k not in ("source", "root")})
     assert again == config

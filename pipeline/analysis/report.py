@@ -3,7 +3,8 @@
 Sections: the headline (images, labels, accuracy of the baseline and of the best variant), the
 accuracy per variant as a chart and a table with confidence intervals, the gains against the
 baseline, the mean deletion/insertion curves per method, the mask-quality means, errors and
-timings, a gallery of images with their SSR, SDR and joint maps and the crop box, and the images
+timings, the methods side by side (mask quality and seconds per image), a gallery of images with
+every method's maps as heat maps and each method's crop box, and the images
 whose label changed after re-classification (right→wrong, wrong→right; without labels, those
 whose top-1 changed). Works on arrays and DataFrames; the caller gathers them and writes the
 string wherever it likes. A script sets ``data-loaded="true"`` on ``<body>`` once every picture
@@ -22,14 +23,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-MAP_NAMES = ("ssr", "sdr", "joint")
-MAP_TITLES = {"ssr": "SSR (keep)", "sdr": "SDR (drop)", "joint": "joint"}
 BOX_COLOUR = (0, 255, 120)
+MAP_SIDE = 168  # gallery heat maps, pixels (the original picture is shown at full thumbnail size)
 
 
 @dataclass
 class MethodMaps:
-    """One method's maps (h, w) in [0, 1] for one image, and its crop box in thumbnail pixels."""
+    """One method's maps (h, w) in [0, 1] for one image (``joint`` first, then the method's own),
+    and its crop box in thumbnail pixels."""
 
     maps: dict[str, np.ndarray]
     box: tuple[float, float, float, float] | None = None
@@ -94,18 +95,23 @@ def thumbnail(picture: np.ndarray, longest: int = 224) -> tuple[np.ndarray, floa
                                                       reducing_gap=2.0)), scale
 
 
-def overlay(picture: np.ndarray, saliency: np.ndarray, cmap: str = "inferno",
-            alpha: float = 0.6) -> np.ndarray:
-    """The picture with a colour-mapped saliency map (resized bilinearly) blended on top;
-    the map's own values in [0, 1] are shown, not rescaled, so maps compare across images."""
+def overlay(picture: np.ndarray, saliency: np.ndarray, cmap: str = "turbo",
+            alpha: float = 0.7) -> np.ndarray:
+    """A heat map readable at a glance: the map (resized bilinearly, scaled to its own maximum,
+    so that gradient maps with tiny values show their structure) colour-mapped over a dimmed
+    grey version of the picture; cold regions stay faint, hot ones opaque."""
     import matplotlib
 
     h, w = picture.shape[:2]
-    sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0).clip(0, 1)
+    sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0).clip(0, None)
+    sal = sal / max(float(sal.max()), 1e-12)
     sal = np.asarray(Image.fromarray(sal, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    colours = matplotlib.colormaps[cmap](sal.clip(0, 1))[..., :3] * 255
-    weight = alpha * (0.25 + 0.75 * sal.clip(0, 1))[..., None]
-    return (picture * (1 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8)
+    sal = sal.clip(0, 1)
+    grey = (picture[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114]))[..., None]
+    base = 40 + 0.6 * grey
+    colours = matplotlib.colormaps[cmap](sal)[..., :3] * 255
+    weight = alpha * (0.2 + 0.8 * sal)[..., None]
+    return (base * (1 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8)
 
 
 def draw_box(picture: np.ndarray, box: Sequence[float] | None,
@@ -315,19 +321,25 @@ def _figure(uri: str, caption: str, alt: str) -> str:
 
 
 def gallery_html(items: Sequence[GalleryItem]) -> str:
+    """One row per image: its caption and picture, then every method's joint map side by side
+    (with the method's crop box), then the methods' own maps."""
     parts = []
     for item in items:
+        cells = [f"<div class=caption><b>{html.escape(item.image_id)}</b><br>"
+                 + "<br>".join(html.escape(c) for c in item.caption) + "</div>",
+                 _figure(data_uri(item.picture), "original", f"{item.image_id} original")]
+        small, _ = thumbnail(item.picture, MAP_SIDE)
+        scale = small.shape[1] / item.picture.shape[1]
+        own = []
         for method, mm in item.methods.items():
-            cells = [f"<div class=caption><b>{html.escape(item.image_id)}</b><br>"
-                     + "<br>".join(html.escape(c) for c in item.caption)
-                     + f"<br>method: {html.escape(method)}</div>"]
-            cells.append(_figure(data_uri(draw_box(item.picture, mm.box)),
-                                 "original + crop box", f"{item.image_id} original"))
-            for name in MAP_NAMES:
-                if name in mm.maps:
-                    cells.append(_figure(data_uri(overlay(item.picture, mm.maps[name])),
-                                         MAP_TITLES[name], f"{item.image_id} {method} {name}"))
-            parts.append("<div class=row>" + "".join(cells) + "</div>")
+            box = None if mm.box is None else tuple(v * scale for v in mm.box)
+            for name, values in mm.maps.items():
+                title = method if name == "joint" else f"{method} · {name}"
+                figure = _figure(data_uri(draw_box(overlay(small, values), box)
+                                          if name == "joint" else overlay(small, values)),
+                                 title, f"{item.image_id} {method} {name}")
+                (cells if name == "joint" else own).append(figure)
+        parts.append("<div class=row>" + "".join(cells + own) + "</div>")
     return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
 
 
@@ -399,8 +411,9 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
         (f"<img src='{curve_chart}' alt='deletion and insertion curves'>" if curve_chart
          else "<p>no curves</p>"),
         "<h2>Mask quality (means, 95 % CI)</h2>", metric_table(summary) or "<p>none</p>",
-        ("<h2>Gallery</h2><p class=meta>Overlays show the map values themselves (0 dark, 1 "
-         "bright); the green box is the crop the re-classification classified.</p>"),
+        ("<h2>Gallery</h2><p class=meta>Every method's map of the same picture side by side "
+         "(each heat map scaled to its own maximum: blue cold, red hot), then the methods' own "
+         "maps; the green box is the crop the re-classification classified.</p>"),
         gallery_html(gallery),
         "<h2>Images whose label changed</h2>", flips_html(flips, flips_note),
         "<h2>Errors</h2>", simple_table(summary, "errors"),
