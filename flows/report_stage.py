@@ -144,7 +144,9 @@ def report_meta(config: RunConfig, analysis: AnalysisConfig, run: RunFolder) -> 
     return {
         "run folder": run.root,
         "model": str(info.get("model", {}).get("name", config.model)),
-        "methods": ", ".join(config.methods),
+        "methods": ", ".join(name if spec.kind == name else f"{name} ({spec.kind})"
+                             for name, spec in config.methods.items()),
+        "target": config.target,
         "variants": ", ".join(analysis.reclassify.variants),
         "created": str(info.get("created", "")),
         "code version": str(info.get("code_version", "")),

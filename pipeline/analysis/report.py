@@ -250,18 +250,31 @@ def gain_table(summary: pd.DataFrame) -> str:
                    "wrong→right", "right→wrong", "top-1 changed", "images"], out, "num")
 
 
+METRIC_TITLES = {"deletion_auc": "deletion AUC ↓", "insertion_auc": "insertion AUC ↑",
+                 "pointing_hit": "pointing ↑", "share_in_box": "share in box ↑",
+                 "box_iou": "box IoU ↑", "fdr": "FDR ↓", "total_variation": "TV"}
+
+
 def metric_table(summary: pd.DataFrame) -> str:
+    """Every method side by side: its mask-quality means (95 % CI) and the seconds per image
+    it took to explain (explain stage, compute time)."""
     rows = summary[(summary["section"] == "metric") & (summary["group_by"] == "overall")]
-    if rows.empty:
+    timing = summary[(summary["section"] == "timing") & (summary["group_value"] == "explain")
+                     & (summary["statistic"] == "seconds_per_image")]
+    seconds = {r["method"]: r["value"] for _, r in timing.iterrows()}
+    methods = sorted(set(rows["method"].dropna()) | set(seconds))
+    if not methods:
         return ""
     stats = list(dict.fromkeys(rows["statistic"]))
     out = []
-    for method, cell in rows.groupby("method", sort=True):
-        s = {r["statistic"]: r for _, r in cell.iterrows()}
-        out.append([html.escape(method)] + [
-            (_ci(s[k], percent=False) + f" <span class=ci>n={int(s[k]['n'])}</span>")
-            if k in s else "–" for k in stats])
-    return _table(["method", *stats], out, "num")
+    for method in methods:
+        s = {r["statistic"]: r for _, r in rows[rows["method"] == method].iterrows()}
+        n = max((int(r["n"]) for r in s.values()), default=0)
+        out.append([f"<b>{html.escape(method)}</b>"]
+                   + [_ci(s[k], percent=False) if k in s else "–" for k in stats]
+                   + [_fmt(seconds.get(method), False), str(n)])
+    header = ["method", *(METRIC_TITLES.get(k, k) for k in stats), "seconds / image", "images"]
+    return _table(header, out, "num")
 
 
 def _text(value: object) -> str:
@@ -395,6 +408,10 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
     sections = [
         f"<h1>{html.escape(title)}</h1><div class=meta>{meta_html}</div>",
         f"<p class=headline>{headline(summary)}</p>",
+        ("<h2>Methods side by side: mask quality (means, 95 % CI) and cost</h2><p class=meta>"
+         "Deletion/insertion: the target's probability as the most salient pixels are removed/"
+         "restored; seconds: explain-stage compute time per image.</p>"),
+        metric_table(summary) or "<p>none</p>",
         "<h2>Accuracy per variant</h2>",
         (f"<img src='{chart}' alt='accuracy per variant'>" if chart else
          "<p>No image carries a label in the model's classes: accuracies need labels. "
@@ -410,7 +427,6 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
         "<h2>Deletion and insertion</h2>",
         (f"<img src='{curve_chart}' alt='deletion and insertion curves'>" if curve_chart
          else "<p>no curves</p>"),
-        "<h2>Mask quality (means, 95 % CI)</h2>", metric_table(summary) or "<p>none</p>",
         ("<h2>Gallery</h2><p class=meta>Every method's map of the same picture side by side "
          "(each heat map scaled to its own maximum: blue cold, red hot), then the methods' own "
          "maps; the green box is the crop the re-classification classified.</p>"),
