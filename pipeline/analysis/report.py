@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 BOX_COLOUR = (0, 255, 120)
-MAP_SIDE = 168  # gallery heat maps, pixels (the original picture is shown at full thumbnail size)
+MAP_SIDE = 150  # gallery heat maps, pixels (the original picture is shown at full thumbnail size)
 
 
 @dataclass
@@ -97,14 +97,15 @@ def thumbnail(picture: np.ndarray, longest: int = 224) -> tuple[np.ndarray, floa
 
 def overlay(picture: np.ndarray, saliency: np.ndarray, cmap: str = "turbo",
             alpha: float = 0.7) -> np.ndarray:
-    """A heat map readable at a glance: the map (resized bilinearly, scaled to its own maximum,
-    so that gradient maps with tiny values show their structure) colour-mapped over a dimmed
-    grey version of the picture; cold regions stay faint, hot ones opaque."""
+    """A heat map readable at a glance: the map (resized bilinearly, scaled to its own 99th
+    percentile, so that gradient maps with tiny values or a few outlying cells show their
+    structure) colour-mapped over a dimmed grey version of the picture; cold regions stay
+    faint, hot ones opaque."""
     import matplotlib
 
     h, w = picture.shape[:2]
     sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0).clip(0, None)
-    sal = sal / max(float(sal.max()), 1e-12)
+    sal = sal / max(float(np.percentile(sal, 99)), float(sal.max()) * 1e-3, 1e-12)
     sal = np.asarray(Image.fromarray(sal, mode="F").resize((w, h), Image.Resampling.BILINEAR))
     sal = sal.clip(0, 1)
     grey = (picture[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114]))[..., None]
@@ -296,7 +297,7 @@ def simple_table(summary: pd.DataFrame, section: str) -> str:
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
-max-width:1200px}
+max-width:1640px}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;
 border-bottom:1px solid #ddd;padding-bottom:.2em}
 .meta{color:#555;font-size:.9em} .ci{color:#777;font-size:.85em}
@@ -307,7 +308,8 @@ table.num td{font-variant-numeric:tabular-nums}
 .gallery .row{display:flex;gap:6px;align-items:flex-start;margin:10px 0;flex-wrap:wrap}
 figure{margin:0;text-align:center;font-size:.78em;color:#444}
 figure img{display:block;max-width:224px;height:auto;border:1px solid #ccc}
-.caption{width:220px;font-size:.8em;color:#333;align-self:center}
+.caption{width:200px;font-size:.78em;color:#333;align-self:center}
+.gallery .own{margin:-4px 0 14px 206px} .gallery .own figure img{max-width:120px}
 .flips{display:flex;flex-wrap:wrap;gap:8px}
 .flips figure img{max-width:150px}
 .flips figure{width:152px}
@@ -352,7 +354,8 @@ def gallery_html(items: Sequence[GalleryItem]) -> str:
                                           if name == "joint" else overlay(small, values)),
                                  title, f"{item.image_id} {method} {name}")
                 (cells if name == "joint" else own).append(figure)
-        parts.append("<div class=row>" + "".join(cells + own) + "</div>")
+        parts.append("<div class=row>" + "".join(cells) + "</div>"
+                     + (f"<div class='row own'>{''.join(own)}</div>" if own else ""))
     return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
 
 
@@ -428,7 +431,7 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
         (f"<img src='{curve_chart}' alt='deletion and insertion curves'>" if curve_chart
          else "<p>no curves</p>"),
         ("<h2>Gallery</h2><p class=meta>Every method's map of the same picture side by side "
-         "(each heat map scaled to its own maximum: blue cold, red hot), then the methods' own "
+         "(each heat map scaled to its own 99th percentile: blue cold, red hot), then the methods' own "
          "maps; the green box is the crop the re-classification classified.</p>"),
         gallery_html(gallery),
         "<h2>Images whose label changed</h2>", flips_html(flips, flips_note),
