@@ -99,3 +99,23 @@ def test_cli_lists_methods_with_defaults(capsys) -> None:
     for name in KINDS:
         assert f"\n{name} " in f"\n{out}"
     assert "infill=blur" in out and "layer=None" in out
+
+
+def test_a_deployment_writes_the_same_entries_as_a_list() -> None:
+    from flows.config import RunConfig
+
+    shell = RunConfig.from_settings("/a", "/run", {"method": "scd,knockoff=scd:infill=knockoff"})
+    listed = RunConfig.from_settings("/a", "/run", {"method": ["scd",
+                                                               "knockoff=scd:infill=knockoff"]})
+    assert shell == listed and listed.methods["knockoff"].config.infill == "knockoff"
+
+
+def test_an_unknown_method_is_a_one_line_cli_error(photo_folder, tmp_path, capsys) -> None:
+    from flows.cli import main
+
+    code = main(["run", str(photo_folder), "--out", str(tmp_path / "run"),
+                 "--method", "scd,gradcam:layer=x:depth=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == ("fidoflow: error: method 'gradcam' has no setting depth; "
+                                 "settings: layer")
+    assert not (tmp_path / "run").exists()
