@@ -56,9 +56,9 @@ def write_images(folder: Path, count: int) -> Path:
 PLAIN_LOOP = """
 import sys, time, torch
 from pathlib import Path
-from pipeline.images import decode_image, to_tensor
-from pipeline.infill import gaussian_blur, scaled_sigma
-from pipeline.models import load_model
+from pipeline.imaging.decode import decode_image, to_tensor
+from pipeline.imaging.filters import gaussian_blur, scaled_sigma
+from pipeline.models.loading import load_model
 
 B, T, M = {samples}, {iterations}, {mask}
 L1, TV, LR, EPS, WARMUP, CAP = 64.0, 32.0, 1.0, 1e-3, 5, 2.0
@@ -101,7 +101,7 @@ for path in sorted(Path(sys.argv[1]).iterdir()):
 
 FLOOR = """
 import json, sys, time, torch
-from pipeline.models import load_model
+from pipeline.models.loading import load_model
 B, T, N = {samples}, {iterations}, {images}
 model = load_model()
 net = model.on(torch.device("cpu"))

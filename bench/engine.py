@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import load_benchmark, score
-from pipeline.attribution import log_odds
-from pipeline.baselines import GradCam
-from pipeline.fido import Fido, FidoConfig, FidoObjective, SlotAdam
-from pipeline.models import load_model
+from pipeline.methods.base import log_odds
+from pipeline.methods.fido import Fido, FidoConfig, FidoObjective, SlotAdam
+from pipeline.methods.gradcam import GradCam, GradCamConfig
+from pipeline.models.loading import load_model
 
 
 def timed(fn, repeats: int) -> float:
@@ -50,7 +50,7 @@ def photos(n: int, size: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
     from flows.demo import DEMO_PHOTOS
-    from pipeline.images import to_tensor
+    from pipeline.imaging.decode import to_tensor
 
     out = []
     for i in range(n):
@@ -94,9 +94,9 @@ def overhead(model: torch.nn.Module, images: torch.Tensor, samples: int, repeats
 
 def preparation(loaded, images: torch.Tensor, samples: int, rounds: int) -> dict:
     """One optimisation step (N images × B samples) on the classifier as loaded, with its
-    BatchNorms and SAME paddings folded (pipeline/fusion.py), and folded + channels_last (what
+    BatchNorms and SAME paddings folded (pipeline/models/fusion.py), and folded + channels_last (what
     ``LoadedModel.on`` gives a run); interleaved rounds, medians, ratios to the first."""
-    from pipeline.fusion import fuse_frozen
+    from pipeline.models.fusion import fuse_frozen
 
     fused, _ = fuse_frozen(loaded.module, images[:2])
     variants = {"as_loaded": loaded.module, "folded": fused,
@@ -154,7 +154,7 @@ def gpu_throughput(loaded, images: torch.Tensor, slots: list[int], total: int = 
                    compile_model: bool = False) -> dict:
     """Images/s on the GPU at the issue's goal settings (EfficientNet-Lite0, 224², B = 2, 30 steps),
     ``total`` images streamed through N slots; the goal is ≥ 100 images/s on one H100."""
-    from pipeline.device import resolve_device
+    from pipeline.models.device import resolve_device
 
     device = resolve_device("auto")
     if device.type != "cuda":
@@ -166,10 +166,10 @@ def gpu_throughput(loaded, images: torch.Tensor, slots: list[int], total: int = 
     with Fido(prepared, cfg) as fido:
         targets = fido.predict(batch)
         for n in slots:
-            fido.attribute(batch[:n], targets[:n], list(range(n)), slots=n)  # warm-up, autotuning
+            fido.attribute(batch[:n], targets[:n], list(range(n)), batch_size=n)  # warm-up, autotuning
             torch.cuda.synchronize()
             began = time.perf_counter()
-            fido.attribute(batch, targets, list(range(total)), slots=n)
+            fido.attribute(batch, targets, list(range(total)), batch_size=n)
             torch.cuda.synchronize()
             rates[f"N={n}"] = total / (time.perf_counter() - began)
     return {"device": torch.cuda.get_device_name(device), "compile": compile_model,
@@ -212,7 +212,7 @@ def plain_run(folder: str, samples: int, iterations: int, mask_size: int, prepar
     """The reference: decode, classify and explain one image at a time, no batching, no workers,
     on the classifier as loaded (or, to separate the flow's gains from the classifier's, prepared
     as the flow prepares it)."""
-    from pipeline.images import decode_image, to_tensor
+    from pipeline.imaging.decode import decode_image, to_tensor
 
     model = load_model()
     module = model.on(torch.device("cpu")) if prepared else model.module
@@ -224,7 +224,7 @@ def plain_run(folder: str, samples: int, iterations: int, mask_size: int, prepar
 
 def quality_vs_compute(n_images: int, samples: list[int], iterations: list[int]) -> list[dict]:
     bench = load_benchmark(n_images)
-    rows = [{"method": "gradcam", **score(bench, GradCam(bench.model, bench.model.gradcam_layer))}]
+    rows = [{"method": "gradcam", **score(bench, GradCam(bench.model, GradCamConfig(bench.model.gradcam_layer)))}]
     for sampler in ("scd", "cd"):
         for its in iterations:
             for b in samples:
@@ -237,16 +237,16 @@ def quality_vs_compute(n_images: int, samples: list[int], iterations: list[int])
 def photo_quality(prepared: torch.nn.Module, images: torch.Tensor, cfg: FidoConfig) -> dict:
     """Deletion/insertion of FIDO's joint map for each photo's predicted class, mean steps and
     seconds per photo, one image per slot as on a CPU."""
-    from pipeline.metrics import deletion_insertion
+    from pipeline.analysis.metrics import deletion_insertion
 
     with Fido(prepared, cfg) as fido:
         targets = fido.predict(images)
         began = time.perf_counter()
-        out = fido.attribute(images, targets, list(range(len(images))), slots=1)
+        out = fido.attribute(images, targets, list(range(len(images))), batch_size=1)
         seconds = (time.perf_counter() - began) / len(images)
-    curves = deletion_insertion(prepared, images, out.joint, targets, steps=32)
+    curves = deletion_insertion(prepared, images, out.maps["joint"], targets, steps=32)
     return {"deletion": curves.deletion_auc.mean().item(), "insertion": curves.insertion_auc.mean().item(),
-            "mean_iterations": out.extras["iterations"].float().mean().item(), "sec_per_image": seconds}
+            "mean_iterations": out.scalars["iterations"].float().mean().item(), "sec_per_image": seconds}
 
 
 def early_stopping(loaded, photo_images: torch.Tensor, runs: list[tuple[int, float | None]]) -> list[dict]:
@@ -283,8 +283,8 @@ def photo_share(loaded) -> list[dict]:
     import skimage.data
     from PIL import Image
 
-    from pipeline.images import to_tensor
-    from pipeline.metrics import share_inside
+    from pipeline.analysis.metrics import share_inside
+    from pipeline.imaging.decode import to_tensor
 
     images, boxes = [], []
     for name, (x0, y0, x1, y1) in PHOTO_OBJECTS.items():
@@ -298,9 +298,9 @@ def photo_share(loaded) -> list[dict]:
     prepared = loaded.on(torch.device("cpu"))
     with Fido(prepared, FidoConfig()) as fido:
         targets = fido.predict(images)
-        out = fido.attribute(images, targets, list(range(len(images))), slots=1)
-    with GradCam(loaded.module, "net._conv_head") as cam:
-        grad_cam = cam.attribute(images, targets).joint
+        out = fido.attribute(images, targets, list(range(len(images))), batch_size=1)
+    with GradCam(loaded.module, GradCamConfig("net._conv_head")) as cam:
+        grad_cam = cam.attribute(images, targets).maps["joint"]
     size = tuple(loaded.input_size)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (size[0] * size[1])
     rows = []
@@ -308,7 +308,7 @@ def photo_share(loaded) -> list[dict]:
         rows.append({"photo": name, "target": loaded.class_names[int(targets[i])],
                      "box_area": area[i].item(),
                      **{method: share_inside(maps[i:i + 1], boxes[i:i + 1], size).item()
-                        for method, maps in (("scd_joint", out.joint), ("scd_ssr", out.ssr),
+                        for method, maps in (("scd_joint", out.maps["joint"]), ("scd_ssr", out.maps["ssr"]),
                                              ("gradcam", grad_cam))}})
     return rows
 

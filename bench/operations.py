@@ -46,7 +46,7 @@ def fidoflow_run(source: Path, out: Path, *options: str) -> dict:
 
 
 def overhead(images: int, repeats: int, force: bool) -> dict:
-    from pipeline.synthetic import write_archive
+    from pipeline.archive.synthetic import write_archive
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = write_archive(Path(tmp) / "scenes", images, seed=11)

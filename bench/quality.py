@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.attribution import Attributor
-from pipeline.metrics import deletion_insertion, share_inside
-from pipeline.synthetic import SyntheticSet, make_dataset
-from pipeline.synthetic_model import load_synthetic_classifier
+from pipeline.analysis.metrics import deletion_insertion, share_inside
+from pipeline.archive.synthetic import SyntheticSet, make_dataset
+from pipeline.methods.base import Method
+from pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 
 @dataclass
@@ -25,20 +25,20 @@ def load_benchmark(n: int, seed: int = 2026) -> Benchmark:
     return Benchmark(model, make_dataset(n, seed))
 
 
-def score(bench: Benchmark, attributor: Attributor, steps: int = 32) -> dict[str, float]:
+def score(bench: Benchmark, attributor: Method, steps: int = 32) -> dict[str, float]:
     """Mean in-region share, deletion and insertion AUC, seconds per image, for the true class."""
     data = bench.data
     began = time.perf_counter()
     with attributor:
         out = attributor.attribute(data.images, data.labels, list(range(len(data.labels))))
     seconds = (time.perf_counter() - began) / len(data.labels)
-    saliency = out.joint.float()
+    saliency = out.maps["joint"].float()
     curves = deletion_insertion(bench.model, data.images, saliency, data.labels, steps=steps)
     return {
         "share_in_region": share_inside(saliency, data.part_masks.float()).nanmean().item(),
         "deletion": curves.deletion_auc.mean().item(),
         "insertion": curves.insertion_auc.mean().item(),
         "sec_per_image": seconds,
-        **({"mean_iterations": out.extras["iterations"].float().mean().item()}
-           if "iterations" in out.extras else {}),
+        **({"mean_iterations": out.scalars["iterations"].float().mean().item()}
+           if "iterations" in out.scalars else {}),
     }

@@ -8,11 +8,11 @@
 
 Scenes of ``--size`` px whose birds keep the pixel scale of the classifier's 96 px training
 scenes (``small_objects``); the classifier sees the whole scene squashed to its 96 px input, as
-the pipeline feeds it (``pipeline.images.to_tensor``), so the birds shrink and its top-1 accuracy
-drops to ~72 %. FIDO (``pipeline.fido``, default FidoConfig unless overridden) explains the
-predicted class; ``pipeline.reclassify`` then classifies the crop (cut from the *original*
+the pipeline feeds it (``pipeline.imaging.decode.to_tensor``), so the birds shrink and its top-1 accuracy
+drops to ~72 %. FIDO (``pipeline.methods.fido``, default FidoConfig unless overridden) explains the
+predicted class; ``pipeline.analysis.reclassify`` then classifies the crop (cut from the *original*
 scene), the blend and crop+global with the same model, no fine-tuning. Accuracies with 95 %
-percentile-bootstrap CIs, and gains with paired bootstrap CIs (``pipeline.aggregate``), are
+percentile-bootstrap CIs, and gains with paired bootstrap CIs (``pipeline.analysis.aggregate``), are
 printed as a markdown table. Scenes come from a seed the classifier never trained on.
 """
 
@@ -29,13 +29,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.aggregate import BootstrapConfig, accuracy_rows, gain_rows
-from pipeline.evaluate import EvaluateConfig, evaluate_masks
-from pipeline.fido import Fido, FidoConfig
-from pipeline.images import to_tensor
-from pipeline.reclassify import ReclassifyConfig, reclassify, top_k
-from pipeline.synthetic import make_dataset
-from pipeline.synthetic_model import load_synthetic_classifier
+from pipeline.analysis.aggregate import BootstrapConfig, accuracy_rows, gain_rows
+from pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
+from pipeline.analysis.reclassify import ReclassifyConfig, reclassify, top_k
+from pipeline.archive.synthetic import make_dataset
+from pipeline.imaging.decode import to_tensor
+from pipeline.methods.fido import Fido, FidoConfig
+from pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 
 def as_uint8(images: torch.Tensor) -> list[Image.Image]:
@@ -81,7 +81,7 @@ def main() -> None:
             for start in range(0, args.n, args.batch):
                 out = fido.attribute(inputs[start:start + args.batch],
                                      seeds=list(range(start, min(start + args.batch, args.n))))
-                joints.append(out.joint)
+                joints.append(out.maps["joint"])
                 targets.append(out.target)
         joint, target = torch.cat(joints), torch.cat(targets)
         if args.cache:

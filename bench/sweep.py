@@ -16,13 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import load_benchmark, score
-from pipeline.baselines import GradCam
-from pipeline.fido import Fido, FidoConfig
+from pipeline.methods.fido import Fido, FidoConfig
+from pipeline.methods.gradcam import GradCam, GradCamConfig
 
 GRID = {
     "lr": [0.1, 0.3, 1.0],
     "l1": [1.0, 4.0, 16.0],
-    "tv": [1.0, 4.0, 16.0],
+    "tv": [2.0, 8.0, 32.0],  # on the mean over all neighbour pairs (2x the old sum of two means)
     "mask_size": [24],
 }
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--fixed", type=json.loads, default={}, help="JSON dict of fixed params")
     args = parser.parse_args()
     bench = load_benchmark(args.images)
-    ref = score(bench, GradCam(bench.model, bench.model.gradcam_layer))
+    ref = score(bench, GradCam(bench.model, GradCamConfig(bench.model.gradcam_layer)))
     print(json.dumps({"method": "gradcam", **ref}), flush=True)
     grid = args.grid or GRID
     for values in itertools.product(*grid.values()):

@@ -1,4 +1,4 @@
-"""Train the small CNN of pipeline/synthetic_model.py on generated birds; prints test accuracy.
+"""Train the small CNN of pipeline/models/synthetic_cnn.py on generated birds; prints test accuracy.
 
     .venv/bin/python bench/train_synthetic.py            # writes pipeline/data/synthetic_cnn.pt
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.synthetic import make_dataset
-from pipeline.synthetic_model import NUM_CLASSES, WEIGHTS, SyntheticCNN
+from pipeline.archive.synthetic import make_dataset
+from pipeline.models.synthetic_cnn import NUM_CLASSES, WEIGHTS, SyntheticCNN
 
 OUT = Path(__file__).resolve().parents[1] / "pipeline" / "data" / WEIGHTS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.aggregate import build_summary
+from pipeline.analysis.aggregate import build_summary
 from storage import parts, schemas
 from storage.runfolder import RunFolder
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.aggregate import BootstrapConfig
-from pipeline.evaluate import EvaluateConfig
-from pipeline.reclassify import ReclassifyConfig
+from pipeline.analysis.aggregate import BootstrapConfig
+from pipeline.analysis.evaluate import EvaluateConfig
+from pipeline.analysis.reclassify import ReclassifyConfig
 
 
 @dataclass(frozen=True)

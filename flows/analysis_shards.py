@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.explain import error_record
+from pipeline.analysis.explain import error_record
 from storage import masks, parts, schemas
 from storage.runfolder import RunFolder
 

@@ -1,4 +1,5 @@
-"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``)."""
+"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``); list
+the attribution methods (``methods``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     demo.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder")
     add_cli_options(demo, archive=False)
+    commands.add_parser("methods", help="list the registered attribution methods, their "
+                                        "settings and defaults")
     return parser
 
 
@@ -141,12 +144,24 @@ def fail(exc: BaseException) -> int:
     prefix = "" if known else f"{type(exc).__name__}: "
     print(f"fidoflow: error: {prefix}{message} (details: {log})", file=sys.stderr)
     return 1
+def print_methods() -> None:
+    """Every registered method kind: its description and default settings."""
+    from pipeline.methods.registry import describe
+
+    for entry in describe():
+        print(f"{entry['kind']:<11} {entry['description']}")
+        defaults = ", ".join(f"{k}={v}" for k, v in entry["defaults"].items())
+        print(f"{'':<11} defaults: {defaults or '(no settings)'}")
+    print("\nuse: --method KIND[,KIND...]; a variant: --method NAME=KIND:key=value:key=value")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     began, began_clock = time.monotonic(), time.time()
     args = parser.parse_args(argv)
+    if args.command == "methods":
+        print_methods()
+        return 0
     prefect_home()
     quiet_console()
     terminate_on_sigterm()

@@ -124,7 +124,7 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
 def warm_worker(config_json: dict) -> None:
     """On a worker: import the shard tasks' code and load and prepare the run's model, so that
     the first shard starts explaining at once (each worker keeps both for the run)."""
-    from pipeline.device import resolve_device
+    from pipeline.models.device import resolve_device
 
     from . import stages
     from .config import RunConfig

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.fido import FidoConfig
-from pipeline.images import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS, DecodeLimits
-
-FIDO_METHODS = ("scd", "cd")
+from pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS, DecodeLimits
+from pipeline.methods import MethodSpec, parse_methods
 
 
 @dataclass
@@ -22,10 +20,12 @@ class RunConfig:
 
     source: str
     root: str
-    methods: dict[str, FidoConfig] = field(default_factory=lambda: {"scd": FidoConfig()})
+    methods: dict[str, MethodSpec] = field(default_factory=lambda: parse_methods("scd"))
+    mask_size: int = 28  # every method's maps are stored at mask_size × mask_size
+    target: str = "predicted"  # or "label": explain the manifest's label where there is one
     model: str = "efficientnet-lite0"
     shard_size: int | None = None  # None: chosen from the image count and the workers
-    batch_size: int | None = None  # None: pipeline.device.default_batch_size
+    batch_size: int | None = None  # None: pipeline.models.device.default_batch_size
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -43,7 +43,7 @@ class RunConfig:
     @property
     def archive_root(self) -> Path:
         """The folder the manifest's ``path`` column is relative to."""
-        from pipeline.readers import archive_root
+        from pipeline.archive.readers import archive_root
         return archive_root(self.source, self.images_root)
 
     @property
@@ -53,15 +53,8 @@ class RunConfig:
     @property
     def images_per_step(self) -> int:
         """``batch_size``, or the device's measured best when it is not set."""
-        from pipeline.device import default_batch_size, resolve_device
+        from pipeline.models.device import default_batch_size, resolve_device
         return self.batch_size or default_batch_size(resolve_device(self.device))
-
-    @property
-    def mask_size(self) -> int:
-        sizes = {cfg.mask_size for cfg in self.methods.values()}
-        if len(sizes) != 1:
-            raise ValueError(f"all methods of a run share one mask size, got {sorted(sizes)}")
-        return sizes.pop()
 
     def results_identity(self) -> dict[str, object]:
         """The part of the config that must match for a rerun to resume into the same folder."""
@@ -72,20 +65,13 @@ class RunConfig:
 
     def to_json(self) -> dict[str, object]:
         record = asdict(self)
-        record["methods"] = {name: cfg.as_dict() for name, cfg in self.methods.items()}
+        record["methods"] = {name: spec.to_json() for name, spec in self.methods.items()}
         return record
 
     @classmethod
     def from_json(cls, record: dict) -> RunConfig:
         record = dict(record)
-        record["methods"] = {name: FidoConfig(**cfg) for name, cfg in record["methods"].items()}
+        record["methods"] = {name: MethodSpec.from_json(spec)
+                             for name, spec in record["methods"].items()}
         return cls(**record)
 
-
-def fido_methods(names: list[str], **overrides: object) -> dict[str, FidoConfig]:
-    """One FidoConfig per requested sampler, sharing the user's overrides."""
-    unknown = [n for n in names if n not in FIDO_METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; expected {', '.join(FIDO_METHODS)}")
-    set_values = {k: v for k, v in overrides.items() if v is not None}
-    return {name: FidoConfig(sampler=name, **set_values) for name in names}

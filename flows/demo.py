@@ -24,8 +24,9 @@ def prepare_demo_archive(folder: Path) -> str:
 
 
 def print_demo_table(root: str) -> None:
-    """Per image and method: the prediction, the SSR/SDR probabilities, and what the
-    mask-guided re-classification answers (crop, crop+global; "=" when unchanged)."""
+    """Per image and method: the target class and its probability, the method's own per-image
+    numbers (e.g. FIDO's p_ssr, p_sdr), and what the mask-guided re-classification answers
+    (crop, crop+global; "=" when unchanged)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -36,10 +37,10 @@ def print_demo_table(root: str) -> None:
     predictions = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()
     reclassified = {(r["image_id"], r["method"], r["variant"]): r
                     for r in parts.read_stage(run, "reclassify", schemas.RECLASSIFY).to_pylist()}
-    table = Table(title="fidoflow demo: target probability on the image, under SSR and SDR "
-                        "blends, and the mask-guided re-classification")
-    for column in ("image", "method", "top-1 class", "p", "p (SSR)", "p (SDR)", "crop",
-                   "crop+global"):
+    scalars = list(dict.fromkeys(k for row in predictions for k, _ in row["scalars"] or []))
+    table = Table(title="fidoflow demo: target probability, each method's own numbers, and "
+                        "the mask-guided re-classification")
+    for column in ("image", "method", "target class", "p", *scalars, "crop", "crop+global"):
         table.add_column(column)
 
     def answer(row: dict, variant: str) -> str:
@@ -51,8 +52,10 @@ def print_demo_table(root: str) -> None:
         return f"{hit['top1_name'][:24]} ({hit['top1_prob']:.3f})"
 
     for row in sorted(predictions, key=lambda r: (r["image_id"], r["method"])):
+        own = dict(row["scalars"] or [])
         table.add_row(row["image_id"], row["method"], row["target_name"][:32],
-                      f"{row['target_prob']:.3f}", f"{row['p_ssr']:.3f}", f"{row['p_sdr']:.3f}",
+                      f"{row['target_prob']:.3f}",
+                      *(f"{own[k]:.3g}" if k in own else "–" for k in scalars),
                       answer(row, "crop"), answer(row, "crop+global"))
     Console().print(table)
     if run.exists("report.html"):

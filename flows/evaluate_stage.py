@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.device import resolve_device
-from pipeline.evaluate import boxes_to_input, evaluate_masks
-from pipeline.images import to_tensor
-from pipeline.models import LoadedModel
+from pipeline.analysis.evaluate import boxes_to_input, evaluate_masks
+from pipeline.imaging.decode import to_tensor
+from pipeline.models.device import resolve_device
+from pipeline.models.loading import LoadedModel
 from storage.runfolder import RunFolder
 
 from . import stages

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.aggregate import BASELINE_METHOD, BASELINE_VARIANT
-from pipeline.device import resolve_device
-from pipeline.images import to_tensor
-from pipeline.models import LoadedModel
-from pipeline.reclassify import BASELINE, ReclassifyConfig, reclassify, softmax, top_k
+from pipeline.analysis.aggregate import BASELINE_METHOD, BASELINE_VARIANT
+from pipeline.analysis.reclassify import BASELINE, ReclassifyConfig, reclassify, top_k
+from pipeline.imaging.decode import to_tensor
+from pipeline.models.device import resolve_device
+from pipeline.models.inference import class_probabilities
+from pipeline.models.loading import LoadedModel
 from storage.runfolder import RunFolder
 
 from . import stages
@@ -94,7 +95,7 @@ def reclassify_batch(module: nn.Module, device: torch.device, model: LoadedModel
     """``reclassify`` rows of a batch: the global baseline once, then every variant of each
     method (the global softmax is shared between methods)."""
     x = torch.stack([p.model_input for p in batch]).to(device)
-    global_probs = softmax(module, x, rcfg.batch_size)
+    global_probs = class_probabilities(module, x, rcfg.batch_size)
     records = [record_of(p.row, BASELINE_METHOD, BASELINE_VARIANT, global_probs[j], model,
                          rcfg.topk, None) for j, p in enumerate(batch)]
     pictures = [p.work for p in batch]

@@ -1,7 +1,7 @@
 """``report.html`` of a run: the summary's tables, mean deletion/insertion curves, a gallery of
 pictures with their maps and crops, and examples whose class the re-classification flipped.
 Reads pictures from the archive and maps from the mask store; the rendering is
-``pipeline.report``'s."""
+``pipeline.analysis.report``'s."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.aggregate import BASELINE_METHOD
-from pipeline.models import LoadedModel
-from pipeline.report import Curves, FlipItem, GalleryItem, MethodMaps, render_report, thumbnail
+from pipeline.analysis.aggregate import BASELINE_METHOD
+from pipeline.analysis.report import (
+    Curves,
+    FlipItem,
+    GalleryItem,
+    MethodMaps,
+    render_report,
+    thumbnail,
+)
+from pipeline.models.loading import LoadedModel
 from storage import masks
 from storage.runfolder import RunFolder
 
@@ -85,7 +92,7 @@ def gallery_items(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
         per_method = {}
         for method in methods:
             maps = {name: masks.read_maps(run.masks_url, method, name, slice(i, i + 1))[0]
-                    for name in ("ssr", "sdr", "joint") if name in map_names[method]}
+                    for name in map_names[method]}
             box = None
             if (image_id, method) in crop_rows.index:
                 rec = crop_rows.loc[(image_id, method)]
@@ -137,7 +144,9 @@ def report_meta(config: RunConfig, analysis: AnalysisConfig, run: RunFolder) -> 
     return {
         "run folder": run.root,
         "model": str(info.get("model", {}).get("name", config.model)),
-        "methods": ", ".join(config.methods),
+        "methods": ", ".join(name if spec.kind == name else f"{name} ({spec.kind})"
+                             for name, spec in config.methods.items()),
+        "target": config.target,
         "variants": ", ".join(analysis.reclassify.variants),
         "created": str(info.get("created", "")),
         "code version": str(info.get("code_version", "")),

@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.images import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
-from pipeline.infill import INFILLS
-from pipeline.readers import FORMATS, SPLITS
+from pipeline.archive.readers import FORMATS, SPLITS
+from pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
+from pipeline.imaging.infill import INFILLS
+from pipeline.methods import parse_methods
 
-from .config import RunConfig, fido_methods
+from .config import RunConfig
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # options only a run over an archive has (the demo makes its own archive)
@@ -37,7 +38,14 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field("scd", description="comma list of FIDO samplers: scd, cd")
+    method: str | list[str] = Field(
+        "scd", description="methods: a comma list of kinds (`fidoflow methods` lists them) or "
+                           "variants NAME=KIND:key=value:key=value, e.g. "
+                           "scd,cd,gradcam,knockoff=scd:infill=knockoff; a list of such strings "
+                           "in a deployment, a repeated --method on the CLI")
+    target: Literal["predicted", "label"] = Field(
+        "predicted", description="the class the maps explain: the top-1 prediction or the "
+                                 "manifest's label where it is one of the model's classes")
     samples: int | None = Field(None, ge=1, description="samples B per image and step "
                                                          "(default: the method's, 4)")
     iterations: int | None = Field(None, ge=1, description="optimisation steps (default 30)")
@@ -89,13 +97,15 @@ class RunSettings(BaseModel):
 
     @field_validator("method")
     @classmethod
-    def _known_methods(cls, value: str) -> str:
-        fido_methods(method_names(value))  # raises on an unknown name
-        return value
+    def _known_methods(cls, value: str | list[str]) -> str:
+        """One comma string whichever way it came (repeated --method, a list in a deployment)."""
+        text = value if isinstance(value, str) else ",".join(value)
+        parse_methods(text)  # raises on an unknown kind or a malformed variant
+        return text
 
     def to_config(self, archive: str, out: str) -> RunConfig:
         """The resolved run: methods built, local paths made absolute, files checked."""
-        from pipeline.models import BUILTINS
+        from pipeline.models.loading import BUILTINS
 
         model = self.model
         if model not in BUILTINS:
@@ -107,12 +117,13 @@ class RunSettings(BaseModel):
             value = getattr(self, option)
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"{option.replace('_', '-')} not found: {value}")
-        methods = fido_methods(method_names(self.method), samples=self.samples,
-                               iterations=self.iterations, mask_size=self.mask_size,
-                               infill=self.infill, stop_change=self.stop_change)
+        methods = parse_methods(self.method, {
+            "samples": self.samples, "iterations": self.iterations, "mask_size": self.mask_size,
+            "infill": self.infill, "stop_change": self.stop_change})
         return RunConfig(
             source=archive if "://" in archive else _absolute(archive), root=out,
-            methods=methods, model=model, shard_size=self.shard_size,
+            methods=methods, mask_size=self.mask_size or RunConfig.mask_size,
+            target=self.target, model=model, shard_size=self.shard_size,
             batch_size=self.batch_size, seed=self.seed, workers=self.workers,
             device=self.device, compile=self.compile, analyse=not self.explain_only,
             format=self.format, split=self.split, images_root=_absolute(self.images_root),
@@ -128,10 +139,6 @@ class RunSettings(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             raise ValueError(one_line(exc)) from None
-
-
-def method_names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def one_line(exc: ValidationError) -> str:
@@ -204,6 +211,9 @@ def add_cli_options(parser: argparse.ArgumentParser, archive: bool) -> None:
         kinds = _literal_choices(info.annotation)
         if info.annotation is bool:
             parser.add_argument(flag, action="store_true", default=None, help=info.description)
+        elif name == "method":  # repeatable: each --method adds kinds or a variant
+            parser.add_argument(flag, action="append", default=None, metavar="METHODS",
+                                help=f"{info.description} (default: {default})")
         else:
             parser.add_argument(flag, default=None, help=f"{info.description}{shown}",
                                 type=CLI_PARSERS.get(name, _scalar_type(info.annotation)),

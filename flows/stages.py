@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 
 import pipeline
-from pipeline.explain import explain_rows
-from pipeline.labels import map_labels, read_label_map
-from pipeline.models import LoadedModel, load_model
-from pipeline.readers import read_archive
+from pipeline.analysis.explain import explain_rows
+from pipeline.archive.labels import map_labels, read_label_map
+from pipeline.archive.readers import read_archive
+from pipeline.models.loading import LoadedModel, load_model
 from storage import masks, parts, schemas
 from storage.runfolder import SCHEMA_VERSION, RunFolder
 
@@ -130,7 +130,7 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
     manifest = run.read_table("manifest.parquet")
     masks.create_store(
         run.masks_url, manifest.num_rows, config.shard_size, config.mask_size,
-        {name: cfg.as_dict() for name, cfg in config.methods.items()},
+        {name: {**spec.to_json(), "maps": spec.map_names} for name, spec in config.methods.items()},
         manifest.column("image_id").to_pylist(),
     )
     return config, -(-manifest.num_rows // config.shard_size)
@@ -193,7 +193,7 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
     model = model_of(config)
     result = explain_rows(model, config.archive_root, rows, config.methods, config.seed,
                           config.images_per_step, config.device, config.decode_limits,
-                          config.compile)
+                          config.compile, config.mask_size, config.target)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
     parts.write_part(run, "errors", shard, pa.Table.from_pylist(result.errors, schemas.ERRORS),

@@ -1,4 +1,5 @@
-"""The Zarr v3 mask store: per method a group of float16 (N, h, w) arrays, chunked by shard.
+"""The Zarr v3 mask store: per method instance a group of float16 (N, h, w) arrays (the maps
+its kind returns: ``joint`` always, plus its own), chunked by shard.
 
 Each shard owns exactly one chunk along N, so concurrent writers never share a chunk (unaligned
 concurrent writes were measured to lose rows); the writer refuses any region that breaks this.
@@ -13,8 +14,6 @@ import zarr
 
 from .runfolder import SCHEMA_VERSION
 
-MAP_NAMES = ("joint", "ssr", "sdr")
-
 
 class MisalignedRegion(ValueError):
     """A write that would share a Zarr chunk with another shard."""
@@ -24,7 +23,8 @@ def create_store(
     url: str, n_images: int, shard_size: int, mask_size: int,
     methods: Mapping[str, dict], image_ids: Sequence[str],
 ) -> zarr.Group:
-    """Create (or reopen, if it matches) the store for ``methods`` → hyper-parameter dicts."""
+    """Create (or reopen, if it matches) the store for ``methods``: instance name -> its
+    record (``kind``, ``config``, ``maps``: the names of the arrays it writes)."""
     root = zarr.open_group(url, mode="a")
     root.attrs.update({"schema_version": SCHEMA_VERSION, "rows": "manifest.parquet row order"})
     if "image_id" not in root:
@@ -32,9 +32,9 @@ def create_store(
         ids[:] = np.asarray(image_ids, dtype=object)
     for method, params in methods.items():
         group = root.require_group(method)
-        group.attrs.update({"method": method, "params": params})
-        maps = MAP_NAMES if params.get("has_ssr_sdr", True) else ("joint",)
-        for name in maps:
+        group.attrs.update({"method": method, "kind": params["kind"], "params": params["config"],
+                            "maps": list(params["maps"])})
+        for name in params["maps"]:
             if name in group:
                 existing = group[name]
                 if existing.shape != (n_images, mask_size, mask_size):
@@ -68,6 +68,5 @@ def read_maps(url: str, method: str, name: str = "joint", rows: slice = slice(No
 
 
 def map_names(url: str, method: str) -> tuple[str, ...]:
-    """The maps stored for ``method`` (``joint`` always; ``ssr`` and ``sdr`` where it has them)."""
-    group = zarr.open_group(url, mode="r")[method]
-    return tuple(name for name in MAP_NAMES if name in group)
+    """The maps stored for ``method``: ``joint`` first, then the method's own."""
+    return tuple(zarr.open_group(url, mode="r")[method].attrs["maps"])

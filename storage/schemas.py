@@ -33,17 +33,20 @@ MANIFEST = pa.schema([
     ("manifest_message", pa.string()),
 ])
 
+# predictions/part-XXXXX.parquet: one row per image and method instance. ``method`` is the
+# instance's name in the run, ``kind`` the registered method it runs; ``scalars`` holds the
+# method's own per-image numbers by name (FIDO: p_ssr, p_sdr, iterations; empty for others).
 PREDICTIONS = pa.schema([
     ("image_id", pa.string()),
     ("method", pa.string()),
+    ("kind", pa.string()),
     ("target", pa.int32()),
+    ("target_source", pa.string()),
     ("target_name", pa.string()),
     ("target_prob", pa.float32()),
     ("top5", pa.list_(pa.int32())),
     ("top5_prob", pa.list_(pa.float32())),
-    ("p_ssr", pa.float32()),
-    ("p_sdr", pa.float32()),
-    ("iterations", pa.int32()),
+    ("scalars", pa.map_(pa.string(), pa.float64())),
     ("seconds", pa.float32()),
 ])
 

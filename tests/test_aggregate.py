@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.aggregate import (
+from pipeline.analysis.aggregate import (
     SUMMARY_COLUMNS,
     BootstrapConfig,
     bootstrap_ci,

@@ -25,12 +25,12 @@ from flows.analysis_shards import pending
 from flows.config import RunConfig
 from flows.evaluate_stage import evaluate_shard
 from flows.reclassify_stage import reclassify_shard
-from pipeline.aggregate import BootstrapConfig
-from pipeline.evaluate import EvaluateConfig
-from pipeline.fido import FidoConfig
-from pipeline.models import LoadedModel
-from pipeline.synthetic import write_archive
-from pipeline.synthetic_model import load_synthetic_classifier
+from pipeline.analysis.aggregate import BootstrapConfig
+from pipeline.analysis.evaluate import EvaluateConfig
+from pipeline.archive.synthetic import write_archive
+from pipeline.methods import parse_methods
+from pipeline.models.loading import LoadedModel
+from pipeline.models.synthetic_cnn import load_synthetic_classifier
 from storage import masks, parts, schemas
 from storage.runfolder import RunFolder
 from tests.test_report import assert_all_images_loaded, chromium, render_in_browser  # noqa: F401
@@ -63,12 +63,13 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, P
     })
     run = tmp / "run"
     config = RunConfig(source=str(archive), root=str(run), model="synthetic-cnn",
-                       methods={"scd": FidoConfig(iterations=4, samples=2, mask_size=12)},
+                       methods=parse_methods("scd:iterations=4:samples=2:mask_size=12"),
+                       mask_size=12,
                        shard_size=4, batch_size=4, workers=1)
     folder = RunFolder(str(run))
     folder.makedirs()
     folder.write_table(manifest, "manifest.parquet")
-    masks.create_store(folder.masks_url, 10, 4, 12, {"scd": config.methods["scd"].as_dict()},
+    masks.create_store(folder.masks_url, 10, 4, 12, {"scd": {**config.methods["scd"].to_json(), "maps": config.methods["scd"].map_names}},
                        list(truth.image_id))
     patch = pytest.MonkeyPatch()
     model = synthetic_model()

@@ -3,29 +3,23 @@
 import pytest
 import torch
 
-from pipeline.baselines import GradCam, find_layer
-from pipeline.device import prepare_module, resolve_device
-from pipeline.metrics import share_inside
-from pipeline.synthetic import make_dataset
-from pipeline.synthetic_model import load_synthetic_classifier
+from pipeline.analysis.metrics import share_inside
+from pipeline.archive.synthetic import make_dataset
+from pipeline.methods.gradcam import GradCam, GradCamConfig
+from pipeline.models.device import prepare_module, resolve_device
+from pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 
 def test_gradcam_maps_are_normalised_and_favour_the_object() -> None:
     model, _ = load_synthetic_classifier()
     data = make_dataset(8, seed=77)
-    with GradCam(model, model.gradcam_layer) as cam:
+    with GradCam(model, GradCamConfig(model.gradcam_layer)) as cam:
         out = cam.attribute(data.images, data.labels)
-    assert out.joint.shape == (8, 12, 12)
-    assert out.joint.min() >= 0 and torch.allclose(out.joint.flatten(1).amax(1), torch.ones(8))
+    assert out.maps["joint"].shape == (8, 12, 12)
+    assert out.maps["joint"].min() >= 0 and torch.allclose(out.maps["joint"].flatten(1).amax(1), torch.ones(8))
     area = data.object_boxes.float()
     area = ((area[:, 2] - area[:, 0]) * (area[:, 3] - area[:, 1])) / 96**2
-    assert (share_inside(out.joint, data.object_boxes, image_size=(96, 96)) > area).float().mean() >= 0.75
-
-
-def test_unknown_layer_is_a_clear_error() -> None:
-    model, _ = load_synthetic_classifier()
-    with pytest.raises(ValueError, match="no layer 'nope'"):
-        find_layer(model, "nope")
+    assert (share_inside(out.maps["joint"], data.object_boxes, image_size=(96, 96)) > area).float().mean() >= 0.75
 
 
 def test_device_resolution() -> None:

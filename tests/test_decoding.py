@@ -12,8 +12,8 @@ import torch
 from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
 from PIL import Image
 
-from pipeline import images
-from pipeline.images import DecodeLimits, crop_box, decode_image, shrink_to, to_tensor
+from pipeline.imaging import decode as images
+from pipeline.imaging.decode import DecodeLimits, crop_box, decode_image, shrink_to, to_tensor
 
 
 def decoded(kind: str, tmp_path: Path) -> np.ndarray:
@@ -169,7 +169,7 @@ def test_crop_mode_keeps_the_centre() -> None:
 
 
 def test_load_batch_turns_any_exception_into_an_error_row(monkeypatch, tmp_path: Path) -> None:
-    from pipeline import explain
+    from pipeline.analysis import explain
 
     save(photo(), tmp_path / "ok.png")
     save(photo(), tmp_path / "boom.png")
@@ -195,13 +195,14 @@ def explain_everything(source: Path, run: Path, **options: object) -> tuple[list
     predictions and errors."""
     from flows import stages
     from flows.config import RunConfig
-    from pipeline.fido import FidoConfig
+    from pipeline.methods import parse_methods
     from storage import parts, schemas
     from storage.runfolder import RunFolder
 
     config = RunConfig(source=str(source), root=str(run), model="synthetic-cnn", shard_size=4,
-                       batch_size=4, methods={m: FidoConfig(sampler=m, iterations=1, samples=1,
-                                                            mask_size=4) for m in ("scd", "cd")},
+                       batch_size=4, mask_size=4,
+                       methods=parse_methods("scd,cd", {"iterations": 1, "samples": 1,
+                                                        "mask_size": 4}),
                        **options)
     config, shards = stages.prepare_run(config)
     for shard in range(shards):

@@ -53,7 +53,18 @@ def test_cli_and_deployment_build_the_same_settings() -> None:
     assert from_cli == from_deployment
     config = from_cli.to_config("/a", "/run")
     assert sorted(config.methods) == ["cd", "scd"] and config.device == "auto"
-    assert {c.iterations for c in config.methods.values()} == {7} and not config.analyse
+    assert {s.config.iterations for s in config.methods.values()} == {7}
+    assert not config.analyse and config.methods["cd"].config.sampler == "cd"
+
+
+def test_a_deployment_method_list_equals_the_shell_string() -> None:
+    as_list = RunSettings.parse({"method": ["scd", "knockoff=scd:infill=knockoff", "gradcam"]})
+    assert as_list == cli_settings("--method", "scd", "--method", "knockoff=scd:infill=knockoff",
+                                   "--method", "gradcam")
+    assert as_list == RunSettings.parse({"method": "scd,knockoff=scd:infill=knockoff,gradcam"})
+    methods = as_list.to_config("/a", "/run").methods
+    assert list(methods) == ["scd", "knockoff", "gradcam"]
+    assert methods["knockoff"].config.infill == "knockoff"
 
 
 @pytest.mark.parametrize(("values", "message"), [
@@ -63,7 +74,8 @@ def test_cli_and_deployment_build_the_same_settings() -> None:
     ({"workers": 0}, "workers: Input should be greater than or equal to 1"),
     ({"shard_size": 0}, "shard_size: Input should be greater than or equal to 1"),
     ({"device": "gpu"}, "device: expected auto, cpu, mps, cuda or cuda:N, got 'gpu'"),
-    ({"method": "scd,grad"}, "unknown method(s) grad"),
+    ({"method": "scd,grad"}, "unknown method 'grad'"),
+    ({"target": "truth"}, "target: Input should be 'predicted' or 'label'"),
     ({"frobnicate": 1}, "frobnicate: Extra inputs are not permitted"),
 ])
 def test_bad_settings_fail_with_one_line_naming_the_field(values: dict, message: str) -> None:

@@ -34,7 +34,8 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
 
     info = json.loads((run / "run.json").read_text())
     assert info["model"]["name"] == "synthetic-cnn" and len(info["model"]["sha256"]) == 64
-    assert info["config"]["methods"]["scd"]["iterations"] == 2 and info["seed"] == 0
+    assert info["config"]["methods"]["scd"]["config"]["iterations"] == 2 and info["seed"] == 0
+    assert info["config"]["target"] == "predicted"
 
     manifest = pq.read_table(run / "manifest.parquet")
     assert manifest.schema.equals(schemas.MANIFEST)
@@ -47,7 +48,9 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
     rows = [r for t in predictions for r in t.to_pylist()]
     assert sorted((r["image_id"], r["method"]) for r in rows) == sorted(
         (i, m) for i in ("chelsea", "coffee", "sub/rocket") for m in ("scd", "cd"))
-    assert all(len(r["top5"]) == 5 and 0 <= r["p_ssr"] <= 1 for r in rows)
+    assert all(len(r["top5"]) == 5 and 0 <= dict(r["scalars"])["p_ssr"] <= 1 for r in rows)
+    assert {r["target_source"] for r in rows} == {"predicted"}
+    assert {(r["method"], r["kind"]) for r in rows} == {("scd", "scd"), ("cd", "cd")}
     assert not (run / "reclassify").exists() and not (run / "report.html").exists()  # explain-only
     errors = [pq.read_table(p) for p in parts_of(run, "errors")]
     assert all(t.schema.equals(schemas.ERRORS) and t.num_rows == 0 for t in errors)

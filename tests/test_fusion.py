@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.device import prepare_module
-from pipeline.fusion import fuse_frozen
-from pipeline.models import load_model
+from pipeline.models.device import prepare_module
+from pipeline.models.fusion import fuse_frozen
+from pipeline.models.loading import load_model
 
 
 @pytest.fixture(scope="module", params=["efficientnet-lite0", "synthetic-cnn"])

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.metrics import (
+from pipeline.analysis.metrics import (
     box_iou_fdr,
     boxes_to_masks,
     deletion_insertion,
     igos_blur,
     pointing_game,
     share_inside,
-    total_variation,
 )
+from pipeline.imaging.filters import total_variation
 
 WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1])  # of the 4 pixels of a 2x2 image, row-major
 

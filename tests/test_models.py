@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.labels import map_labels, read_label_map
-from pipeline.models import (
+from pipeline.archive.labels import map_labels, read_label_map
+from pipeline.archive.synthetic import CLASS_NAMES
+from pipeline.models.loading import (
     BUILTIN,
     SYNTHETIC,
     ModelError,
@@ -20,8 +21,7 @@ from pipeline.models import (
     load_model,
     read_card,
 )
-from pipeline.synthetic import CLASS_NAMES
-from pipeline.synthetic_model import SyntheticCNN, load_synthetic_classifier
+from pipeline.models.synthetic_cnn import SyntheticCNN, load_synthetic_classifier
 
 NAMES = list(CLASS_NAMES[:8])
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -250,7 +250,7 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
     """ImageFolder labels index sorted folder names; model_label is the model's own index."""
     from flows.config import RunConfig
     from flows.stages import build_manifest, model_of
-    from pipeline.synthetic import write_archive
+    from pipeline.archive.synthetic import write_archive
 
     write_archive(tmp_path / "syn", 6, seed=0, size=32, classes=3)
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),

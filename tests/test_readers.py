@@ -13,8 +13,14 @@ import pyarrow as pa
 import pytest
 from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
 
-from pipeline.readers import COLUMNS, ArchiveError, content_sha256, detect_format, read_archive
-from pipeline.readers.common import check_path, describe_file
+from pipeline.archive.readers import (
+    COLUMNS,
+    ArchiveError,
+    content_sha256,
+    detect_format,
+    read_archive,
+)
+from pipeline.archive.readers.common import check_path, describe_file
 from storage import schemas
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.report import (
+from pipeline.analysis.report import (
     Curves,
     FlipItem,
     GalleryItem,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.metrics import boxes_to_masks
-from pipeline.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
-from pipeline.synthetic_model import WEIGHTS, load_synthetic_classifier
+from pipeline.analysis.metrics import boxes_to_masks
+from pipeline.archive.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
+from pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 
 
 def test_same_seed_same_scenes_and_longer_sets_extend_shorter_ones() -> None:

@@ -17,8 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .infill import REFERENCE_SIZE
-from .metrics import box_iou_fdr, deletion_insertion, pointing_game, share_inside, total_variation
+from pipeline.analysis.metrics import (
+    box_iou_fdr,
+    deletion_insertion,
+    pointing_game,
+    share_inside,
+)
+from pipeline.imaging.filters import REFERENCE_SIZE, total_variation
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
-from .attribution import Attribution, Attributor, image_generators, log_odds
-from .infill import make_infill
-from .samplers import make_sampler
+from pipeline.imaging.filters import resize_maps, total_variation
+from pipeline.imaging.infill import make_infill
+from pipeline.methods.base import Attribution, Method, image_generators, log_odds
+from pipeline.methods.registry import register
+from pipeline.methods.samplers import make_sampler
 
 STOP_CHECK_EVERY = 5  # steps between two looks at whether an image's masks have settled
 
@@ -26,8 +27,9 @@ class FidoConfig:
     """Hyper-parameters of one FIDO run.
 
     ``l1`` weighs the *mean* keep of the SSR plus the mean drop of the SDR (halved), ``tv`` the
-    *mean* absolute difference between neighbouring mask cells: both are per-cell averages, so the
-    same weights serve a 28² and a 224² mask. The defaults were chosen by the sweep recorded in
+    mean absolute difference over all neighbouring pairs of mask cells (pipeline/imaging/filters.py;
+    64 here equals the 32 the sweep used on the sum of the vertical and the horizontal mean):
+    both are per-cell averages, so the same weights serve a 28² and a 224² mask. The defaults were chosen by the sweep recorded in
     bench/RESULTS.md on the synthetic fine-grained benchmark (never on the demo photos).
 
     ``lo_cap`` (None = the plain objective of ALGORITHM.md) caps each sample's evidence: an SSR
@@ -46,7 +48,7 @@ class FidoConfig:
     mask_size: int = 28
     lr: float = 1.0
     l1: float = 64.0
-    tv: float = 32.0
+    tv: float = 64.0
     warmup: int = 5
     temperature: float | None = None
     infill: str = "blur"
@@ -57,20 +59,6 @@ class FidoConfig:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def total_variation(keep: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of vertical and horizontal neighbours, per leading index."""
-    dv = (keep[..., 1:, :] - keep[..., :-1, :]).abs().mean(dim=(-2, -1))
-    dh = (keep[..., :, 1:] - keep[..., :, :-1]).abs().mean(dim=(-2, -1))
-    return dv + dh
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (..., h, w) maps to (..., H, W)."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])
-    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
 
 
 def blend(images: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -132,7 +120,7 @@ class FidoObjective:
         n, b = len(self.images), self.config.samples
         keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
         size = self.images.shape[-2:]
-        blended = blend(self.images.unsqueeze(1), self.fill.unsqueeze(1), upsample(keep, size))
+        blended = blend(self.images.unsqueeze(1), self.fill.unsqueeze(1), resize_maps(keep, size))
         targets = self.targets.repeat_interleave(b).repeat(2)
         lo = log_odds(self.classify(blended), targets).view(2, n, b)
         cap = self.config.lo_cap
@@ -159,12 +147,12 @@ class FidoObjective:
         images, fill, targets = ((self.images, self.fill, self.targets) if rows is None
                                  else (self.images[rows], self.fill[rows], self.targets[rows]))
         keep = torch.sigmoid(theta)
-        blended = blend(images, fill, upsample(keep, images.shape[-2:]))
+        blended = blend(images, fill, resize_maps(keep, images.shape[-2:]))
         probs = self.classify(blended).softmax(dim=1)
         p = probs.gather(1, targets.repeat(2)[:, None]).view(2, -1)
         ssr, sdr = keep[0], 1.0 - keep[1]
-        return Attribution(joint=torch.sqrt(ssr * sdr), target=targets, ssr=ssr, sdr=sdr,
-                           p_ssr=p[0], p_sdr=p[1])
+        return Attribution(targets, {"joint": torch.sqrt(ssr * sdr), "ssr": ssr, "sdr": sdr},
+                           {"p_ssr": p[0], "p_sdr": p[1]})
 
 
 class SlotAdam:
@@ -199,29 +187,30 @@ class SlotAdam:
         self.steps = self.steps[rows]
 
 
-class Fido(Attributor):
-    """FIDO attributor; ``with Fido(model, config) as fido: fido.attribute(images)``."""
+@register("scd", FidoConfig, "FIDO with simplified concrete dropout: smallest sufficient and "
+          "destroying regions (ssr, sdr), joint = sqrt(ssr·sdr)")
+@register("cd", FidoConfig, "FIDO with classic concrete dropout (Chang et al. 2019), same objective",
+          sampler="cd")
+class Fido(Method):
+    """FIDO: ``with Fido(model, config) as fido: fido.attribute(images)``. Besides ``joint`` its
+    maps are ``ssr`` (what must be kept) and ``sdr`` (what must be dropped); its scalars the
+    target's probability under the deterministic SSR and SDR blends (whether the optimisation
+    succeeded) and the steps each image took."""
+
+    map_names = ("joint", "ssr", "sdr")
+    scalar_names = ("p_ssr", "p_sdr", "iterations")
+    min_batch = 1
 
     def __init__(self, model: torch.nn.Module, config: FidoConfig = FidoConfig()) -> None:
-        super().__init__(model)
-        self.config = config
-        self.name = config.sampler
+        super().__init__(model, config)
 
-    def attribute(
-        self, images: torch.Tensor, targets: torch.Tensor | None = None, seeds: list[int] | None = None,
-        slots: int | None = None,
-    ) -> Attribution:
-        """Masks for ``images`` (N, 3, H, W) in pixel space [0, 1]; targets default to top-1.
-
-        ``slots`` images are optimised together (default: all N in one batch). With
+    def run(self, images: torch.Tensor, targets: torch.Tensor, seeds: list[int],
+            batch_size: int) -> Attribution:
+        """FIDO's own batching: ``batch_size`` slots optimised together. With
         ``config.stop_change`` an image leaves as soon as its masks stop changing and the next
-        image takes its slot, so the batch stays full (continuous batching).
-        ``extras["iterations"]`` says how many steps each image took.
-        """
+        image takes its slot, so the batch stays full (continuous batching)."""
+        slots = batch_size
         n = len(images)
-        if targets is None:
-            targets = self.predict(images)
-        seeds = list(range(n)) if seeds is None else seeds
         width = min(slots or n, n)
         objective = FidoObjective(self.model, images[:width].clone(), targets[:width].clone(),
                                   self.config, seeds[:width])
@@ -287,17 +276,16 @@ class _Results:
     """The engine's output rows, filled in whatever order images finish."""
 
     def __init__(self, n: int, mask_size: int, device: torch.device) -> None:
-        self.maps = {name: torch.zeros(n, mask_size, mask_size, device=device) for name in ("joint", "ssr", "sdr")}
-        self.probs = {name: torch.zeros(n, device=device) for name in ("p_ssr", "p_sdr")}
-        self.iterations = torch.zeros(n, dtype=torch.long, device=device)
+        self.maps = {name: torch.zeros(n, mask_size, mask_size, device=device) for name in Fido.map_names}
+        self.scalars = {name: torch.zeros(n, device=device) for name in Fido.scalar_names}
 
     def store(self, images: list[int], out: Attribution, steps: torch.Tensor) -> None:
-        index = torch.tensor(images, dtype=torch.long, device=self.iterations.device)
+        index = torch.tensor(images, dtype=torch.long, device=steps.device)
         for name, maps in self.maps.items():
-            maps[index] = getattr(out, name).float()
-        for name, probs in self.probs.items():
-            probs[index] = getattr(out, name).float()
-        self.iterations[index] = steps.long()
+            maps[index] = out.maps[name].float()
+        for name, values in out.scalars.items():
+            self.scalars[name][index] = values.float()
+        self.scalars["iterations"][index] = steps.float()
 
     def attribution(self, targets: torch.Tensor) -> Attribution:
-        return Attribution(target=targets, **self.maps, **self.probs, extras={"iterations": self.iterations})
+        return Attribution(targets, self.maps, self.scalars)

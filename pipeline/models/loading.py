@@ -2,7 +2,7 @@
 
 A model spec is one of
 - a built-in name: ``efficientnet-lite0`` (ImageNet, default) or ``synthetic-cnn`` (the
-  synthetic birds' classifier of pipeline/synthetic_model.py);
+  synthetic birds' classifier of pipeline/models/synthetic_cnn.py);
 - an exported program (``torch.export.save``, ``.pt2``; export with a dynamic batch dimension)
   or a TorchScript file (``torch.jit.save``); both recognised by content, any suffix;
 - a ``torch.save`` state_dict plus a model card (YAML or JSON: ``<weights>.yaml``/``.yml``/
@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .device import prepare_module
-from .images import RESIZE_MODES
+from pipeline.imaging.decode import RESIZE_MODES
+from pipeline.models.device import prepare_module
 
 BUILTIN = "efficientnet-lite0"
 SYNTHETIC = "synthetic-cnn"
@@ -78,7 +78,7 @@ class LoadedModel:
     _prepared: dict[tuple[str, bool], nn.Module] = field(default_factory=dict, repr=False, compare=False)
 
     def on(self, device: torch.device, compile_model: bool = False) -> nn.Module:
-        """The classifier fused and laid out for ``device`` (pipeline/device.py), prepared once
+        """The classifier fused and laid out for ``device`` (pipeline/models/device.py), prepared once
         per process and device: every shard a worker explains reuses it."""
         key = (str(device), compile_model)
         if key not in self._prepared:
@@ -223,8 +223,8 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
     """An untrained network of the named architecture with ``num_classes`` outputs."""
     kind, _, arch = name.partition(":") if ":" in name else ("fidoflow", ":", name)
     if kind == "fidoflow" and arch == SYNTHETIC:
-        from .synthetic import CLASS_NAMES
-        from .synthetic_model import NUM_CLASSES, SyntheticCNN
+        from pipeline.archive.synthetic import CLASS_NAMES
+        from pipeline.models.synthetic_cnn import NUM_CLASSES, SyntheticCNN
         k = num_classes or NUM_CLASSES
         return Architecture(SyntheticCNN(k), (96, 96), None, None,
                             list(CLASS_NAMES[:k]) if k <= len(CLASS_NAMES) else None)
@@ -279,7 +279,7 @@ def load_efficientnet_lite0() -> LoadedModel:
 
 def load_synthetic_cnn() -> LoadedModel:
     """The synthetic birds' classifier (its weights ship in pipeline/data)."""
-    from .synthetic_model import WEIGHTS, load_synthetic_classifier
+    from pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 
     module, names = load_synthetic_classifier()
     with resources.files("pipeline.data").joinpath(WEIGHTS).open("rb") as fh:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pipeline.infill import REFERENCE_SIZE, gaussian_blur, gaussian_kernel1d
+from pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, resize_maps
+from pipeline.models.inference import class_probabilities
 
 
 @dataclass
@@ -27,14 +27,6 @@ class DeletionInsertion:
     deletion_curve: torch.Tensor
     insertion_curve: torch.Tensor
     fractions: torch.Tensor
-
-
-def upsample(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, h, w) maps bilinearly resized to ``size`` (the house convention)."""
-    if tuple(saliency.shape[-2:]) == tuple(size):
-        return saliency.float()
-    return F.interpolate(saliency[:, None].float(), size=size, mode="bilinear",
-                         align_corners=False)[:, 0]
 
 
 def boxes_to_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,24 +46,15 @@ def _regions(saliency: torch.Tensor, regions: torch.Tensor,
         masks = regions.bool()
     else:
         masks = boxes_to_masks(regions, image_size or tuple(saliency.shape[-2:]))
-    return masks, upsample(saliency, tuple(masks.shape[-2:])).to(masks.device)
+    return masks, resize_maps(saliency.float(), tuple(masks.shape[-2:])).to(masks.device)
 
 
 def igos_blur(images: torch.Tensor) -> torch.Tensor:
-    """I-GOS's deletion baseline, a Gaussian blur with kernel 51 and sigma 50 at 224^2, scaled.
-
-    Not ``gaussian_blur``: that one truncates its kernel at 3.7 sigma (radius 185 here), which
-    blurs far more than I-GOS's 51-pixel kernel.
-    """
-    h, w = images.shape[-2:]
-    scale = min(h, w) / REFERENCE_SIZE
-    radius = min(round(25 * scale), h - 1, w - 1)
-    if radius < 1:
-        return images.clone()
-    k = gaussian_kernel1d(50.0 * scale, radius).to(images)
-    x = F.pad(images, (radius,) * 4, mode="reflect").flatten(0, 1)[:, None]
-    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
-    return x.view(images.shape)
+    """I-GOS's deletion baseline, a Gaussian blur with kernel 51 and sigma 50 at 224^2, scaled:
+    the kernel is cut at I-GOS's radius 25, not the default 3.7 sigma (185 px), which would blur
+    far more."""
+    scale = min(images.shape[-2:]) / REFERENCE_SIZE
+    return gaussian_blur(images, 50.0 * scale, radius=round(25 * scale))
 
 
 @torch.no_grad()
@@ -91,7 +74,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
         raise ValueError(f"unknown baseline {baseline!r}; expected 'blur' or 'zeros'")
     n, _, h, w = images.shape
     device = images.device
-    sal = upsample(saliency, (h, w)).to(device).flatten(1)
+    sal = resize_maps(saliency.float(), (h, w)).to(device).flatten(1)
     order = torch.sort(sal, dim=1, descending=True, stable=True).indices
     positions = torch.arange(h * w, device=device).expand(n, -1)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # rank[i, pixel] = position
@@ -106,7 +89,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
         changed = (rank[i] < counts[k, None]).view(-1, 1, h, w)
         deleted = torch.where(changed, base[i], images[i])
         inserted = torch.where(changed, images[i], base[i])
-        p = F.softmax(model(torch.cat([deleted, inserted])).float(), dim=1)
+        p = class_probabilities(model, torch.cat([deleted, inserted]))
         p = p.gather(1, targets.to(device)[i].repeat(2)[:, None]).view(2, -1)
         probs[:, i, k] = p
     fractions = counts.float() / (h * w)
@@ -172,19 +155,10 @@ def box_iou_fdr(saliency: torch.Tensor, boxes: torch.Tensor, smooth_sigma: float
     FDR = salient pixels outside it / pixels outside it. The maximum always passes, so SCD's
     fall-back to the mean never triggers: an all-zero map marks the whole image."""
     gt = boxes_to_masks(boxes, image_size or tuple(saliency.shape[-2:]))
-    sal = upsample(saliency, tuple(gt.shape[-2:])).to(gt.device)
+    sal = resize_maps(saliency.float(), tuple(gt.shape[-2:])).to(gt.device)
     sal = gaussian_blur(sal[:, None], smooth_sigma)[:, 0]
     salient = sal >= threshold * sal.flatten(1).amax(dim=1)[:, None, None]
     iou = box_iou(_mask_box(salient), boxes.float().to(gt.device))
     outside = ~gt
     fdr = (salient & outside).flatten(1).sum(1) / outside.flatten(1).sum(1)
     return iou, fdr
-
-
-def total_variation(saliency: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference (N,) over all horizontal and vertical neighbour pairs, at the
-    map's own resolution: 0 for a constant map, 1 for a 0/1 checkerboard."""
-    dh = (saliency[:, :, 1:] - saliency[:, :, :-1]).abs().flatten(1)
-    dv = (saliency[:, 1:, :] - saliency[:, :-1, :]).abs().flatten(1)
-    pairs = max(dh.shape[1] + dv.shape[1], 1)
-    return (dh.sum(1) + dv.sum(1)).float() / pairs

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..images import IMAGE_SUFFIXES
+from pipeline.imaging.decode import IMAGE_SUFFIXES
+
 from .coco import coco_json_in, read_coco
 from .common import COLUMNS, SPLITS, ArchiveError, check_path, content_sha256, list_images
 from .cub import is_cub, read_cub

@@ -3,7 +3,8 @@
 Sections: the headline (images, labels, accuracy of the baseline and of the best variant), the
 accuracy per variant as a chart and a table with confidence intervals, the gains against the
 baseline, the mean deletion/insertion curves per method, the mask-quality means, errors and
-timings, a gallery of images with their SSR, SDR and joint maps and the crop box, and the images
+timings, the methods side by side (mask quality and seconds per image), a gallery of images with
+every method's maps as heat maps and each method's crop box, and the images
 whose label changed after re-classification (right→wrong, wrong→right; without labels, those
 whose top-1 changed). Works on arrays and DataFrames; the caller gathers them and writes the
 string wherever it likes. A script sets ``data-loaded="true"`` on ``<body>`` once every picture
@@ -22,14 +23,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-MAP_NAMES = ("ssr", "sdr", "joint")
-MAP_TITLES = {"ssr": "SSR (keep)", "sdr": "SDR (drop)", "joint": "joint"}
 BOX_COLOUR = (0, 255, 120)
+MAP_SIDE = 150  # gallery heat maps, pixels (the original picture is shown at full thumbnail size)
 
 
 @dataclass
 class MethodMaps:
-    """One method's maps (h, w) in [0, 1] for one image, and its crop box in thumbnail pixels."""
+    """One method's maps (h, w) in [0, 1] for one image (``joint`` first, then the method's own),
+    and its crop box in thumbnail pixels."""
 
     maps: dict[str, np.ndarray]
     box: tuple[float, float, float, float] | None = None
@@ -94,18 +95,24 @@ def thumbnail(picture: np.ndarray, longest: int = 224) -> tuple[np.ndarray, floa
                                                       reducing_gap=2.0)), scale
 
 
-def overlay(picture: np.ndarray, saliency: np.ndarray, cmap: str = "inferno",
-            alpha: float = 0.6) -> np.ndarray:
-    """The picture with a colour-mapped saliency map (resized bilinearly) blended on top;
-    the map's own values in [0, 1] are shown, not rescaled, so maps compare across images."""
+def overlay(picture: np.ndarray, saliency: np.ndarray, cmap: str = "turbo",
+            alpha: float = 0.7) -> np.ndarray:
+    """A heat map readable at a glance: the map (resized bilinearly, scaled to its own 99th
+    percentile, so that gradient maps with tiny values or a few outlying cells show their
+    structure) colour-mapped over a dimmed grey version of the picture; cold regions stay
+    faint, hot ones opaque."""
     import matplotlib
 
     h, w = picture.shape[:2]
-    sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0).clip(0, 1)
+    sal = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0).clip(0, None)
+    sal = sal / max(float(np.percentile(sal, 99)), float(sal.max()) * 1e-3, 1e-12)
     sal = np.asarray(Image.fromarray(sal, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    colours = matplotlib.colormaps[cmap](sal.clip(0, 1))[..., :3] * 255
-    weight = alpha * (0.25 + 0.75 * sal.clip(0, 1))[..., None]
-    return (picture * (1 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8)
+    sal = sal.clip(0, 1)
+    grey = (picture[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114]))[..., None]
+    base = 40 + 0.6 * grey
+    colours = matplotlib.colormaps[cmap](sal)[..., :3] * 255
+    weight = alpha * (0.2 + 0.8 * sal)[..., None]
+    return (base * (1 - weight) + colours * weight).round().clip(0, 255).astype(np.uint8)
 
 
 def draw_box(picture: np.ndarray, box: Sequence[float] | None,
@@ -244,18 +251,31 @@ def gain_table(summary: pd.DataFrame) -> str:
                    "wrong→right", "right→wrong", "top-1 changed", "images"], out, "num")
 
 
+METRIC_TITLES = {"deletion_auc": "deletion AUC ↓", "insertion_auc": "insertion AUC ↑",
+                 "pointing_hit": "pointing ↑", "share_in_box": "share in box ↑",
+                 "box_iou": "box IoU ↑", "fdr": "FDR ↓", "total_variation": "TV"}
+
+
 def metric_table(summary: pd.DataFrame) -> str:
+    """Every method side by side: its mask-quality means (95 % CI) and the seconds per image
+    it took to explain (explain stage, compute time)."""
     rows = summary[(summary["section"] == "metric") & (summary["group_by"] == "overall")]
-    if rows.empty:
+    timing = summary[(summary["section"] == "timing") & (summary["group_value"] == "explain")
+                     & (summary["statistic"] == "seconds_per_image")]
+    seconds = {r["method"]: r["value"] for _, r in timing.iterrows()}
+    methods = sorted(set(rows["method"].dropna()) | set(seconds))
+    if not methods:
         return ""
     stats = list(dict.fromkeys(rows["statistic"]))
     out = []
-    for method, cell in rows.groupby("method", sort=True):
-        s = {r["statistic"]: r for _, r in cell.iterrows()}
-        out.append([html.escape(method)] + [
-            (_ci(s[k], percent=False) + f" <span class=ci>n={int(s[k]['n'])}</span>")
-            if k in s else "–" for k in stats])
-    return _table(["method", *stats], out, "num")
+    for method in methods:
+        s = {r["statistic"]: r for _, r in rows[rows["method"] == method].iterrows()}
+        n = max((int(r["n"]) for r in s.values()), default=0)
+        out.append([f"<b>{html.escape(method)}</b>"]
+                   + [_ci(s[k], percent=False) if k in s else "–" for k in stats]
+                   + [_fmt(seconds.get(method), False), str(n)])
+    header = ["method", *(METRIC_TITLES.get(k, k) for k in stats), "seconds / image", "images"]
+    return _table(header, out, "num")
 
 
 def _text(value: object) -> str:
@@ -277,7 +297,7 @@ def simple_table(summary: pd.DataFrame, section: str) -> str:
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
-max-width:1200px}
+max-width:1640px}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;
 border-bottom:1px solid #ddd;padding-bottom:.2em}
 .meta{color:#555;font-size:.9em} .ci{color:#777;font-size:.85em}
@@ -288,7 +308,8 @@ table.num td{font-variant-numeric:tabular-nums}
 .gallery .row{display:flex;gap:6px;align-items:flex-start;margin:10px 0;flex-wrap:wrap}
 figure{margin:0;text-align:center;font-size:.78em;color:#444}
 figure img{display:block;max-width:224px;height:auto;border:1px solid #ccc}
-.caption{width:220px;font-size:.8em;color:#333;align-self:center}
+.caption{width:200px;font-size:.78em;color:#333;align-self:center}
+.gallery .own{margin:-4px 0 14px 206px} .gallery .own figure img{max-width:120px}
 .flips{display:flex;flex-wrap:wrap;gap:8px}
 .flips figure img{max-width:150px}
 .flips figure{width:152px}
@@ -315,19 +336,26 @@ def _figure(uri: str, caption: str, alt: str) -> str:
 
 
 def gallery_html(items: Sequence[GalleryItem]) -> str:
+    """One row per image: its caption and picture, then every method's joint map side by side
+    (with the method's crop box), then the methods' own maps."""
     parts = []
     for item in items:
+        cells = [f"<div class=caption><b>{html.escape(item.image_id)}</b><br>"
+                 + "<br>".join(html.escape(c) for c in item.caption) + "</div>",
+                 _figure(data_uri(item.picture), "original", f"{item.image_id} original")]
+        small, _ = thumbnail(item.picture, MAP_SIDE)
+        scale = small.shape[1] / item.picture.shape[1]
+        own = []
         for method, mm in item.methods.items():
-            cells = [f"<div class=caption><b>{html.escape(item.image_id)}</b><br>"
-                     + "<br>".join(html.escape(c) for c in item.caption)
-                     + f"<br>method: {html.escape(method)}</div>"]
-            cells.append(_figure(data_uri(draw_box(item.picture, mm.box)),
-                                 "original + crop box", f"{item.image_id} original"))
-            for name in MAP_NAMES:
-                if name in mm.maps:
-                    cells.append(_figure(data_uri(overlay(item.picture, mm.maps[name])),
-                                         MAP_TITLES[name], f"{item.image_id} {method} {name}"))
-            parts.append("<div class=row>" + "".join(cells) + "</div>")
+            box = None if mm.box is None else tuple(v * scale for v in mm.box)
+            for name, values in mm.maps.items():
+                title = method if name == "joint" else f"{method} · {name}"
+                figure = _figure(data_uri(draw_box(overlay(small, values), box)
+                                          if name == "joint" else overlay(small, values)),
+                                 title, f"{item.image_id} {method} {name}")
+                (cells if name == "joint" else own).append(figure)
+        parts.append("<div class=row>" + "".join(cells) + "</div>"
+                     + (f"<div class='row own'>{''.join(own)}</div>" if own else ""))
     return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
 
 
@@ -383,6 +411,10 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
     sections = [
         f"<h1>{html.escape(title)}</h1><div class=meta>{meta_html}</div>",
         f"<p class=headline>{headline(summary)}</p>",
+        ("<h2>Methods side by side: mask quality (means, 95 % CI) and cost</h2><p class=meta>"
+         "Deletion/insertion: the target's probability as the most salient pixels are removed/"
+         "restored; seconds: explain-stage compute time per image.</p>"),
+        metric_table(summary) or "<p>none</p>",
         "<h2>Accuracy per variant</h2>",
         (f"<img src='{chart}' alt='accuracy per variant'>" if chart else
          "<p>No image carries a label in the model's classes: accuracies need labels. "
@@ -398,9 +430,9 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
         "<h2>Deletion and insertion</h2>",
         (f"<img src='{curve_chart}' alt='deletion and insertion curves'>" if curve_chart
          else "<p>no curves</p>"),
-        "<h2>Mask quality (means, 95 % CI)</h2>", metric_table(summary) or "<p>none</p>",
-        ("<h2>Gallery</h2><p class=meta>Overlays show the map values themselves (0 dark, 1 "
-         "bright); the green box is the crop the re-classification classified.</p>"),
+        ("<h2>Gallery</h2><p class=meta>Every method's map of the same picture side by side "
+         "(each heat map scaled to its own 99th percentile: blue cold, red hot), then the methods' own "
+         "maps; the green box is the crop the re-classification classified.</p>"),
         gallery_html(gallery),
         "<h2>Images whose label changed</h2>", flips_html(flips, flips_note),
         "<h2>Errors</h2>", simple_table(summary, "errors"),

@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from .fusion import fuse_frozen
+from pipeline.models.fusion import fuse_frozen
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def prepare_module(module: nn.Module, device: torch.device, compile_model: bool 
     """The frozen classifier as attribution runs it on ``device``.
 
     With ``input_size`` known, BatchNorms and symmetric paddings are folded into the
-    convolutions (checked on a probe batch; see pipeline/fusion.py). channels_last memory is used on
+    convolutions (checked on a probe batch; see pipeline/models/fusion.py). channels_last memory is used on
     every device (oneDNN's and cuDNN's faster convolution layout: 1.2× on the 2-core CPU);
     ``torch.compile`` when asked (slower first step, faster steady state).
     """

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .infill import REFERENCE_SIZE, gaussian_blur
+from pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
+from pipeline.models.inference import class_probabilities
 
 VARIANTS = ("crop", "blend", "crop+global")
 BASELINE = "global"  # the full image, no mask: the variant every other one is compared with
@@ -167,14 +168,6 @@ def blend_views(images: torch.Tensor, saliency: torch.Tensor,
 
 
 @torch.no_grad()
-def softmax(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Softmax probabilities (N, K) of a pixel-space model, ``batch_size`` images at a time."""
-    out = [model(images[i:i + batch_size]).float().softmax(dim=1)
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
-@torch.no_grad()
 def reclassify(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
                pictures: Sequence[torch.Tensor] | None = None,
                views: Sequence[tuple[float, float, float, float]] | None = None,
@@ -194,7 +187,7 @@ def reclassify(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
         device = images.device
         input_size = tuple(images.shape[-2:])
         if global_probs is None:
-            global_probs = softmax(model, images, config.batch_size)
+            global_probs = class_probabilities(model, images, config.batch_size)
         probs = {BASELINE: global_probs}
         boxes = None
         if config.needs_crop():
@@ -204,14 +197,14 @@ def reclassify(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
                                   for s, p, v in zip(saliency.cpu(), pictures, views, strict=True)],
                                  dtype=torch.int64).reshape(-1, 4)
             crops = crop_views(pictures, boxes, input_size).to(device)
-            crop_probs = softmax(model, crops, config.batch_size)
+            crop_probs = class_probabilities(model, crops, config.batch_size)
             if "crop" in config.variants:
                 probs["crop"] = crop_probs
             if "crop+global" in config.variants:
                 probs["crop+global"] = 0.5 * (crop_probs + global_probs)
         if "blend" in config.variants:
             blended = blend_views(images, saliency.to(device), config)
-            probs["blend"] = softmax(model, blended, config.batch_size)
+            probs["blend"] = class_probabilities(model, blended, config.batch_size)
         return Reclassification(probs, boxes)
     finally:
         model.train(was_training)

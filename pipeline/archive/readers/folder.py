@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..images import IMAGE_SUFFIXES
+from pipeline.imaging.decode import IMAGE_SUFFIXES
+
 from .common import ArchiveError, finish, list_images
 
 

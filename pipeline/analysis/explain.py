@@ -7,6 +7,7 @@ caller's business.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -16,11 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .device import resolve_device
-from .fido import Fido, FidoConfig
-from .images import DecodeLimits, decode_image, to_tensor
-from .models import LoadedModel
-from .readers.common import check_path
+from pipeline.archive.readers.common import check_path
+from pipeline.imaging.decode import DecodeLimits, decode_image, to_tensor
+from pipeline.methods.registry import MethodSpec
+from pipeline.models.device import resolve_device
+from pipeline.models.inference import class_probabilities
+from pipeline.models.loading import LoadedModel
+
+TARGETS = ("predicted", "label")  # which class a map explains: top-1, or the manifest's label
 
 
 def image_seed(run_seed: int, image_id: str) -> int:
@@ -76,46 +80,59 @@ def load_batch(
 
 
 def explain_rows(
-    model: LoadedModel, root: Path, rows: Sequence[dict], configs: dict[str, FidoConfig],
+    model: LoadedModel, root: Path, rows: Sequence[dict], methods: dict[str, MethodSpec],
     seed: int, batch_size: int = 8, device: str = "cpu", limits: DecodeLimits | None = None,
-    compile_model: bool = False,
+    compile_model: bool = False, mask_size: int = 28, target: str = "predicted",
 ) -> ShardResult:
-    """Masks of every method for ``rows`` (manifest records): the shard's images are decoded once
-    and stream through ``batch_size`` optimisation slots (a finished image's slot takes the next)."""
+    """Maps of every method instance for ``rows`` (manifest records): the shard's images are
+    decoded and classified once, then each method explains them ``batch_size`` at a time (FIDO:
+    in that many optimisation slots) and its maps are resized to ``mask_size``."""
     result = ShardResult()
     n = len(rows)
-    for method, cfg in configs.items():
-        result.maps[method] = {
-            name: np.full((n, cfg.mask_size, cfg.mask_size), np.nan, np.float32)
-            for name in ("joint", "ssr", "sdr")
-        }
-    target = resolve_device(device)
-    module = model.on(target, compile_model)
+    for name, spec in methods.items():
+        result.maps[name] = {m: np.full((n, mask_size, mask_size), np.nan, np.float32)
+                             for m in spec.map_names}
+    device_ = resolve_device(device)
+    module = model.on(device_, compile_model)
     ok, images = load_batch(root, rows, model.input_size, result, limits, model.resize)
     if images is None:
         return result
-    images = images.to(target)
-    with torch.no_grad():
-        probs = torch.cat([module(images[i:i + batch_size]).float().softmax(dim=1)
-                           for i in range(0, len(images), batch_size)])
+    images = images.to(device_)
+    probs = class_probabilities(module, images, batch_size)
     top_p, top_k = probs.topk(min(5, probs.shape[1]), dim=1)
+    targets, sources = choose_targets([rows[i] for i in ok], top_k[:, 0], target)
     seeds = [image_seed(seed, str(rows[i]["image_id"])) for i in ok]
-    for method, cfg in configs.items():
+    for name, spec in methods.items():
         began = time.perf_counter()
-        with Fido(module, cfg) as fido:
-            out = fido.attribute(images, top_k[:, 0], seeds, slots=batch_size)
+        with spec.build(module) as method:
+            out = method.attribute(images, targets.to(device_), seeds, batch_size, mask_size)
         seconds = (time.perf_counter() - began) / len(ok)
-        for name in ("joint", "ssr", "sdr"):
-            result.maps[method][name][ok] = getattr(out, name).float().cpu().numpy()
+        for map_name in spec.map_names:
+            result.maps[name][map_name][ok] = out.maps[map_name].float().cpu().numpy()
         for j, i in enumerate(ok):
-            label = int(top_k[j, 0])
+            label = int(targets[j])
             result.predictions.append({
-                "image_id": rows[i]["image_id"], "method": method, "target": label,
-                "target_name": model.class_names[label],
-                "target_prob": float(top_p[j, 0]),
+                "image_id": rows[i]["image_id"], "method": name, "kind": spec.kind,
+                "target": label, "target_source": sources[j],
+                "target_name": model.class_names[label], "target_prob": float(probs[j, label]),
                 "top5": top_k[j].tolist(), "top5_prob": top_p[j].tolist(),
-                "p_ssr": float(out.p_ssr[j]), "p_sdr": float(out.p_sdr[j]),
-                "iterations": int(out.extras["iterations"][j]),
+                "scalars": {k: float(v[j]) for k, v in out.scalars.items()},
                 "seconds": seconds,
             })
     return result
+
+
+def choose_targets(rows: Sequence[dict], predicted: torch.Tensor, mode: str
+                   ) -> tuple[torch.Tensor, list[str]]:
+    """The class each image's maps explain and where it came from: the top-1 class, or with
+    ``mode == "label"`` the manifest's label in the model's classes where the row has one (the
+    original FIDO explained the ground truth); unlabelled rows fall back to the top-1."""
+    if mode not in TARGETS:
+        raise ValueError(f"unknown target {mode!r}; expected one of {', '.join(TARGETS)}")
+    targets, sources = predicted.clone().cpu(), ["predicted"] * len(rows)
+    if mode == "label":
+        for j, row in enumerate(rows):
+            label = row.get("model_label")
+            if label is not None and not (isinstance(label, float) and math.isnan(label)):
+                targets[j], sources[j] = int(label), "label"
+    return targets, sources

@@ -1,4 +1,4 @@
-"""The small CNN that classifies the synthetic birds (pipeline/synthetic.py) by their wing patch.
+"""The small CNN that classifies the synthetic birds (pipeline/archive/synthetic.py) by their wing patch.
 
 Global average pooling over the last conv block keeps it fully convolutional (any image size)
 and gives Grad-CAM-like methods a meaningful layer, named by ``gradcam_layer``.
@@ -11,7 +11,7 @@ from importlib import resources
 import torch
 from torch import nn
 
-from pipeline.synthetic import CLASS_NAMES
+from pipeline.archive.synthetic import CLASS_NAMES
 
 WEIGHTS = "synthetic_cnn.pt"
 NUM_CLASSES = 8

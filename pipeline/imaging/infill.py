@@ -7,32 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-REFERENCE_SIZE = 224  # FIDO's blur (sigma 10 px) is defined at 224^2; it scales with the image.
-
-
-def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
-    radius = round(3.7 * sigma) if radius is None else radius
-    xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (xs / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with reflect padding (radius capped by the size)."""
-    n, c, h, w = x.shape
-    radius = min(round(3.7 * sigma), h - 1, w - 1)
-    if sigma <= 0 or radius < 1:
-        return x.clone()
-    k = gaussian_kernel1d(sigma, radius).to(x)
-    xp = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    flat = xp.reshape(n * c, 1, *xp.shape[-2:])
-    flat = F.conv2d(flat, k.view(1, 1, 1, -1))
-    flat = F.conv2d(flat, k.view(1, 1, -1, 1))
-    return flat.reshape(n, c, h, w)
-
-
-def scaled_sigma(x: torch.Tensor, sigma_at_224: float) -> float:
-    return sigma_at_224 * min(x.shape[-2:]) / REFERENCE_SIZE
+from pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, scaled_sigma
 
 
 def blur_fill(x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

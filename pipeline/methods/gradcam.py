@@ -1,0 +1,58 @@
+"""Grad-CAM (Selvaraju et al. 2017) through captum's LayerGradCam, at the last convolutional
+block: found automatically (EfficientNet-Lite0's ``_conv_head``, else the model's last
+convolution, which is the synthetic CNN's last block once its BatchNorm is folded in) or named
+by the ``layer`` setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.methods.base import Attribution, Method, unit_peak
+from pipeline.methods.registry import register
+
+KNOWN_LAYERS = ("net._conv_head", "_conv_head")  # EfficientNet(-Lite) heads, wrapped or bare
+
+
+@dataclass(frozen=True)
+class GradCamConfig:
+    """``layer``: dotted module name (e.g. ``net._conv_head``, ``features.4``); None finds it."""
+
+    layer: str | None = None
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """A sub-module by dotted name, e.g. ``net._conv_head`` or ``features.4``."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"model has no layer {name!r}") from None
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """The layer Grad-CAM uses when none is named: a known head, else the last convolution."""
+    modules = dict(model.named_modules())
+    for name in KNOWN_LAYERS:
+        if name in modules:
+            return name
+    convs = [name for name, m in modules.items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("model has no convolution for Grad-CAM; name one with gradcam:layer=...")
+    return convs[-1]
+
+
+@register("gradcam", GradCamConfig, "Grad-CAM (captum LayerGradCam) at the last convolutional "
+          "block, ReLU'd and scaled to peak 1")
+class GradCam(Method):
+    """Grad-CAM maps at the layer's resolution (7×7 for Lite0 at 224²)."""
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor,
+                seeds: list[int]) -> Attribution:
+        from captum.attr import LayerGradCam
+
+        layer = find_layer(self.model, self.config.layer or last_conv_layer(self.model))
+        cam = LayerGradCam(self.model, layer)
+        maps = cam.attribute(images, target=targets, relu_attributions=True).detach()[:, 0]
+        return Attribution(targets, {"joint": unit_peak(maps.float())})

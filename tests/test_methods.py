@@ -1,0 +1,121 @@
+"""The method registry and the shared base: parsing method instances, settings checked against
+each kind's config, the base's batching and resizing, and `fidoflow methods`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.methods import KINDS, Attribution, Method, MethodSpec, parse_methods
+from pipeline.methods.fido import FidoConfig
+from tests.conftest import square_image
+
+
+def test_kinds_and_named_variants_run_side_by_side() -> None:
+    methods = parse_methods(["scd,cd", "knockoff=scd:infill=knockoff:samples=2", "gradcam"],
+                            {"iterations": 7, "layer": None})
+    assert list(methods) == ["scd", "cd", "knockoff", "gradcam"]
+    assert methods["knockoff"] == MethodSpec("scd", FidoConfig(infill="knockoff", samples=2,
+                                                               iterations=7))
+    assert methods["cd"].config.sampler == "cd" and methods["scd"].config.sampler == "scd"
+    assert methods["gradcam"].config.layer is None  # overrides only reach configs with the field
+    again = {name: MethodSpec.from_json(spec.to_json()) for name, spec in methods.items()}
+    assert again == methods
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ("scd,nope", "unknown method 'nope'"),
+    ("scd:samplez=3", "has no setting samplez"),
+    ("scd:samples=lots", "scd:samples = 'lots' is not a"),
+    ("scd,scd", "given twice"),
+    ("Big=scd", "method name 'Big'"),
+    ("scd:samples", "expected key=value"),
+    ("", "no method given"),
+])
+def test_bad_entries_are_one_line_errors(entries: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_methods(entries)
+
+
+def test_values_are_coerced_to_the_config_types() -> None:
+    spec = parse_methods("x=scd:lr=1:stop_change=none:autocast=false:temperature=0.5")["x"]
+    assert spec.config.lr == 1.0 and isinstance(spec.config.lr, float)
+    assert spec.config.stop_change is None and spec.config.autocast is False
+    assert spec.config.temperature == 0.5
+
+
+class Stripes(Method):
+    """A method for testing the base: map row i = image i's mean, at 4 × 4, counting calls."""
+
+    calls: list[int]
+
+    def explain(self, images, targets, seeds) -> Attribution:
+        self.calls.append(len(images))
+        joint = images.mean(dim=(1, 2, 3)).view(-1, 1, 1).expand(-1, 4, 4)
+        return Attribution(targets, {"joint": joint}, {"seed": torch.tensor(seeds).float()})
+
+
+def test_base_batches_resizes_and_freezes(square_model) -> None:
+    images = torch.rand(20, 3, 32, 32)
+    square_model.train()
+    method = Stripes(square_model)
+    method.calls = []
+    with method:
+        assert not square_model.training
+        out = method.attribute(images, torch.zeros(20, dtype=torch.long), list(range(20)),
+                               batch_size=3, size=8)
+    assert square_model.training and all(p.requires_grad for p in square_model.parameters())
+    assert method.calls == [8, 8, 4]  # at least min_batch images per call
+    assert out.maps["joint"].shape == (20, 8, 8)
+    torch.testing.assert_close(out.maps["joint"][:, 0, 0], images.mean(dim=(1, 2, 3)))
+    assert out.scalars["seed"].tolist() == list(range(20))
+
+
+def test_attribution_needs_a_joint_map() -> None:
+    with pytest.raises(ValueError, match="joint"):
+        Attribution(torch.zeros(1), {"other": torch.zeros(1, 2, 2)})
+
+
+def test_every_kind_builds_from_its_defaults(square_model) -> None:
+    for name, kind in KINDS.items():
+        spec = MethodSpec(name, kind.make_config())
+        assert isinstance(spec.build(square_model), kind.method)
+        assert spec.map_names[0] == "joint"
+
+
+def test_fido_attribute_names_its_own_maps(square_model) -> None:
+    spec = parse_methods("scd:iterations=2:samples=1:mask_size=8")["scd"]
+    with spec.build(square_model) as method:
+        out = method.attribute(square_image(2), size=16)
+    assert set(out.maps) == set(spec.map_names) and out.maps["joint"].shape == (2, 16, 16)
+    assert set(out.scalars) == set(type(method).scalar_names)
+
+
+def test_cli_lists_methods_with_defaults(capsys) -> None:
+    from flows.cli import main
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in KINDS:
+        assert f"\n{name} " in f"\n{out}"
+    assert "infill=blur" in out and "layer=None" in out
+
+
+def test_a_deployment_writes_the_same_entries_as_a_list() -> None:
+    from flows.config import RunConfig
+
+    shell = RunConfig.from_settings("/a", "/run", {"method": "scd,knockoff=scd:infill=knockoff"})
+    listed = RunConfig.from_settings("/a", "/run", {"method": ["scd",
+                                                               "knockoff=scd:infill=knockoff"]})
+    assert shell == listed and listed.methods["knockoff"].config.infill == "knockoff"
+
+
+def test_an_unknown_method_is_a_one_line_cli_error(photo_folder, tmp_path, capsys) -> None:
+    from flows.cli import main
+
+    code = main(["run", str(photo_folder), "--out", str(tmp_path / "run"),
+                 "--method", "scd,gradcam:layer=x:depth=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == ("fidoflow: error: method 'gradcam' has no setting depth; "
+                                 "settings: layer")
+    assert not (tmp_path / "run").exists()
