@@ -13,6 +13,9 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
+from storage.lease import Lease
+from storage.runfolder import RunFolder
+
 from .config import RunConfig
 from .server import prefect_home
 from .settings import RunSettings, add_cli_options, settings_from_cli
@@ -144,6 +147,8 @@ def fail(exc: BaseException) -> int:
     prefix = "" if known else f"{type(exc).__name__}: "
     print(f"fidoflow: error: {prefix}{message} (details: {log})", file=sys.stderr)
     return 1
+
+
 def print_methods() -> None:
     """Every registered method kind: its description and default settings."""
     from pipeline.methods.registry import describe
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(source).exists():
                 parser.error(f"source folder not found: {source}")
         config = settings.to_config(source, args.out)
+        Lease(RunFolder(config.root)).check()  # a busy folder fails before anything starts
         outcome = execute(config.source, config.root, settings)
     except KeyboardInterrupt:
         print("fidoflow: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -85,11 +85,16 @@ class Lease:
                 return
             held = self.holder()
             if held is not None and not holder_gone(held, time.time()):
-                raise RunLocked(
-                    f"{self.run.root} is being written by another run (host {held.get('host')}, "
-                    f"pid {held.get('pid')}, since {held.get('taken')}); wait for it to end")
+                raise RunLocked(self._held_message(held))
             self._take_over(held)
         raise RunLocked(f"{self.run.root}: could not take the lease (other runs keep taking it)")
+
+    def check(self) -> None:
+        """Raise ``RunLocked`` now if a live run holds the folder (a cheap early look; the lease
+        itself is taken by ``acquire``)."""
+        held = self.holder()
+        if held is not None and not holder_gone(held, time.time()):
+            raise RunLocked(self._held_message(held))
 
     def release(self) -> None:
         self._stop.set()
@@ -118,6 +123,10 @@ class Lease:
         self.release()
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _held_message(self, held: dict) -> str:
+        return (f"{self.run.root} is being written by another run (host {held.get('host')}, "
+                f"pid {held.get('pid')}, since {held.get('taken')}); wait for it to end")
 
     def _payload(self) -> bytes:
         return json.dumps(self.record(), sort_keys=True).encode()

@@ -66,6 +66,7 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
     from prefect import flow, task
 
     from flows.explain_archive import workers_ready
+    from flows.server import prefect_api
 
     @task(name="dies")
     def dies() -> None:
@@ -75,8 +76,8 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
     def dying() -> None:
         workers_ready(dies.submit())
 
-    with pytest.raises(RuntimeError, match="the Dask workers cannot run fidoflow's tasks "
-                                           r"\(KilledWorker"):
+    with prefect_api(), pytest.raises(RuntimeError, match="the Dask workers cannot run "
+                                                        r"fidoflow's tasks \(KilledWorker"):
         dying()
 
 

@@ -99,3 +99,16 @@ def test_a_file_in_place_of_the_folder_is_one_clear_error(tmp_path: Path) -> Non
     (tmp_path / "run").write_text("not a folder")
     with pytest.raises(NotADirectoryError, match="exists and is not a folder"):
         Lease(RunFolder(str(tmp_path / "run"))).acquire()
+
+
+def test_a_second_cli_run_fails_at_once_naming_the_holder(tmp_path: Path, capsys) -> None:
+    from flows.cli import main
+
+    (tmp_path / "photos").mkdir()
+    with Lease(RunFolder(str(tmp_path / "run"))):
+        began = time.monotonic()
+        assert main(["run", str(tmp_path / "photos"), "--out", str(tmp_path / "run"),
+                     "--model", "synthetic-cnn"]) == 1
+        assert time.monotonic() - began < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is being written by another run" in err[0]
