@@ -101,15 +101,6 @@ def test_cli_lists_methods_with_defaults(capsys) -> None:
     assert "infill=blur" in out and "layer=None" in out
 
 
-def test_a_deployment_writes_the_same_entries_as_a_list() -> None:
-    from flows.config import RunConfig
-
-    shell = RunConfig.from_settings("/a", "/run", {"method": "scd,knockoff=scd:infill=knockoff"})
-    listed = RunConfig.from_settings("/a", "/run", {"method": ["scd",
-                                                               "knockoff=scd:infill=knockoff"]})
-    assert shell == listed and listed.methods["knockoff"].config.infill == "knockoff"
-
-
 def test_an_unknown_method_is_a_one_line_cli_error(photo_folder, tmp_path, capsys) -> None:
     from flows.cli import main
 
