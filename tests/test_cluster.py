@@ -92,3 +92,24 @@ def test_automatic_shards_give_every_worker_work(images: int, workers: int, size
     got = auto_shard_size(images, workers)
     assert (got, -(-images // got)) == (size, shards)
     assert got <= LARGEST_AUTO_SHARD
+
+
+def test_gpu_decisions_taken_on_the_cpu() -> None:
+    """What a CUDA run decides, checked without a GPU: 8 images per step on a GPU, 1 on a CPU;
+    bf16 autocast only on CUDA inputs; a CUDA run's tasks use their worker's own GPU."""
+    import torch
+
+    from flows.config import RunConfig
+    from pipeline.methods.fido import FidoConfig, FidoObjective
+    from pipeline.models.device import default_batch_size
+
+    assert default_batch_size(torch.device("cuda")) == 8
+    assert default_batch_size(torch.device("cuda", 1)) == 8
+    assert default_batch_size(torch.device("cpu")) == 1
+    assert RunConfig(source="/a", root="/r", batch_size=None, device="cpu").images_per_step == 1
+    images = torch.rand(1, 3, 8, 8)
+    objective = FidoObjective(torch.nn.Flatten(), images, torch.tensor([0]),
+                              FidoConfig(mask_size=4), [0])
+    assert objective.autocast is False  # a CPU tensor never autocasts, whatever the config
+    plan = plan_cluster(4, "auto", None, "/r", 4)
+    assert plan.workers == 4 and plan.gpus == (0, 1, 2, 3) and plan.task_device == "cuda"
