@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{outcome['shards_run']} of {outcome['shards']} shards run, "
           f"{outcome['images_run']} images, {outcome['errors']} errors "
           f"({outcome['shard_seconds']:.1f} s of shard work in {time.monotonic() - began:.1f} s)")
+    if outcome["analysis_seconds"]:
+        print(f"analysis: {outcome['analysis_seconds']:.1f} s of shard work (re-classify and "
+              f"evaluate), {outcome['analysis_seconds'] / max(outcome['shard_seconds'], 1e-9):.2f}"
+              " × the explain work")
     if outcome["shards_run"]:
         print(f"start-up: the first shard started {outcome['first_shard_started'] - began_clock:.1f}"
               " s after the command")

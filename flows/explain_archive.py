@@ -5,6 +5,7 @@ run's artifacts (the summary as a table, the report's location as markdown)."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 
 from prefect import flow, task
@@ -62,17 +63,21 @@ def explain_shard_task(config_json: dict, shard: int, busy_workers: int) -> dict
 
 
 @task(name="reclassify-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def reclassify_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, int]:
+def reclassify_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, float]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
-    return reclassify_shard(config, shard, AnalysisConfig.from_json(analysis_json))
+    began = time.perf_counter()
+    outcome = reclassify_shard(config, shard, AnalysisConfig.from_json(analysis_json))
+    return {**outcome, "seconds": time.perf_counter() - began}
 
 
 @task(name="evaluate-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, int]:
+def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, float]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
-    return evaluate_shard(config, shard, AnalysisConfig.from_json(analysis_json))
+    began = time.perf_counter()
+    outcome = evaluate_shard(config, shard, AnalysisConfig.from_json(analysis_json))
+    return {**outcome, "seconds": time.perf_counter() - began}
 
 
 @task(name="aggregate-run", cache_policy=NO_CACHE, persist_result=False)
@@ -141,7 +146,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     busy = min(config.workers, max(len(todo), 1))
     explain_futures = [explain_shard_task.submit(config_json, shard, busy) for shard in todo]
     images = errors = analysis_errors = 0
-    shard_seconds, first_start = 0.0, float("inf")
+    shard_seconds, analysis_seconds, first_start = 0.0, 0.0, float("inf")
     with Progress(transient=False) as progress:
         bar = progress.add_task("explaining", total=len(todo))
         bars = {stage: progress.add_task(stage, total=total) for stage, total in totals.items()}
@@ -158,6 +163,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
         for future in as_completed([f for _, f in futures]):
             outcome = future.result()
             analysis_errors += outcome["errors"]
+            analysis_seconds += outcome["seconds"]
             stage = by_future[id(future)]
             progress.update(bars[stage], advance=1,
                             description=f"{stage}: shard {outcome['shard']} done")
@@ -166,7 +172,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     if config.analyse:
         publish_artifacts(summary)
     return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors,
-            "shard_seconds": shard_seconds, "first_shard_started": first_start,
+            "shard_seconds": shard_seconds, "analysis_seconds": analysis_seconds,
+            "first_shard_started": first_start,
             "analysis_errors": analysis_errors, "reclassified": totals.get("reclassify", 0),
             "evaluated": totals.get("evaluate", 0),
             "summary": summary["summary"], "report": summary["report"]}
