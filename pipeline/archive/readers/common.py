@@ -130,7 +130,9 @@ def filter_split(entries: list[dict], split: str, format_name: str) -> list[dict
 
 def finish(entries: list[dict], root: Path, split: str = "all", format_name: str = "archive",
            workers: int = 4) -> pd.DataFrame:
-    """Manifest rows for ``entries`` below ``root``: checked, described, deduplicated, typed."""
+    """Manifest rows for ``entries`` below ``root``: checked, described, deduplicated, typed.
+    ``entries`` is consumed (emptied as its rows are built): an archive of a million images
+    must not hold two sets of per-row records at once."""
     entries = filter_split(entries, split, format_name)
     root_real = os.path.realpath(root)
     rows: list[dict] = []
@@ -152,6 +154,7 @@ def finish(entries: list[dict], root: Path, split: str = "all", format_name: str
             if real is not None:
                 to_describe.append((len(rows), real))
         rows.append(row)
+    entries.clear()
     for (i, _), info in zip(to_describe, _map(describe_file, [p for _, p in to_describe], workers)):
         rows[i].update(info)
     mark_duplicates(rows)
@@ -210,6 +213,7 @@ def mark_duplicates(rows: list[dict]) -> None:
 def typed_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows as a DataFrame with every manifest column in the documented order and dtypes."""
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    rows.clear()  # the records are in the frame now; free them before the columns are typed
     for column, dtype in COLUMNS.items():
         if dtype != "object":
             frame[column] = frame[column].astype(dtype)
