@@ -147,7 +147,8 @@ def one_line(exc: ValidationError) -> str:
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "settings"
         message = error["msg"].removeprefix("Value error, ")
-        given = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+        # a check of ours names the problem itself; pydantic's own (bounds, types) get the value
+        given = "" if error["type"] in ("missing", "value_error") else f" (got {error['input']!r})"
         problems.append(f"{field}: {message}{given}")
     return "invalid settings: " + "; ".join(problems)
 

@@ -92,6 +92,8 @@ class Lease:
     def check(self) -> None:
         """Raise ``RunLocked`` now if a live run holds the folder (a cheap early look; the lease
         itself is taken by ``acquire``)."""
+        if self.run.fs.exists(self.run.path) and not self.run.fs.isdir(self.run.path):
+            raise NotADirectoryError(f"{self.run.root} exists and is not a folder")
         held = self.holder()
         if held is not None and not holder_gone(held, time.time()):
             raise RunLocked(self._held_message(held))
@@ -110,7 +112,7 @@ class Lease:
         try:
             with self.run.fs.open(self.path, "rb") as fh:
                 return json.loads(fh.read() or b"{}")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except json.JSONDecodeError:  # a holder caught mid-write: treat as held, expiring soon
             return {"expires": time.time() + 1.0}

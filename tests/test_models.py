@@ -255,7 +255,7 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
     write_archive(tmp_path / "syn", 6, seed=0, size=32, classes=3)
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),
                        model="synthetic-cnn")
-    table, labels = build_manifest(config, model_of(config))
+    _, table, labels = build_manifest(config, model_of(config))
     rows = table.to_pylist()
     assert labels["mode"] == "name-match" and labels["mapped"] == 6
     for row in rows:
@@ -275,6 +275,6 @@ def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) ->
                                       "blue_barred\n")
     config = RunConfig(source=str(tmp_path / "cub"), root=str(tmp_path / "run"),
                        model="synthetic-cnn", label_map=str(tmp_path / "map.csv"))
-    table, labels = build_manifest(config, model_of(config))
+    _, table, labels = build_manifest(config, model_of(config))
     assert table.column("model_label").to_pylist() == [NAMES.index("blue_barred")] * 2 + [None] * 2
     assert labels["unknown_names"] == {"002.Laysan_Albatross": 2} and labels["mapped"] == 2

@@ -313,7 +313,7 @@ def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> 
               "folder": lambda: imagefolder(tmp_path / "folder")}[fixture]()
     config = RunConfig(source=str(source), root=str(tmp_path / "run"), model="synthetic-cnn",
                        shard_size=3)
-    table, labels = build_manifest(config, model_of(config))
+    _, table, labels = build_manifest(config, model_of(config))
     assert table.schema.equals(schemas.MANIFEST)
     assert table.column("shard").to_pylist() == [i // 3 for i in range(table.num_rows)]
     assert labels["mode"] == "none" and labels["mapped"] == 0

@@ -35,7 +35,8 @@ def test_a_label_run_explains_the_label_and_records_it(tmp_path: Path) -> None:
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),
                        model="synthetic-cnn", methods=parse_methods("saliency,gradcam"),
                        target="label", shard_size=8, mask_size=12)
-    for shard in range(stages.prepare_run(config)):
+    config, shards = stages.prepare_run(config)
+    for shard in range(shards):
         stages.explain_shard(config, shard)
     run = RunFolder(config.root)
     assert run.read_json("run.json")["config"]["target"] == "label"
