@@ -85,7 +85,8 @@ def add_run_options(parser: argparse.ArgumentParser, out_required: bool) -> None
                              "manifest's label where it is one of the model's classes")
     parser.add_argument("--samples", type=positive_int, help="samples B per image and step")
     parser.add_argument("--iterations", type=positive_int, help="optimisation steps")
-    parser.add_argument("--mask-size", type=positive_int, help="mask side h = w")
+    parser.add_argument("--mask-size", type=positive_int,
+                        help="side h = w of every stored map, and of FIDO's mask (default 28)")
     parser.add_argument("--infill", choices=sorted(INFILLS), help="what replaces dropped pixels")
     parser.add_argument("--stop-change", type=float, metavar="TOL",
                         help="stop an image early once its mask cells moved less than TOL on average "
