@@ -49,7 +49,8 @@ class RunSettings(BaseModel):
     samples: int | None = Field(None, ge=1, description="samples B per image and step "
                                                          "(default: the method's, 4)")
     iterations: int | None = Field(None, ge=1, description="optimisation steps (default 30)")
-    mask_size: int | None = Field(None, ge=1, description="mask side h = w (default 28)")
+    mask_size: int | None = Field(None, ge=1, description="side h = w of every stored map and "
+                                                         "of FIDO's mask (default 28)")
     infill: Literal[tuple(sorted(INFILLS))] | None = Field(  # type: ignore[valid-type]
         None, description="what replaces dropped pixels (default blur)")
     stop_change: float | None = Field(

@@ -92,12 +92,12 @@ def explain_rows(
     for name, spec in methods.items():
         result.maps[name] = {m: np.full((n, mask_size, mask_size), np.nan, np.float32)
                              for m in spec.map_names}
-    device_ = resolve_device(device)
-    module = model.on(device_, compile_model)
+    where = resolve_device(device)
+    module = model.on(where, compile_model)
     ok, images = load_batch(root, rows, model.input_size, result, limits, model.resize)
     if images is None:
         return result
-    images = images.to(device_)
+    images = images.to(where)
     probs = class_probabilities(module, images, batch_size)
     top_p, top_k = probs.topk(min(5, probs.shape[1]), dim=1)
     targets, sources = choose_targets([rows[i] for i in ok], top_k[:, 0], target)
@@ -105,7 +105,7 @@ def explain_rows(
     for name, spec in methods.items():
         began = time.perf_counter()
         with spec.build(module) as method:
-            out = method.attribute(images, targets.to(device_), seeds, batch_size, mask_size)
+            out = method.attribute(images, targets.to(where), seeds, batch_size, mask_size)
         seconds = (time.perf_counter() - began) / len(ok)
         for map_name in spec.map_names:
             result.maps[name][map_name][ok] = out.maps[map_name].float().cpu().numpy()
