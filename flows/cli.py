@@ -1,4 +1,5 @@
-"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``)."""
+"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``), or
+train a classifier to explain (``train``)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     add_run_options(demo, out_required=False)
     demo.set_defaults(shard_size=3)  # five photos: two shards keep both default workers busy
+
+    from .train_cli import add_train_command  # fidoflow train: flows/train_cli.py
+    add_train_command(commands)
     return parser
 
 
@@ -199,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     prefect_home()
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
+        if args.command == "train":  # flows/train_cli.py
+            from .train_cli import run_train
+            return run_train(args)
         if args.command == "demo":
             from .demo import prepare_demo_archive, print_demo_table
 
