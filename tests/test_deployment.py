@@ -15,6 +15,8 @@ def test_every_deployment_names_the_flow_and_its_parameters() -> None:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     accepted = set(inspect.signature(explain_archive.fn).parameters)
     for deployment in spec["deployments"]:
+        if deployment["entrypoint"].endswith(":train_classifier"):
+            continue  # tests/test_training_flow.py
         path, name = deployment["entrypoint"].split(":")
         assert (ROOT / path).is_file() and name == "explain_archive"
         assert explain_archive.name == "explain-archive"
