@@ -1,5 +1,5 @@
-"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``); list
-the attribution methods (``methods``)."""
+"""``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``), list
+the attribution methods (``methods``), or train a classifier to explain (``train``)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_options(demo, archive=False)
     commands.add_parser("methods", help="list the registered attribution methods, their "
                                         "settings and defaults")
+
+    from .train_cli import add_train_command  # fidoflow train: flows/train_cli.py
+    add_train_command(commands)
     return parser
 
 
@@ -172,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     terminate_on_sigterm()
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # a torn-down cluster is not news
     try:
+        if args.command == "train":  # flows/train_cli.py
+            from .train_cli import run_train
+            return run_train(args)
         settings = settings_from_cli(args)
         if args.command == "demo":
             from .demo import prepare_demo_archive, print_demo_table

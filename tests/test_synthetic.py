@@ -88,3 +88,27 @@ def test_committed_classifier_solves_a_fresh_set() -> None:
     print(f"accuracy on 320 fresh scenes {accuracy:.3f}, patch greyed {without_part:.3f}")
     assert accuracy >= 0.9
     assert without_part < 0.3  # chance is 1/8: the classifier needs the patch
+
+
+def test_fine_classes_differ_by_wing_patch_and_crown_only() -> None:
+    from pipeline.archive.synthetic import CROWN, FINE_CLASS_NAMES, WING
+
+    assert len(FINE_CLASS_NAMES) == 24
+    scenes = [make_scene(7, label, fine=True) for label in range(len(FINE_CLASS_NAMES))]
+    ids = scenes[0].part_ids
+    assert set(ids.unique().tolist()) == {0, WING, CROWN}
+    assert 0.002 < (ids == CROWN).float().mean() < 0.01
+    for other in scenes[1:]:
+        assert torch.equal(other.part_ids, ids) and torch.equal(other.part_mask, ids > 0)
+        changed = (other.image != scenes[0].image).any(dim=0)
+        assert changed.any() and not (changed & (ids == 0)).any()
+    # labels 0 and 1 share the wing patch: only the crown differs
+    changed = (scenes[1].image != scenes[0].image).any(dim=0)
+    assert not (changed & (ids != CROWN)).any()
+    # the crown draws nothing from the random stream: a fine scene is the default scene of its
+    # wing patch plus a crown, so the default scenes (and the committed classifier) are unchanged
+    plain = make_scene(7, 1)  # fine label 2 = wing class 1 with the first crown
+    changed = (scenes[2].image != plain.image).any(dim=0)
+    assert changed.any() and not (changed & (ids != CROWN)).any()
+    data = make_dataset(6, seed=1, classes=16, fine=True)
+    assert data.class_names == FINE_CLASS_NAMES[:16] and data.part_ids.shape == (6, 96, 96)

@@ -1,5 +1,10 @@
 """A fine-grained benchmark with known answers: birds whose classes differ only by a wing patch.
 
+``fine=True`` gives the 24 classes of FINE_CLASS_NAMES instead: the same 12 wing patches, each
+with one of two crown colours, so classes differ by two small parts (the wing patch and the
+crown cap on the head); ``part_ids`` then tells the parts apart (1 wing, 2 crown). The default
+scenes are unchanged by this option: the crown draws nothing from the random stream.
+
 Every scene is drawn from its own random stream and the label is used only to colour the wing
 patch, which is painted last; so rendering one scene with two labels changes pixels only inside
 the patch, and the patch's pixel mask is the ground-truth discriminative region. The clutter
@@ -29,6 +34,12 @@ PALETTE: dict[str, tuple[float, float, float]] = {
 }
 PATTERNS = ("plain", "barred")
 CLASS_NAMES = tuple(f"{c}_{p}" for c in PALETTE for p in PATTERNS)
+CROWNS: dict[str, tuple[float, float, float]] = {
+    "orange": (0.98, 0.52, 0.06),
+    "green": (0.14, 0.68, 0.22),
+}
+FINE_CLASS_NAMES = tuple(f"{w}_{c}-crown" for w in CLASS_NAMES for c in CROWNS)
+WING, CROWN = 1, 2  # values of part_ids
 DARK = np.array([0.08, 0.07, 0.06], dtype=np.float32)
 BODY_SCALE = (0.15, 0.24)  # body semi-major axis / image side: the patch covers ~1-2.5 %
 
@@ -42,11 +53,13 @@ class Scene:
     part_mask: torch.Tensor
     part_box: torch.Tensor
     object_box: torch.Tensor
+    part_ids: torch.Tensor | None = None  # (H, W) uint8, fine scenes only: 1 wing, 2 crown
 
 
 @dataclass
 class SyntheticSet:
-    """N scenes stacked: images (N, 3, H, W), labels (N,), part masks (N, H, W), boxes (N, 4)."""
+    """N scenes stacked: images (N, 3, H, W), labels (N,), part masks (N, H, W), boxes (N, 4),
+    and for fine scenes the part ids (N, H, W)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -54,6 +67,7 @@ class SyntheticSet:
     part_boxes: torch.Tensor
     object_boxes: torch.Tensor
     class_names: tuple[str, ...]
+    part_ids: torch.Tensor | None = None
 
 
 class _Canvas:
@@ -175,6 +189,15 @@ class _Bird:
         return _patch(canvas, x, y, 0.5 * self.a, 0.45 * self.b, self.angle - self.facing * 0.1,
                       colour, barred, self.part_period, self.part_phase)
 
+    def paint_crown(self, canvas: _Canvas, colour: np.ndarray) -> tuple:
+        """A cap on top of the head in ``colour``; returns its window and coverage."""
+        rh = 0.55 * self.b
+        x, y = self.at(0.85 * self.a, -0.6 * self.b - 0.6 * rh)
+        win, alpha, _, v = canvas.ellipse(x, y, 0.75 * rh, 0.42 * rh, self.angle)
+        shade = np.clip(colour[:, None, None] * (1.0 - 0.1 * v / (0.42 * rh))[None], 0, 1)
+        canvas.paint(win, alpha, shade)
+        return win, alpha
+
 
 def _patch(canvas: _Canvas, x: float, y: float, pa: float, pb: float, angle: float,
            colour: np.ndarray, barred: bool, period: float, phase: float) -> tuple:
@@ -209,15 +232,23 @@ def _place(rng: np.random.Generator, size: int, radius: float, avoid: tuple[floa
     return None
 
 
+def class_names(fine: bool = False) -> tuple[str, ...]:
+    """The classes of the default (wing patch only) or the fine (wing patch and crown) scenes."""
+    return FINE_CLASS_NAMES if fine else CLASS_NAMES
+
+
 def make_scene(rng_or_seed: np.random.Generator | int, label: int, size: int = DEFAULT_SIZE,
-               small_objects: bool = False) -> Scene:
+               small_objects: bool = False, fine: bool = False) -> Scene:
     """Render one scene of class ``label``; all randomness is drawn independently of the label.
 
     ``small_objects`` keeps birds at the pixel scale of a DEFAULT_SIZE scene, so that in a larger
     ``size`` they cover a small fraction of the image (more clutter is added to match).
+    ``fine``: ``label`` indexes FINE_CLASS_NAMES and the bird also gets a coloured crown.
     """
-    if not 0 <= label < len(CLASS_NAMES):
-        raise ValueError(f"label {label} outside 0..{len(CLASS_NAMES) - 1}")
+    names = class_names(fine)
+    if not 0 <= label < len(names):
+        raise ValueError(f"label {label} outside 0..{len(names) - 1}")
+    wing_label = label // len(CROWNS) if fine else label
     rng = _rng(rng_or_seed)
     scale = DEFAULT_SIZE if small_objects else size
     clutter = (size / scale) ** 2
@@ -249,22 +280,31 @@ def make_scene(rng_or_seed: np.random.Generator | int, label: int, size: int = D
     light = rng.uniform(0.9, 1.1, (3, 1, 1)).astype(np.float32)
     grain = rng.normal(0, rng.uniform(0.01, 0.03), canvas.img.shape).astype(np.float32)
 
-    win, alpha = bird.paint_part(canvas, *_class_spec(label))
+    win, alpha = bird.paint_part(canvas, *_class_spec(wing_label))
     part_mask = np.zeros((size, size), dtype=bool)
     part_mask[win] = alpha > 0
+    part_ids = None
+    if fine:
+        part_ids = np.where(part_mask, WING, 0).astype(np.uint8)
+        crown = np.array(list(CROWNS.values())[label % len(CROWNS)], dtype=np.float32)
+        win, alpha = bird.paint_crown(canvas, crown)
+        part_ids[win] = np.where(alpha > 0, CROWN, part_ids[win])
+        part_mask = part_ids > 0
     image = np.clip(canvas.img * light + grain, 0.0, 1.0)
     return Scene(torch.from_numpy(image), label, torch.from_numpy(part_mask), _box(part_mask),
-                 _box(object_mask | part_mask))
+                 _box(object_mask | part_mask),
+                 torch.from_numpy(part_ids) if part_ids is not None else None)
 
 
 def make_dataset(n: int, seed: int, size: int = DEFAULT_SIZE, classes: int = 8,
-                 small_objects: bool = False) -> SyntheticSet:
+                 small_objects: bool = False, fine: bool = False) -> SyntheticSet:
     """``n`` scenes, labels cycling through the first ``classes`` classes; scene i depends only
     on (seed, i), so a longer set extends a shorter one."""
-    if not 2 <= classes <= len(CLASS_NAMES):
-        raise ValueError(f"classes must be in 2..{len(CLASS_NAMES)}")
+    names = class_names(fine)
+    if not 2 <= classes <= len(names):
+        raise ValueError(f"classes must be in 2..{len(names)}")
     streams = np.random.SeedSequence(seed).spawn(n)
-    scenes = [make_scene(np.random.default_rng(s), i % classes, size, small_objects)
+    scenes = [make_scene(np.random.default_rng(s), i % classes, size, small_objects, fine)
               for i, s in enumerate(streams)]
     return SyntheticSet(
         images=torch.stack([s.image for s in scenes]),
@@ -272,12 +312,13 @@ def make_dataset(n: int, seed: int, size: int = DEFAULT_SIZE, classes: int = 8,
         part_masks=torch.stack([s.part_mask for s in scenes]),
         part_boxes=torch.stack([s.part_box for s in scenes]),
         object_boxes=torch.stack([s.object_box for s in scenes]),
-        class_names=CLASS_NAMES[:classes],
+        class_names=names[:classes],
+        part_ids=torch.stack([s.part_ids for s in scenes]) if fine else None,
     )
 
 
 def write_archive(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
-                  classes: int = 8, small_objects: bool = False) -> Path:
+                  classes: int = 8, small_objects: bool = False, fine: bool = False) -> Path:
     """Write ``root/<class>/<id>.png``, ``ground_truth.csv`` and ``part_masks.npz``; returns root.
 
     The CSV has image_id, path (relative to root), label, class_name, the patch box
@@ -288,7 +329,7 @@ def write_archive(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
     from PIL import Image
 
     root = Path(root)
-    data = make_dataset(n, seed, size, classes, small_objects)
+    data = make_dataset(n, seed, size, classes, small_objects, fine)
     rows = []
     for i in range(n):
         image_id = f"{seed}-{i:06d}"

@@ -11,7 +11,9 @@ A model spec is one of
 
 Model card fields (all optional except ``architecture`` for a state_dict)::
 
-    architecture: fidoflow:synthetic-cnn   # torchvision:<name>, timm:<name>, efficientnet-lite0
+    architecture: fidoflow:synthetic-cnn   # torchvision:<name>, timm:<name>, efficientnet-lite0,
+                                           # or a class-map network of pipeline/training:
+                                           # fidoflow:synthetic-cnn-maps, efficientnet-lite0-maps
     classes: classes.txt                   # file (one name a line, relative to the card) or list
     num_classes: 8                         # when no class names are given
     input_size: 96                         # or [height, width]
@@ -228,6 +230,8 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
         k = num_classes or NUM_CLASSES
         return Architecture(SyntheticCNN(k), (96, 96), None, None,
                             list(CLASS_NAMES[:k]) if k <= len(CLASS_NAMES) else None)
+    if kind == "fidoflow" and arch.endswith("-maps"):
+        return _class_map_architecture(name, arch.removesuffix("-maps"), num_classes)
     if kind == "fidoflow" and arch == BUILTIN:
         from efficientnet_lite_pytorch import EfficientNet
         k = num_classes or 1000
@@ -257,6 +261,19 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
                             tuple(cfg.get("std", IMAGENET_STD)))
     raise ModelError(f"unknown architecture {name!r}; expected fidoflow:{SYNTHETIC}, "
                      f"{BUILTIN}, torchvision:<name> or timm:<name>")
+
+
+def _class_map_architecture(name: str, backbone: str, num_classes: int | None) -> Architecture:
+    """A class-map network trained by ``fidoflow train`` (pipeline/training/network.py)."""
+    from ..training.network import BACKBONES, build_network
+
+    if backbone not in BACKBONES:
+        raise ModelError(f"unknown architecture {name!r}; class-map networks exist for "
+                         f"{', '.join(BACKBONES)}")
+    if not num_classes:
+        raise ModelError(f"architecture {name} needs classes or num_classes in its model card")
+    net = build_network(backbone, num_classes)
+    return Architecture(net, net.backbone.input_size, None, None)
 
 
 # --- loading -------------------------------------------------------------------------------

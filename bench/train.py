@@ -1,0 +1,142 @@
+"""Plain CE vs CE + diversification block vs GCE + block on the fine synthetic birds.
+
+    .venv/bin/python bench/train.py                       # 24 classes, 3 seeds (~15 min on 2 cores)
+    .venv/bin/python bench/train.py --seeds 1 --epochs 2  # a quick look
+
+The fine scenes (pipeline/synthetic.py, ``fine=True``) have classes that differ by two small
+parts, the wing patch (~2 % of the image) and the crown (~0.6 %); train, validation and test
+scenes come from different seeds. Each variant trains the class-map network on the synthetic
+CNN's backbone (pipeline/training) with every seed; test accuracy is given as the mean over seeds
+with a 95 % t-interval. Then SCD masks (the engine's defaults, true class) of every trained model
+on the first test scenes say where its evidence lies: the share of the saliency mass on the
+parts (wing, crown, both) and the parts hit (a part is hit when the map reaches half its maximum
+somewhere on it). Prints a Markdown table; timings carry the load average they were taken at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from pipeline.analysis.metrics import share_inside
+from pipeline.archive.synthetic import CROWN, WING, make_dataset
+from pipeline.imaging.filters import resize_maps
+from pipeline.methods.fido import Fido, FidoConfig
+from pipeline.training.data import ImageTensors, TrainData
+from pipeline.training.diversify import DiversifyConfig
+from pipeline.training.loop import TrainConfig, evaluate, fit
+from pipeline.training.network import build_network
+
+VARIANTS = {
+    "CE": {"loss": "ce", "diversify": None},
+    "CE + block": {"loss": "ce", "diversify": DiversifyConfig()},
+    "GCE + block": {"loss": "gce", "diversify": DiversifyConfig()},
+}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def generate(n: int, seed: int, classes: int, chunk: int = 500):
+    """Fine scenes as uint8 images, labels and part ids (scene i depends on (seed, i) only)."""
+    parts = [make_dataset(min(chunk, n - s), seed + s, classes=classes, fine=True)
+             for s in range(0, n, chunk)]
+    images = torch.cat([(p.images * 255).round().to(torch.uint8) for p in parts])
+    return (ImageTensors(images, torch.cat([p.labels for p in parts])),
+            torch.cat([p.part_ids for p in parts]), parts[0].class_names)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def part_evidence(net: torch.nn.Module, test: ImageTensors, part_ids: torch.Tensor,
+                  n: int) -> dict[str, float]:
+    """SCD masks of the true class on the first ``n`` test scenes: saliency shares and parts hit."""
+    images = test.images[:n].float() / 255
+    with Fido(net.eval(), FidoConfig()) as fido:
+        joint = fido.attribute(images, test.labels[:n], list(range(n))).maps["joint"].float()
+    ids = part_ids[:n]
+    sal = resize_maps(joint, tuple(images.shape[-2:]))
+    hits = torch.stack([(torch.where(ids == p, sal, 0).flatten(1).max(1).values
+                         >= 0.5 * sal.flatten(1).max(1).values) for p in (WING, CROWN)], 1)
+    return {"share_parts": share_inside(joint, (ids > 0).float()).nanmean().item(),
+            "share_wing": share_inside(joint, (ids == WING).float()).nanmean().item(),
+            "share_crown": share_inside(joint, (ids == CROWN).float()).nanmean().item(),
+            "parts_hit": hits.float().sum(1).mean().item(),
+            "both_hit": hits.all(1).float().mean().item()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, default=24)
+    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--val", type=int, default=480)
+    parser.add_argument("--test", type=int, default=1200)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--masks", type=int, default=32, help="test scenes explained per model")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+
+    began = time.perf_counter()
+    train, _, names = generate(args.train, 10_000_000, args.classes)
+    val, _, _ = generate(args.val, 20_000_000, args.classes)
+    test, test_parts, _ = generate(args.test, 30_000_000, args.classes)
+    data = TrainData(train, val, test, list(names))
+    print(f"generated {args.train} + {args.val} + {args.test} scenes, {args.classes} classes, "
+          f"in {time.perf_counter() - began:.0f} s", flush=True)
+
+    rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    for seed in range(args.seeds):
+        for name, variant in VARIANTS.items():
+            config = TrainConfig(backbone="synthetic-cnn", epochs=args.epochs, lr=args.lr,
+                                 batch_size=args.batch, seed=seed, **variant)
+            start = time.perf_counter()
+            result = fit(config, data, device, lambda checkpoint, improved: None)
+            seconds = time.perf_counter() - start
+            load = os.getloadavg()[0]
+            net = build_network("synthetic-cnn", args.classes)
+            net.load_state_dict(result.best_state)
+            accuracy = evaluate(net, test, device)[1]
+            evidence = part_evidence(net, test, test_parts, args.masks) if args.masks else {}
+            rows[name].append({"accuracy": accuracy, "seconds": seconds, "load": load,
+                               "val": result.history[result.best_epoch - 1]["val_accuracy"],
+                               **evidence})
+            print(f"seed {seed} {name}: test accuracy {accuracy:.3f} (best epoch "
+                  f"{result.best_epoch}), {seconds:.0f} s at load {load:.1f}, "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in evidence.items()), flush=True)
+
+    print(f"\n{args.classes} classes, {args.train} training scenes, {args.epochs} epochs, "
+          f"{args.seeds} seeds, k = 15 for GCE, masks on {args.masks} test scenes per model\n")
+    keys = ["accuracy", "share_parts", "share_wing", "share_crown", "parts_hit", "both_hit"]
+    print("| variant | test accuracy (95 % CI) | share on parts | wing | crown | parts hit (of 2) "
+          "| both hit | train s/run* |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, results in rows.items():
+        cells = []
+        for key in keys:
+            if key not in results[0]:
+                cells.append("–")
+                continue
+            mean, half = mean_ci([r[key] for r in results])
+            cells.append(f"{mean:.3f} ± {half:.3f}" if key == "accuracy" else f"{mean:.3f}")
+        seconds = statistics.fmean(r["seconds"] for r in results)
+        load = statistics.fmean(r["load"] for r in results)
+        print(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} (load {load:.1f}) |")
+    print(f"\n* measured under load, {args.threads} torch threads; total "
+          f"{time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The ``train-classifier`` flow: train a class-map classifier on an archive (flows/training_stage.py)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from pipeline.training.progress import TrainingBar, epoch_line
+
+from .training_stage import TrainJob, train_model
+
+
+@flow(name="train-classifier", log_prints=False)
+def train_classifier(archive: str, out: str, settings: dict | None = None,
+                     progress: bool = False) -> dict:
+    """Train into ``out`` (resuming its last checkpoint); ``settings`` holds TrainConfig fields
+    plus device, format, images_root, workers; ``progress`` draws a bar on the terminal."""
+    job = TrainJob.from_settings(archive, out, settings)
+    logger = get_run_logger()
+
+    def log_epochs(event: dict) -> None:
+        if event["event"] == "epoch":
+            logger.info(epoch_line(event))
+
+    if not progress:
+        return train_model(job, log_epochs)
+    with TrainingBar() as bar:
+        return train_model(job, lambda event: (bar(event), log_epochs(event)))

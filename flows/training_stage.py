@@ -1,0 +1,96 @@
+"""``fidoflow train`` as a plain function: archive -> decoded tensors -> fit -> model folder.
+No Prefect inside; flows/train.py wraps it in the ``train-classifier`` flow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pipeline.archive.readers import archive_root, read_archive
+from pipeline.imaging.decode import DecodeLimits
+from pipeline.models.device import resolve_device
+from pipeline.training.data import load_frame
+from pipeline.training.loop import TrainConfig, check_resume, evaluate, fit
+from pipeline.training.network import architecture_name, build_network, input_size
+from storage.modelfolder import CARD, WEIGHTS, ModelFolder
+
+from .stages import code_version
+
+# settings that decide where and how fast, not what is learnt
+JOB_FIELDS = ("device", "format", "images_root", "workers")
+
+
+@dataclass
+class TrainJob:
+    """One training: the archive, the output folder, the settings and where to run."""
+
+    archive: str
+    out: str
+    config: TrainConfig
+    device: str = "auto"
+    format: str | None = None
+    images_root: str | None = None
+    workers: int = 4
+
+    @classmethod
+    def from_settings(cls, archive: str, out: str, settings: dict | None) -> TrainJob:
+        """``settings``: any TrainConfig field (``diversify`` a dict of its fields, or null to
+        switch the block off) plus device, format, images_root, workers."""
+        settings = dict(settings or {})
+        job = {k: settings.pop(k) for k in JOB_FIELDS if k in settings}
+        return cls(archive, out, TrainConfig.from_dict(settings), **job)
+
+
+def model_card(config: TrainConfig, classes: list[str]) -> dict:
+    return {"name": f"{config.backbone} class maps ({config.loss}"
+                    f"{', diversification block' if config.diversify else ''})",
+            "architecture": architecture_name(config.backbone),
+            "classes": list(classes),
+            "input_size": list(input_size(config.backbone)),
+            "resize": "squash",
+            "source": "fidoflow train"}
+
+
+def train_model(job: TrainJob, report: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume) into ``job.out``; returns the summary written to training.json."""
+    config = job.config
+    folder = ModelFolder(job.out)
+    resume = folder.read_checkpoint()
+    if resume is not None and resume["config"] != config.as_dict():
+        raise ValueError(f"{job.out} holds a training with other settings; use another --out "
+                         "or the same options")
+    device = resolve_device(job.device)
+    frame = read_archive(job.archive, job.format, "all", job.images_root, job.workers)
+    data = load_frame(frame, archive_root(job.archive, job.images_root), input_size(config.backbone),
+                      config.val_fraction, limits=DecodeLimits(), workers=job.workers)
+    if resume is not None:
+        check_resume(resume, config, data.class_names)
+    card = model_card(config, data.class_names)
+
+    def save(checkpoint: dict, improved: bool) -> None:
+        if improved:
+            folder.write_model(checkpoint["best"]["model"], card)
+        folder.write_metrics(checkpoint["history"])
+        folder.write_checkpoint(checkpoint)
+
+    result = fit(config, data, device, save, resume, report)
+    test_accuracy = None
+    if data.test is not None:
+        net = build_network(config.backbone, len(data.class_names)).to(device)
+        net.load_state_dict(result.best_state)
+        test_accuracy = evaluate(net, data.test, device)[1]
+    best = result.history[result.best_epoch - 1]
+    summary = {
+        "config": config.as_dict(), "archive": job.archive, "device": str(device),
+        "classes": len(data.class_names), "images": {
+            "train": len(data.train), "val": len(data.val),
+            "test": len(data.test) if data.test is not None else 0, "skipped": data.skipped},
+        "epochs": len(result.history), "best_epoch": result.best_epoch,
+        "val_accuracy": best["val_accuracy"], "test_accuracy": test_accuracy,
+        "model": folder.path(WEIGHTS), "card": folder.path(CARD),
+        "code_version": code_version(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    folder.write_summary(summary)
+    return summary
