@@ -139,8 +139,12 @@ def finish(entries: list[dict], root: Path, split: str = "all", format_name: str
     to_describe: list[tuple[int, str]] = []
     derived = Counter(image_id_from_path(str(e["path"])) for e in entries
                       if e.get("image_id") is None and isinstance(e.get("path"), str) and e["path"])
-    for entry in entries:
-        row = {key: None for key in COLUMNS}
+    entries.reverse()  # consumed from the end: each record is freed as its row is made
+    while entries:
+        entry = entries.pop()
+        # only the fields this row has (typed_frame fills the rest): a row of a million
+        # holds ten keys, not every column
+        row = {"path": None, "image_id": None, "manifest_error": None, "manifest_message": None}
         row.update({k: v for k, v in entry.items() if k in COLUMNS})
         if row["path"] is not None and not isinstance(row["path"], str):
             row["path"] = None if pd.isna(row["path"]) else str(row["path"])
@@ -154,7 +158,6 @@ def finish(entries: list[dict], root: Path, split: str = "all", format_name: str
             if real is not None:
                 to_describe.append((len(rows), real))
         rows.append(row)
-    entries.clear()
     for (i, _), info in zip(to_describe, _map(describe_file, [p for _, p in to_describe], workers)):
         rows[i].update(info)
     mark_duplicates(rows)
