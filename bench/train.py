@@ -1,6 +1,6 @@
 """Plain CE vs CE + diversification block vs GCE + block on the fine synthetic birds.
 
-    .venv/bin/python bench/train.py                       # 24 classes, 3 seeds (~15 min on 2 cores)
+    .venv/bin/python bench/train.py                       # 24 classes, 3 seeds (~10 min on 2 quiet cores)
     .venv/bin/python bench/train.py --seeds 1 --epochs 2  # a quick look
 
 The fine scenes (pipeline/synthetic.py, ``fine=True``) have classes that differ by two small
@@ -75,14 +75,14 @@ def part_evidence(net: torch.nn.Module, test: ImageTensors, part_ids: torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=24)
-    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--train", type=int, default=720, help="30 scenes a class, as CUB")
     parser.add_argument("--val", type=int, default=480)
     parser.add_argument("--test", type=int, default=1200)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--masks", type=int, default=32, help="test scenes explained per model")
+    parser.add_argument("--masks", type=int, default=16, help="test scenes explained per model")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
