@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="seeds first-seed .. first-seed + seeds - 1 (split seeds over processes)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma list of the variants to train")
     parser.add_argument("--rows", default=None, metavar="JSONL",
                         help="also append every run's figures to this file")
     parser.add_argument("--table", default=None, metavar="JSONL",
@@ -113,7 +115,8 @@ def main() -> None:
 
     rows = {name: [] for name in VARIANTS}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for name, variant in VARIANTS.items():
+        for name in (v.strip() for v in args.variants.split(",")):
+            variant = VARIANTS[name]
             config = TrainConfig(backbone="synthetic-cnn", epochs=args.epochs, lr=args.lr,
                                  batch_size=args.batch, seed=seed, **variant)
             start = time.perf_counter()
