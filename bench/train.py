@@ -1,6 +1,6 @@
 """Plain CE vs CE + diversification block vs GCE + block on the fine synthetic birds.
 
-    .venv/bin/python bench/train.py                       # 24 classes, 3 seeds (~15 min on 2 cores)
+    .venv/bin/python bench/train.py                       # 24 classes, 3 seeds (~10 min on 2 quiet cores)
     .venv/bin/python bench/train.py --seeds 1 --epochs 2  # a quick look
 
 The fine scenes (pipeline/synthetic.py, ``fine=True``) have classes that differ by two small
@@ -16,6 +16,7 @@ somewhere on it). Prints a Markdown table; timings carry the load average they w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -76,16 +77,32 @@ def part_evidence(net: torch.nn.Module, test: ImageTensors, part_ids: torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=24)
-    parser.add_argument("--train", type=int, default=3000)
+    parser.add_argument("--train", type=int, default=720, help="30 scenes a class, as CUB")
     parser.add_argument("--val", type=int, default=480)
     parser.add_argument("--test", type=int, default=1200)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--masks", type=int, default=32, help="test scenes explained per model")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (split seeds over processes)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma list of the variants to train")
+    parser.add_argument("--rows", default=None, metavar="JSONL",
+                        help="also append every run's figures to this file")
+    parser.add_argument("--table", default=None, metavar="JSONL",
+                        help="only print the table of the runs recorded in this file")
+    parser.add_argument("--masks", type=int, default=16, help="test scenes explained per model")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as fh:
+            runs = [json.loads(line) for line in fh if line.strip()]
+        rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+        for run in runs:
+            rows[run["variant"]].append(run)
+        print_table(rows)
+        return
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
 
@@ -97,9 +114,10 @@ def main() -> None:
     print(f"generated {args.train} + {args.val} + {args.test} scenes, {args.classes} classes, "
           f"in {time.perf_counter() - began:.0f} s", flush=True)
 
-    rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    for seed in range(args.seeds):
-        for name, variant in VARIANTS.items():
+    rows = {name: [] for name in VARIANTS}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for name in (v.strip() for v in args.variants.split(",")):
+            variant = VARIANTS[name]
             config = TrainConfig(backbone="synthetic-cnn", epochs=args.epochs, lr=args.lr,
                                  batch_size=args.batch, seed=seed, **variant)
             start = time.perf_counter()
@@ -110,15 +128,25 @@ def main() -> None:
             net.load_state_dict(result.best_state)
             accuracy = evaluate(net, test, device)[1]
             evidence = part_evidence(net, test, test_parts, args.masks) if args.masks else {}
-            rows[name].append({"accuracy": accuracy, "seconds": seconds, "load": load,
-                               "val": result.history[result.best_epoch - 1]["val_accuracy"],
-                               **evidence})
+            run = {"variant": name, "seed": seed, "accuracy": accuracy, "seconds": seconds,
+                   "load": load, "threads": args.threads,
+                   "val": result.history[result.best_epoch - 1]["val_accuracy"], **evidence}
+            rows[name].append(run)
+            if args.rows:
+                with open(args.rows, "a") as fh:
+                    fh.write(json.dumps(run) + "\n")
             print(f"seed {seed} {name}: test accuracy {accuracy:.3f} (best epoch "
                   f"{result.best_epoch}), {seconds:.0f} s at load {load:.1f}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in evidence.items()), flush=True)
 
     print(f"\n{args.classes} classes, {args.train} training scenes, {args.epochs} epochs, "
-          f"{args.seeds} seeds, k = 15 for GCE, masks on {args.masks} test scenes per model\n")
+          f"{args.seeds} seeds, k = 15 for GCE, masks on {args.masks} test scenes per model; "
+          f"total {time.perf_counter() - began:.0f} s\n")
+    print_table(rows)
+
+
+def print_table(rows: dict[str, list[dict]]) -> None:
+    """The Markdown table: means over seeds (accuracy with its 95 % CI)."""
     keys = ["accuracy", "share_parts", "share_wing", "share_crown", "parts_hit", "both_hit"]
     print("| variant | test accuracy (95 % CI) | share on parts | wing | crown | parts hit (of 2) "
           "| both hit | train s/run* |")
@@ -134,8 +162,10 @@ def main() -> None:
         seconds = statistics.fmean(r["seconds"] for r in results)
         load = statistics.fmean(r["load"] for r in results)
         print(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} (load {load:.1f}) |")
-    print(f"\n* measured under load, {args.threads} torch threads; total "
-          f"{time.perf_counter() - began:.0f} s")
+    runs = [r for rs in rows.values() for r in rs]
+    print(f"\n* measured under load (load average in brackets), "
+          f"{'/'.join(map(str, sorted({r['threads'] for r in runs})))} torch thread(s) a run; "
+          f"seeds {sorted({r['seed'] for r in runs})}")
 
 
 if __name__ == "__main__":
