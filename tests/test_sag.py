@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -95,3 +96,41 @@ def test_same_seed_same_graph_whatever_the_batch() -> None:
                                  batch_size=1)
     assert [r["image"] for r in alone.graphs] == [r["image"] for r in first.graphs]
     assert [r["patches"] for r in alone.graphs] == [r["patches"] for r in first.graphs]
+
+
+def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folder, tmp_path
+                                                                     ) -> None:
+    """The explain stage of a real run folder (synthetic classifier, two methods): the sag part
+    has the schema, one root row per root the predictions count, children pointing at roots;
+    the report turns an image's rows into one picture per root."""
+    import pyarrow.parquet as pq
+
+    from flows import stages
+    from flows.config import RunConfig
+    from flows.report_stage import graph_roots
+    from pipeline.analysis.report import GalleryItem, gallery_html
+    from storage import schemas
+
+    config = RunConfig(source=str(photo_folder), root=str(tmp_path / "run"), model="synthetic-cnn",
+                       methods=parse_methods("rise:masks=8,sag:grid=4:max_patches=4"),
+                       mask_size=8, shard_size=3, workers=1)
+    config, shards = stages.prepare_run(config)
+    assert shards == 1
+    stages.explain_shard(config, 0)
+    table = pq.read_table(tmp_path / "run" / "sag" / "part-00000.parquet")
+    assert table.schema.equals(schemas.SAG)
+    nodes = table.to_pandas()
+    predictions = pq.read_table(tmp_path / "run" / "predictions").to_pandas()
+    counted = {r.image_id: dict(r.scalars)["roots"] for r in predictions.itertuples()
+               if r.method == "sag"}
+    assert counted == {i: float(((nodes.image_id == i) & nodes.root).sum())
+                       for i in ("chelsea", "coffee", "sub/rocket")}
+    assert set(nodes.method) <= {"sag"} and (nodes.grid == 4).all()
+    children = nodes[~nodes.root]
+    for child in children.itertuples():
+        parent = nodes[(nodes.image_id == child.image_id) & (nodes.node == child.parent)]
+        assert parent.root.item() and len(child.patches) == len(parent.patches.item()) - 1
+    image = nodes.image_id[nodes.root].iloc[0]
+    roots = graph_roots(nodes[nodes.image_id == image])["sag"]
+    page = gallery_html([GalleryItem(image, np.zeros((40, 40, 3), np.uint8), [], {}, {"sag": roots})])
+    assert page.count("data:image/png") == len(roots) > 0 and "sag root 1" in page
