@@ -17,8 +17,8 @@ candidates of every image of the batch:
    ``max_patches``, after ``max_sets`` sufficient sets, or ``extra`` levels past its first one;
 3. minimality: each sufficient set's children (one patch removed) are classified; a set with a
    sufficient child is replaced by its best such child until none has one;
-4. roots: greedily, by size then probability, at most ``roots`` minimal sets whose pairwise
-   overlap is at most ``max_overlap`` of the smaller set.
+4. roots: greedily, by size then probability, at most ``roots`` minimal sets that share less
+   than ``max_overlap`` (half) of the smaller set's patches with each other.
 
 The graph of an image is its roots and each root's children with their probability (rows of
 ``Attribution.graphs``). The joint map is the union of the roots' patches weighted by the share of
@@ -235,13 +235,14 @@ class Sag(Method):
 
     def diverse(self, sets: list[tuple[PatchSet, float, list[tuple[PatchSet, float]]]]
                 ) -> list[tuple[PatchSet, float, list[tuple[PatchSet, float]]]]:
-        """At most ``roots`` sets, smallest and most probable first, that overlap every one
-        chosen before by at most ``max_overlap`` of the smaller set's patches."""
+        """At most ``roots`` sets, smallest and most probable first, that share less than
+        ``max_overlap`` of the smaller set's patches with every one chosen before (two pairs
+        sharing a patch are one place, not two ways)."""
         cfg = self.config
         chosen: list[tuple[PatchSet, float, list[tuple[PatchSet, float]]]] = []
         for entry in sorted(sets, key=lambda e: (len(e[0]), -e[1], e[0])):
-            if all(len(set(entry[0]) & set(c[0])) <= cfg.max_overlap * min(len(entry[0]),
-                                                                             len(c[0]))
+            if all(len(set(entry[0]) & set(c[0])) < cfg.max_overlap * min(len(entry[0]),
+                                                                            len(c[0]))
                    for c in chosen):
                 chosen.append(entry)
             if len(chosen) == cfg.roots:
