@@ -16,12 +16,13 @@ from pipeline.analysis.report import (
     Curves,
     FlipItem,
     GalleryItem,
+    GraphRoot,
     MethodMaps,
     render_report,
     thumbnail,
 )
 from pipeline.models.loading import LoadedModel
-from storage import masks
+from storage import masks, parts, schemas
 from storage.runfolder import RunFolder
 
 from . import stages
@@ -77,6 +78,7 @@ def gallery_items(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
     chosen = sorted(rng.choice(len(ids), size=min(analysis.gallery, len(ids)), replace=False)) \
         if ids else []
     map_names = {method: masks.map_names(run.masks_url, method) for method in methods}
+    graphs = parts.read_stage(run, "sag", schemas.SAG).to_pandas()
     gallery = []
     for k in chosen:
         image_id = ids[k]
@@ -99,8 +101,22 @@ def gallery_items(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
                 box = box_in(frame, rec)
                 caption.append(f"{method} crop: {rec['top1_name']} ({rec['top1_prob']:.2f})")
             per_method[method] = MethodMaps(maps, box)
-        gallery.append(GalleryItem(image_id, thumb, caption, per_method))
+        gallery.append(GalleryItem(image_id, thumb, caption, per_method,
+                                   graph_roots(graphs[graphs["image_id"] == image_id])))
     return gallery
+
+
+def graph_roots(nodes: pd.DataFrame) -> dict[str, list[GraphRoot]]:
+    """One image's ``sag`` rows as roots with their children, per method."""
+    out: dict[str, list[GraphRoot]] = {}
+    for method, cell in nodes.groupby("method", sort=True):
+        roots = cell[cell["root"]].sort_values("node")
+        out[str(method)] = [GraphRoot(
+            int(r["grid"]), [int(p) for p in r["patches"]], float(r["probability"]),
+            [([int(p) for p in c["patches"]], float(c["probability"]))
+             for _, c in cell[cell["parent"] == r["node"]].iterrows()])
+            for _, r in roots.iterrows()]
+    return out
 
 
 def flip_items(config: RunConfig, analysis: AnalysisConfig, model: LoadedModel,

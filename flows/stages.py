@@ -20,6 +20,7 @@ import pipeline
 from pipeline.analysis.explain import explain_rows
 from pipeline.archive.labels import map_labels, read_label_map
 from pipeline.archive.readers import read_archive
+from pipeline.methods.registry import kind
 from pipeline.models.loading import LoadedModel, load_model
 from storage import masks, parts, schemas
 from storage.runfolder import SCHEMA_VERSION, RunFolder
@@ -198,6 +199,9 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
         masks.write_region(run.masks_url, method, start, maps)
     parts.write_part(run, "errors", shard, pa.Table.from_pylist(result.errors, schemas.ERRORS),
                      schemas.ERRORS)
+    if any(kind(spec.kind).method.has_graphs for spec in config.methods.values()):
+        parts.write_part(run, "sag", shard, pa.Table.from_pylist(result.graphs, schemas.SAG),
+                         schemas.SAG)
     parts.write_part(run, "predictions", shard,
                      pa.Table.from_pylist(result.predictions, schemas.PREDICTIONS),
                      schemas.PREDICTIONS)

@@ -50,6 +50,21 @@ PREDICTIONS = pa.schema([
     ("seconds", pa.float32()),
 ])
 
+# sag/part-XXXXX.parquet: the graphs of methods that explain with one (SAG), written by the
+# explain stage beside predictions. One row per node: a root (a minimal sufficient patch set,
+# ``parent`` null) or a child of one (the root with one patch removed). Patches are indices
+# row-major over a ``grid`` × ``grid`` lattice of the model input.
+SAG = pa.schema([
+    ("image_id", pa.string()),
+    ("method", pa.string()),
+    ("node", pa.int32()),
+    ("patches", pa.list_(pa.int32())),
+    ("probability", pa.float32()),
+    ("parent", pa.int32()),
+    ("root", pa.bool_()),
+    ("grid", pa.int32()),
+])
+
 # One row per image that did not make it through a stage (docs/manifest.md lists the stages
 # and error types): every manifest row ends in predictions/ (once per method) or here.
 ERRORS = pa.schema([

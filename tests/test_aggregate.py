@@ -185,7 +185,7 @@ def type_name(kind: pa.DataType) -> str:
 
 @pytest.mark.parametrize("heading, schema", [
     ("manifest", schemas.MANIFEST), ("predictions", schemas.PREDICTIONS),
-    ("errors", schemas.ERRORS), ("reclassify", schemas.RECLASSIFY),
+    ("errors", schemas.ERRORS), ("sag", schemas.SAG), ("reclassify", schemas.RECLASSIFY),
     ("metrics", schemas.METRICS), ("summary", schemas.SUMMARY)])
 def test_docs_list_every_column_with_its_type(heading: str, schema: pa.Schema) -> None:
     from pathlib import Path

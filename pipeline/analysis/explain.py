@@ -35,11 +35,13 @@ def image_seed(run_seed: int, image_id: str) -> int:
 
 @dataclass
 class ShardResult:
-    """Per method: prediction records and (n_rows, h, w) maps with NaN rows for failed images."""
+    """Per method: prediction records and (n_rows, h, w) maps with NaN rows for failed images;
+    graph rows of the methods that explain with a graph (``has_graphs``, e.g. SAG)."""
 
     predictions: list[dict[str, object]] = field(default_factory=list)
     errors: list[dict[str, object]] = field(default_factory=list)
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    graphs: list[dict[str, object]] = field(default_factory=list)
 
 
 def error_record(row: dict, stage: str, error_type: str, message: str) -> dict[str, object]:
@@ -109,6 +111,8 @@ def explain_rows(
         seconds = (time.perf_counter() - began) / len(ok)
         for map_name in spec.map_names:
             result.maps[name][map_name][ok] = out.maps[map_name].float().cpu().numpy()
+        result.graphs += [{**{k: v for k, v in row.items() if k != "image"}, "method": name,
+                           "image_id": rows[ok[row["image"]]]["image_id"]} for row in out.graphs]
         for j, i in enumerate(ok):
             label = int(targets[j])
             result.predictions.append({

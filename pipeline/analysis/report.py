@@ -4,7 +4,8 @@ Sections: the headline (images, labels, accuracy of the baseline and of the best
 accuracy per variant as a chart and a table with confidence intervals, the gains against the
 baseline, the mean deletion/insertion curves per method, the mask-quality means, errors and
 timings, the methods side by side (mask quality and seconds per image), a gallery of images with
-every method's maps as heat maps and each method's crop box, and the images
+every method's maps as heat maps and each method's crop box (and the roots of a structured
+attention graph with their children), and the images
 whose label changed after re-classification (right→wrong, wrong→right; without labels, those
 whose top-1 changed). Works on arrays and DataFrames; the caller gathers them and writes the
 string wherever it likes. A script sets ``data-loaded="true"`` on ``<body>`` once every picture
@@ -37,13 +38,27 @@ class MethodMaps:
 
 
 @dataclass
+class GraphRoot:
+    """One root of a structured attention graph (SAG): the patches it keeps on a ``grid`` ×
+    ``grid`` lattice of the picture, the target's probability with only them kept, and its
+    children (the root with one patch removed) as (patches, probability)."""
+
+    grid: int
+    patches: list[int]
+    probability: float
+    children: list[tuple[list[int], float]]
+
+
+@dataclass
 class GalleryItem:
-    """An image of the gallery: thumbnail (H, W, 3) uint8, caption lines, maps per method."""
+    """An image of the gallery: thumbnail (H, W, 3) uint8, caption lines, maps per method, and
+    the graph roots of the methods that explain with one."""
 
     image_id: str
     picture: np.ndarray
     caption: list[str]
     methods: dict[str, MethodMaps] = field(default_factory=dict)
+    graphs: dict[str, list[GraphRoot]] = field(default_factory=dict)
 
 
 @dataclass
@@ -193,6 +208,56 @@ def curves_chart(curves: dict[str, Curves]) -> str | None:
     return _figure_uri(fig)
 
 
+def patch_mask(shape: tuple[int, int], grid: int, patches: Sequence[int]) -> np.ndarray:
+    """(H, W) bool: the pixels of ``patches`` on a ``grid`` × ``grid`` lattice (the cells SAG
+    keeps: nearest-neighbour, as the method builds them)."""
+    h, w = shape
+    cells = np.zeros(grid * grid, bool)
+    cells[list(patches)] = True
+    rows = np.minimum(np.arange(h) * grid // h, grid - 1)
+    cols = np.minimum(np.arange(w) * grid // w, grid - 1)
+    return cells.reshape(grid, grid)[rows[:, None], cols[None, :]]
+
+
+def kept_view(picture: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The picture with only ``keep`` in full colour, the rest faded to a pale grey."""
+    faded = 0.25 * picture[..., :3].astype(np.float32) + 150
+    return np.where(keep[..., None], picture[..., :3], faded).astype(np.uint8)
+
+
+def graph_chart(picture: np.ndarray, root: GraphRoot, title: str) -> str:
+    """One SAG root as a small figure (PNG data URI): left, the picture with only the root's
+    patches kept and its probability; right, each child (one patch removed, outlined in red)
+    with the probability that remains and the drop, the most needed patch first."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    h, w = picture.shape[:2]
+    children = sorted(root.children, key=lambda c: c[1])
+    cols = min(4, max(1, len(children)))
+    rows = max(1, -(-len(children) // cols))
+    fig = Figure(figsize=(2.6 + 1.35 * cols, max(2.7, 1.45 * rows)))
+    spec = fig.add_gridspec(rows, 2 + cols, width_ratios=[1.0, 0.92] + [1.0] * cols)
+    ax = fig.add_subplot(spec[:, :2])
+    ax.imshow(kept_view(picture, patch_mask((h, w), root.grid, root.patches)))
+    ax.set_title(f"{title}\n{len(root.patches)} patches, p = {root.probability:.2f}",
+                 fontsize=8)
+    ax.axis("off")
+    for k, (patches, prob) in enumerate(children):
+        child = fig.add_subplot(spec[k // cols, 2 + k % cols])
+        child.imshow(kept_view(picture, patch_mask((h, w), root.grid, patches)))
+        removed = sorted(set(root.patches) - set(patches))
+        for patch in removed:
+            r, c = divmod(patch, root.grid)
+            child.add_patch(Rectangle((c * w / root.grid - 0.5, r * h / root.grid - 0.5),
+                                      w / root.grid, h / root.grid, fill=False,
+                                      edgecolor="red", lw=1.5))
+        child.set_title(f"p {prob:.2f} (−{root.probability - prob:.2f})", fontsize=7)
+        child.axis("off")
+    fig.subplots_adjust(wspace=0.08, hspace=0.3)
+    return _figure_uri(fig)
+
+
 # --- tables ----------------------------------------------------------------------------------
 
 def _fmt(value: float | None, percent: bool) -> str:
@@ -310,6 +375,7 @@ figure{margin:0;text-align:center;font-size:.78em;color:#444}
 figure img{display:block;max-width:224px;height:auto;border:1px solid #ccc}
 .caption{width:200px;font-size:.78em;color:#333;align-self:center}
 .gallery .own{margin:-4px 0 14px 206px} .gallery .own figure img{max-width:120px}
+.gallery .graphs{margin:-4px 0 14px 206px} .gallery .graphs figure img{max-width:520px}
 .flips{display:flex;flex-wrap:wrap;gap:8px}
 .flips figure img{max-width:150px}
 .flips figure{width:152px}
@@ -354,8 +420,13 @@ def gallery_html(items: Sequence[GalleryItem]) -> str:
                                           if name == "joint" else overlay(small, values)),
                                  title, f"{item.image_id} {method} {name}")
                 (cells if name == "joint" else own).append(figure)
+        graphs = [_figure(graph_chart(item.picture, root, f"{method} root {k}"),
+                          f"{method} root {k}", f"{item.image_id} {method} root {k}")
+                  for method, roots in item.graphs.items()
+                  for k, root in enumerate(roots, start=1)]
         parts.append("<div class=row>" + "".join(cells) + "</div>"
-                     + (f"<div class='row own'>{''.join(own)}</div>" if own else ""))
+                     + (f"<div class='row own'>{''.join(own)}</div>" if own else "")
+                     + (f"<div class='row graphs'>{''.join(graphs)}</div>" if graphs else ""))
     return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
 
 
@@ -432,7 +503,10 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
          else "<p>no curves</p>"),
         ("<h2>Gallery</h2><p class=meta>Every method's map of the same picture side by side "
          "(each heat map scaled to its own 99th percentile: blue cold, red hot), then the methods' own "
-         "maps; the green box is the crop the re-classification classified.</p>"),
+         "maps; the green box is the crop the re-classification classified. A structured "
+         "attention graph (sag) shows each root, a smallest set of patches that alone (the rest "
+         "blurred) keeps the class at 90 % of its probability, and beside it the root with one "
+         "patch (red) removed: the probability left and how much it dropped.</p>"),
         gallery_html(gallery),
         "<h2>Images whose label changed</h2>", flips_html(flips, flips_note),
         "<h2>Errors</h2>", simple_table(summary, "errors"),

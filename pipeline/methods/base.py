@@ -24,11 +24,14 @@ from pipeline.imaging.filters import resize_maps
 class Attribution:
     """What a method says about N images: ``maps`` name -> (N, h, w) values in [0, 1] (always
     ``joint``, the saliency every stage downstream uses, plus the method's own maps) and
-    ``scalars`` name -> (N,) per-image numbers (e.g. how well an optimisation succeeded)."""
+    ``scalars`` name -> (N,) per-image numbers (e.g. how well an optimisation succeeded);
+    ``graphs``: rows of a method that explains with a graph (SAG), each naming its image by
+    position (``image``), empty for every other method."""
 
     target: torch.Tensor
     maps: dict[str, torch.Tensor]
     scalars: dict[str, torch.Tensor] = field(default_factory=dict)
+    graphs: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if "joint" not in self.maps:
@@ -38,9 +41,14 @@ class Attribution:
     def concat(parts: list[Attribution]) -> Attribution:
         """The attributions of consecutive batches as one."""
         first = parts[0]
+        offsets = [0]
+        for p in parts:
+            offsets.append(offsets[-1] + len(p.target))
         return Attribution(torch.cat([p.target for p in parts]),
                            {k: torch.cat([p.maps[k] for p in parts]) for k in first.maps},
-                           {k: torch.cat([p.scalars[k] for p in parts]) for k in first.scalars})
+                           {k: torch.cat([p.scalars[k] for p in parts]) for k in first.scalars},
+                           [{**row, "image": row["image"] + offset}
+                            for p, offset in zip(parts, offsets, strict=False) for row in p.graphs])
 
 
 class Method:
@@ -54,6 +62,7 @@ class Method:
     map_names: ClassVar[tuple[str, ...]] = ("joint",)
     scalar_names: ClassVar[tuple[str, ...]] = ()
     min_batch: ClassVar[int] = 8  # images per ``explain`` call at least (FIDO: its slots decide)
+    has_graphs: ClassVar[bool] = False  # its Attribution carries graph rows (a table per run)
 
     def __init__(self, model: nn.Module, config: Any = None) -> None:
         self.model = model
