@@ -63,7 +63,7 @@ from pipeline.models.loading import load_model
 B, T, M = {samples}, {iterations}, {mask}
 L1, TV, LR, EPS, WARMUP, CAP = 64.0, 32.0, 1.0, 1e-3, 5, 2.0
 model = load_model()
-net = model.module.eval()
+net = model.on(torch.device("cpu")) if sys.argv[2] == "prepared" else model.module.eval()
 for p in net.parameters():
     p.requires_grad_(False)
 
@@ -126,7 +126,7 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - began
 
 
-def compare(images: int, repeats: int, force: bool) -> dict:
+def compare(images: int, repeats: int, force: bool, prepared: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_images(Path(tmp) / "images", images)
         runs = iter(range(10_000))
@@ -138,8 +138,12 @@ def compare(images: int, repeats: int, force: bool) -> dict:
                                                    str(folder), "--out",
                                                    str(Path(tmp) / f"run-{next(runs)}"),
                                                    *options])},
-            "plain loop": lambda: {"seconds": timed([sys.executable, "-c", plain, str(folder)])},
+            "plain loop": lambda: {"seconds": timed([sys.executable, "-c", plain, str(folder),
+                                                     "as-loaded"])},
         }
+        if prepared:  # the same loop on the classifier as fidoflow prepares it (folded BNs)
+            sides["plain loop, prepared classifier"] = lambda: {"seconds": timed(
+                [sys.executable, "-c", plain, str(folder), "prepared"])}
         results = alternate(sides, repeats, force,
                             report=lambda r: print(json.dumps({"images": images, **r}), flush=True))
         if not force:
@@ -151,6 +155,8 @@ def compare(images: int, repeats: int, force: bool) -> dict:
     seconds = medians(results)
     return {"section": "end_to_end", "images": images, "median_seconds": seconds,
             "ratio": seconds["fidoflow"] / seconds["plain loop"],
+            "ratio_to_prepared": (seconds["fidoflow"] / seconds["plain loop, prepared classifier"]
+                                  if prepared else None),
             "floor_seconds": floor["floor_seconds"],
             "fraction_of_floor": floor["floor_seconds"] / seconds["fidoflow"],
             "loads": sorted({r["load"] for rs in results.values() for r in rs}),
@@ -163,12 +169,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="8,48")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prepared", action="store_true",
+                        help="a third side: the plain loop on the prepared classifier")
     parser.add_argument("--force", action="store_true",
                         help="time even when other jobs run (the figures are then no result)")
     args = parser.parse_args()
     print(json.dumps({"machine": machine()}), flush=True)
     for size in (int(s) for s in args.sizes.split(",")):
-        print(json.dumps(compare(size, args.repeats, args.force)), flush=True)
+        print(json.dumps(compare(size, args.repeats, args.force, args.prepared)), flush=True)
 
 
 if __name__ == "__main__":
