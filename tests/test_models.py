@@ -4,6 +4,7 @@ mapping of an archive's labels into the model's classes."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,15 @@ def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) ->
     _, table, labels = build_manifest(config, model_of(config))
     assert table.column("model_label").to_pylist() == [NAMES.index("blue_barred")] * 2 + [None] * 2
     assert labels["unknown_names"] == {"002.Laysan_Albatross": 2} and labels["mapped"] == 2
+
+
+def test_any_random_bytes_read_as_corrupt_without_unsafe_advice(tmp_path: Path) -> None:
+    """Whatever torch.load trips over, the message is the same and never says weights_only."""
+    rng = random.Random(7)
+    for i in range(200):
+        path = tmp_path / f"m{i}.pt"
+        path.write_bytes(rng.randbytes(rng.choice([1, 64, 4096])))
+        with pytest.raises(ModelError) as caught:
+            load_model(str(path))
+        assert "corrupt or no PyTorch file" in str(caught.value)
+        assert "weights_only" not in str(caught.value)

@@ -363,7 +363,9 @@ def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn
         except Exception as exc:
             raise ModelError(f"cannot load TorchScript {path}: {exc}") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage bytes make torch warn of odd pickle protocols
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         kind = "state_dict"
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # not a class to allow: the bytes are no pickle
@@ -380,7 +382,7 @@ def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn
             raise ModelError(f"cannot unpickle {path}: {inner}") from inner
         kind = "pickle"
     except Exception as exc:
-        raise ModelError(f"{path} is no PyTorch file torch.load can read: {exc}") from exc
+        raise ModelError(f"{path} is corrupt or no PyTorch file ({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, nn.Module):
         return obj, {"format": kind}
     tensors = _state_dict(obj)
