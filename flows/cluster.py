@@ -80,8 +80,16 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     client.close()
 
 
-def configure_dask() -> None:
+WORKER_PRELOAD = ("distributed", "flows.stages")  # what every shard task imports
+
+
+def configure_dask(kind: Kind = "local") -> None:
     """Settings for the clusters fidoflow starts.
+
+    Local CPU workers fork from one server process that imported Dask, torch and the tasks'
+    code once (``forkserver`` with a preload), instead of each worker importing them afresh
+    (~3 s of CPU a worker, paid while the run starts on a machine whose cores it all uses).
+    GPU workers keep ``spawn``: dask-cuda sets their environment before the process starts.
 
     Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's mmap
     threshold at 128 KiB: every activation tensor of every step is then mmapped and page-faulted
@@ -93,6 +101,11 @@ def configure_dask() -> None:
 
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                      "distributed.scheduler.allowed-failures": 1})
+    if kind == "local":
+        from distributed.utils import get_mp_context
+
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+        get_mp_context().set_forkserver_preload(list(WORKER_PRELOAD))
 
 
 def cluster_spec(plan: ClusterPlan) -> tuple[str, dict]:
@@ -116,7 +129,7 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=plan.workers)
     if plan.kind == "address":
         return DaskTaskRunner(address=plan.address)
-    configure_dask()
+    configure_dask(plan.kind)
     cluster_class, kwargs = cluster_spec(plan)
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
@@ -145,7 +158,7 @@ def prestarted(plan: ClusterPlan, config_json: dict) -> Iterator[str | None]:
 
     from distributed import Client
 
-    configure_dask()
+    configure_dask(plan.kind)
     cluster_class, kwargs = cluster_spec(plan)
     module, name = cluster_class.rsplit(".", 1)
     with getattr(importlib.import_module(module), name)(**kwargs) as cluster, \

@@ -27,13 +27,20 @@ def start_run(photo_folder: Path, run: Path, home: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def is_dask_worker(process: psutil.Process) -> bool:
+    """A worker process: spawned (``spawn_main``) or forked by multiprocessing's fork server."""
+    with_parent = [process, process.parent()]
+    lines = [" ".join(p.cmdline()) for p in with_parent if p is not None]
+    return "spawn_main" in lines[0] or (len(lines) > 1 and "forkserver" in lines[1])
+
+
 def busy_workers(cli: subprocess.Popen, run: Path, timeout: float = 90) -> list[psutil.Process]:
     """Every descendant of the CLI once its Dask workers are explaining (predictions pending)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert cli.poll() is None, cli.communicate()
         family = psutil.Process(cli.pid).children(recursive=True)
-        workers = [p for p in family if "spawn_main" in " ".join(p.cmdline())]
+        workers = [p for p in family if is_dask_worker(p)]
         if len(workers) >= 2 and (run / "manifest.parquet").exists():
             time.sleep(2)  # the shards are running now
             return psutil.Process(cli.pid).children(recursive=True)
