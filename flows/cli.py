@@ -10,18 +10,22 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from storage.lease import Lease
-from storage.runfolder import RunFolder
+from .server import ApiServer, api_server, prefect_home
 
-from .config import RunConfig
-from .server import prefect_home
-from .settings import RunSettings, add_cli_options, settings_from_cli
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .settings import RunSettings
+
+COMMANDS_WITH_A_SERVER = ("run", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import add_cli_options
+
     parser = argparse.ArgumentParser(prog="fidoflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -68,35 +72,32 @@ def report_lines(config: RunConfig) -> list[str]:
     return lines
 
 
-def execute(source: str, out: str, settings: RunSettings) -> dict[str, int]:
-    """Run the flow against one Prefect API (started here unless PREFECT_API_URL is set).
+def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dict[str, int]:
+    """Run the flow against ``api`` (booting since the command began unless PREFECT_API_URL
+    is set).
 
-    While the API server boots (~3 s of CPU), this process imports the flow and starts the run's
-    local Dask cluster, whose workers import the tasks and load the model meanwhile: start-up
-    costs the slowest of them, not their sum.
+    While the API server boots, this process imports the flow and starts the run's local Dask
+    cluster, whose workers import the tasks and load the model meanwhile: start-up costs the
+    slowest of them, not their sum.
     """
+    from .cluster import plan_cluster, prestarted, start_fork_server, visible_gpus
     from .reaper import guard_children
-    from .server import prefect_api
 
-    private_server = not os.environ.get("PREFECT_API_URL")
     guard_children()  # the API server and the Dask cluster end with this process, however
-    with ExitStack() as servers, ExitStack() as clusters:  # the cluster closes first
-        prestarted_address: list[str | None] = []
+    with ExitStack() as clusters:
+        config = settings.to_config(source, out)
+        plan = plan_cluster(config.workers, config.device, settings.dask_address, out,
+                            visible_gpus())
+        if plan.task_device:
+            config.device = plan.task_device
+        if plan.kind == "local":
+            start_fork_server()  # the local workers' imports begin now, beside the flow's
+        from . import explain_archive  # noqa: F401
 
-        def start_up() -> None:
-            from . import explain_archive  # noqa: F401
-            from .cluster import plan_cluster, prestarted, visible_gpus
-
-            config = settings.to_config(source, out)
-            plan = plan_cluster(config.workers, config.device, settings.dask_address, out,
-                                visible_gpus())
-            if plan.task_device:
-                config.device = plan.task_device
-            prestarted_address.append(clusters.enter_context(prestarted(plan, config.to_json())))
-
-        api_url = servers.enter_context(prefect_api(meanwhile=start_up))
-        if prestarted_address[0]:
-            update = {"dask_address": prestarted_address[0]}
+        address = clusters.enter_context(prestarted(plan, config.to_json()))
+        api_url = api.ready()
+        if address:
+            update = {"dask_address": address}
             if settings.device.startswith("cuda"):
                 update["device"] = "cuda"  # each worker sees only its own GPU
             settings = settings.model_copy(update=update)
@@ -109,7 +110,7 @@ def execute(source: str, out: str, settings: RunSettings) -> dict[str, int]:
         from .explain_archive import run_flow
 
         updates = {PREFECT_API_URL: api_url}
-        if private_server:  # no one watches a private server for crashed runs; each flow's
+        if api.private:  # no one watches a private server for crashed runs; each flow's
             updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # heartbeat costs ~1 s at its end
         with temporary_settings(updates=updates):
             try:
@@ -172,8 +173,27 @@ def print_methods() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """The command line. A run's Prefect API server starts first of all, before the parsing
+    and the imports that take a second or two, so that it boots meanwhile."""
+    argv = sys.argv[1:] if argv is None else argv
     began, began_clock = time.monotonic(), time.time()
+    wants_server = bool(argv) and argv[0] in COMMANDS_WITH_A_SERVER and not (
+        {"-h", "--help"} & set(argv))
+    with api_server() if wants_server else nullcontext() as api:
+        try:
+            return command(argv, began, began_clock, api)
+        except BrokenPipeError:  # `fidoflow methods | head`: the reader left, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+
+def command(argv: list[str], began: float, began_clock: float, api: ApiServer | None) -> int:
+    from storage.lease import Lease
+    from storage.runfolder import RunFolder
+
+    from .settings import settings_from_cli
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "methods":
         print_methods()
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"source folder not found: {source}")
         config = settings.to_config(source, args.out)
         Lease(RunFolder(config.root)).check()  # a busy folder fails before anything starts
-        outcome = execute(config.source, config.root, settings)
+        outcome = execute(config.source, config.root, settings, api)
     except KeyboardInterrupt:
         print("fidoflow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -81,15 +82,11 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
 
 
 WORKER_PRELOAD = ("distributed", "flows.stages")  # what every shard task imports
+FORK = {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
-def configure_dask(kind: Kind = "local") -> None:
+def configure_dask() -> None:
     """Settings for the clusters fidoflow starts.
-
-    Local CPU workers fork from one server process that imported Dask, torch and the tasks'
-    code once (``forkserver`` with a preload), instead of each worker importing them afresh
-    (~3 s of CPU a worker, paid while the run starts on a machine whose cores it all uses).
-    GPU workers keep ``spawn``: dask-cuda sets their environment before the process starts.
 
     Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's mmap
     threshold at 128 KiB: every activation tensor of every step is then mmapped and page-faulted
@@ -101,11 +98,30 @@ def configure_dask(kind: Kind = "local") -> None:
 
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                      "distributed.scheduler.allowed-failures": 1})
-    if kind == "local":
-        from distributed.utils import get_mp_context
 
-        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+
+def start_fork_server() -> None:
+    """Start, now, the process that the CLI's local workers fork from (``prestarted``).
+
+    It imports Dask, torch and the tasks' code once, while the caller goes on with its own
+    imports, instead of each worker importing them afresh after the cluster starts (~3 s of
+    CPU a worker on a machine whose every core the start-up uses). It gets the environment
+    Dask gives a worker before it spawns; each worker is given the caller's environment as it
+    is when the cluster starts (a fork server lives as long as its process). Only the CLI's
+    clusters fork: flows started otherwise spawn their workers as Dask does by default.
+    """
+    from multiprocessing import forkserver
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    configure_dask()
+    for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items():
+        if value is not None:
+            os.environ[name] = str(value)  # as the nanny sets them before each spawn
+    with dask.config.set(FORK):
         get_mp_context().set_forkserver_preload(list(WORKER_PRELOAD))
+    forkserver.ensure_running()
 
 
 def cluster_spec(plan: ClusterPlan) -> tuple[str, dict]:
@@ -129,7 +145,7 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=plan.workers)
     if plan.kind == "address":
         return DaskTaskRunner(address=plan.address)
-    configure_dask(plan.kind)
+    configure_dask()
     cluster_class, kwargs = cluster_spec(plan)
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)
 
@@ -156,13 +172,19 @@ def prestarted(plan: ClusterPlan, config_json: dict) -> Iterator[str | None]:
         return
     import importlib
 
+    import dask
     from distributed import Client
 
-    configure_dask(plan.kind)
+    configure_dask()
     cluster_class, kwargs = cluster_spec(plan)
+    fork = plan.kind == "local"
+    if fork:
+        start_fork_server()  # at once if it runs already
+        kwargs["env"] = dict(os.environ)
     module, name = cluster_class.rsplit(".", 1)
-    with getattr(importlib.import_module(module), name)(**kwargs) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with dask.config.set(FORK if fork else {}):
+        cluster = getattr(importlib.import_module(module), name)(**kwargs)
+    with cluster, Client(cluster, set_as_default=False) as client:
         def warm() -> None:
             with suppress(Exception):  # a model that cannot load fails the run itself, named
                 client.run(warm_worker, config_json)

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -46,18 +47,32 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"prefect server at {url} not healthy after {timeout:.0f} s")
 
 
-@contextmanager
-def prefect_api(timeout: float = 90.0, meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
-    """Yield an API URL: PREFECT_API_URL when set, else a server started for this run.
+@dataclass
+class ApiServer:
+    """The run's Prefect API: its URL, and the server process when this run started one."""
 
-    ``meanwhile`` runs while the server boots (~10 s): the caller's own start-up (imports of
-    Prefect, Dask and the flows) overlaps it instead of following it.
-    """
+    url: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def private(self) -> bool:
+        """Started for this run alone (no one else watches it)."""
+        return self.process is not None
+
+    def ready(self, timeout: float = 90.0) -> str:
+        """The URL once the API answers."""
+        if self.process is not None:
+            wait_healthy(self.url, self.process, timeout)
+        return self.url
+
+
+@contextmanager
+def api_server() -> Iterator[ApiServer]:
+    """PREFECT_API_URL when set, else a server started now that boots (~3 s of CPU) while the
+    caller goes on; it is stopped, by PID, when the block ends."""
     prefect_home()
     if os.environ.get("PREFECT_API_URL"):
-        if meanwhile is not None:
-            meanwhile()
-        yield os.environ["PREFECT_API_URL"]
+        yield ApiServer(os.environ["PREFECT_API_URL"])
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -67,15 +82,22 @@ def prefect_api(timeout: float = 90.0, meanwhile: Callable[[], object] | None = 
              "--port", str(port), "--no-services", "--no-ui"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            if meanwhile is not None:
-                meanwhile()
-            wait_healthy(url, process, timeout)
-            yield url
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
-            stop(process)
+    os.environ["PREFECT_API_URL"] = url  # processes started from now on use it
+    try:
+        yield ApiServer(url, process)
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        stop(process)
+
+
+@contextmanager
+def prefect_api(timeout: float = 90.0, meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
+    """Yield the URL of ``api_server()`` once it answers; ``meanwhile`` runs while it boots
+    (the caller's own imports overlap the boot instead of following it)."""
+    with api_server() as api:
+        if meanwhile is not None:
+            meanwhile()
+        yield api.ready(timeout)
 
 
 def stop(process: subprocess.Popen) -> None:

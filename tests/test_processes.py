@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,12 +20,29 @@ SLOW = ["--model", "synthetic-cnn", "--iterations", "100000", "--samples", "1",
         "--mask-size", "8", "--shard-size", "1", "--explain-only"]
 
 
-def start_run(photo_folder: Path, run: Path, home: Path) -> subprocess.Popen:
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen]]:
+    """The CLIs a test starts: whatever the test's outcome, none is left running with its
+    server and workers (a failed assertion must not leave a run of 100000 iterations behind)."""
+    clis: list[subprocess.Popen] = []
+    yield clis
+    for cli in clis:
+        if cli.poll() is None:
+            family = psutil.Process(cli.pid).children(recursive=True)
+            cli.kill()
+            cli.wait(10)
+            all_gone(family, timeout=5)
+
+
+def start_run(photo_folder: Path, run: Path, home: Path,
+              started: list[subprocess.Popen]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(photo_folder),
-                             "--out", str(run), *SLOW], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(photo_folder),
+                            "--out", str(run), *SLOW], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    started.append(cli)
+    return cli
 
 
 def is_dask_worker(process: psutil.Process) -> bool:
@@ -56,9 +74,9 @@ def all_gone(processes: list[psutil.Process], timeout: float = 30) -> list[str]:
     return left
 
 
-def test_sigkill_of_the_cli_leaves_no_process_of_the_run(photo_folder: Path,
-                                                       tmp_path: Path) -> None:
-    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home")
+def test_sigkill_of_the_cli_leaves_no_process_of_the_run(photo_folder: Path, tmp_path: Path,
+                                                       started: list) -> None:
+    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home", started)
     family = busy_workers(cli, tmp_path / "run")
     assert any("prefect" in " ".join(p.cmdline()) for p in family)  # the run's API server
     cli.send_signal(signal.SIGKILL)
@@ -66,8 +84,8 @@ def test_sigkill_of_the_cli_leaves_no_process_of_the_run(photo_folder: Path,
     assert all_gone(family) == []
 
 
-def test_sigterm_ends_the_run_cleanly(photo_folder: Path, tmp_path: Path) -> None:
-    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home")
+def test_sigterm_ends_the_run_cleanly(photo_folder: Path, tmp_path: Path, started: list) -> None:
+    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home", started)
     family = busy_workers(cli, tmp_path / "run")
     cli.send_signal(signal.SIGTERM)
     cli.communicate(timeout=60)
