@@ -110,6 +110,8 @@ B = {samples}
 torch.set_num_threads(int(sys.argv[1]))
 model = load_model()
 net = model.on(torch.device("cpu"))
+for p in net.parameters():  # as every method freezes it: the input's gradient only
+    p.requires_grad_(False)
 x = torch.rand(2 * B, 3, *model.input_size).contiguous(memory_format=torch.channels_last)
 def step():
     blend = x.clone().requires_grad_(True)

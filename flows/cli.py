@@ -24,7 +24,7 @@ COMMANDS_WITH_A_SERVER = ("run", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import add_cli_options
+    from .settings import ARCHIVE_FIELDS, add_cli_options
 
     parser = argparse.ArgumentParser(prog="fidoflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "CSV/Parquet or COCO JSON file; see docs/manifest.md")
     run.add_argument("--out", required=True, metavar="RUN",
                      help="run folder: a path or fsspec URL (file://, s3://, memory://)")
-    add_cli_options(run, archive=True)
+    add_cli_options(run)
 
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     demo.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder")
-    add_cli_options(demo, archive=False)
+    add_cli_options(demo, skip=ARCHIVE_FIELDS)
     commands.add_parser("methods", help="list the registered attribution methods, their "
                                         "settings and defaults")
 

@@ -1,10 +1,11 @@
-"""The settings a person gives a run, declared once.
+"""The settings a person gives a run, declared once, and their projections.
 
 ``RunSettings`` is the one place a run option is named, typed, bounded and explained: the CLI's
 options are projected from it (``add_cli_options``), a deployment takes it as its typed
 ``settings`` parameter (the Prefect UI draws its form from the same fields), and both are
 validated by the same model, so ``iterations: 0`` fails alike from a shell and from a schedule.
-``RunSettings.to_config`` resolves it into the ``RunConfig`` that run.json records.
+``RunSettings.to_config`` resolves it into the ``RunConfig`` that run.json records. The same
+projections serve every ``Settings`` model (flows/train_settings.py for ``fidoflow train``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -33,10 +34,22 @@ def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
 
 
-class RunSettings(BaseModel):
-    """How to explain an archive: methods, FIDO's budget, sharding, model, device."""
+class Settings(BaseModel):
+    """What every settings model shares: no unknown names, immutable, one-line errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> Self:
+        """Validate ``values``; a bad one raises ``ValueError`` with one line naming each field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ValueError(one_line(exc)) from None
+
+
+class RunSettings(Settings):
+    """How to explain an archive: methods, FIDO's budget, sharding, model, device."""
 
     method: str | list[str] = Field(
         "scd", description="methods: a comma list of kinds (`fidoflow methods` lists them) or "
@@ -113,7 +126,7 @@ class RunSettings(BaseModel):
             if not Path(model).is_file():
                 raise ValueError(f"unknown model {model!r}: neither a built-in "
                                  f"({', '.join(BUILTINS)}) nor a model file")
-            model = _absolute(model)
+            model = absolute(model)
         for option in ("model_card", "label_map", "images_root"):
             value = getattr(self, option)
             if value is not None and not Path(value).exists():
@@ -122,24 +135,17 @@ class RunSettings(BaseModel):
             "samples": self.samples, "iterations": self.iterations, "mask_size": self.mask_size,
             "infill": self.infill, "stop_change": self.stop_change})
         return RunConfig(
-            source=archive if "://" in archive else _absolute(archive), root=out,
+            source=archive if "://" in archive else absolute(archive), root=out,
             methods=methods, mask_size=self.mask_size or RunConfig.mask_size,
             target=self.target, model=model, shard_size=self.shard_size,
             batch_size=self.batch_size, seed=self.seed, workers=self.workers,
             device=self.device, compile=self.compile, analyse=not self.explain_only,
-            format=self.format, split=self.split, images_root=_absolute(self.images_root),
-            model_card=_absolute(self.model_card), trust_model_code=self.trust_model_code,
-            label_map=_absolute(self.label_map), max_pixels=self.max_pixels,
+            format=self.format, split=self.split, images_root=absolute(self.images_root),
+            model_card=absolute(self.model_card), trust_model_code=self.trust_model_code,
+            label_map=absolute(self.label_map), max_pixels=self.max_pixels,
             max_image_pixels=self.max_image_pixels,
         )
 
-    @classmethod
-    def parse(cls, values: dict[str, Any]) -> RunSettings:
-        """Validate ``values``; a bad one raises ``ValueError`` with one line naming each field."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            raise ValueError(one_line(exc)) from None
 
 
 def one_line(exc: ValidationError) -> str:
@@ -154,31 +160,43 @@ def one_line(exc: ValidationError) -> str:
     return "invalid settings: " + "; ".join(problems)
 
 
-def _absolute(path: str | None) -> str | None:
+def absolute(path: str | None) -> str | None:
+    """``path`` resolved (None stays None): a deployment's worker may run elsewhere."""
     return None if path is None else str(Path(path).resolve())
 
 
 # ---- the docs' projection ------------------------------------------------------------------
 
 def settings_markdown() -> str:
-    """docs/settings.md: one row per setting, as the CLI and the deployment form take it."""
+    """docs/settings.md: one row per setting of a run and of a training, as the CLI and the
+    deployment form take them."""
+    from .train_settings import TrainSettings
+
     lines = ["# Run settings", "",
-             "Generated from `flows/settings.py` (`python -m flows.settings > docs/settings.md`).",
+             "Generated from `flows/settings.py` and `flows/train_settings.py`",
+             "(`python -m flows.settings > docs/settings.md`).",
              "The CLI takes each as `--name-with-dashes`; a deployment takes them by name in its",
              "`settings` parameter (`--param settings='{\"iterations\": 50}'`). Both validate",
-             "them with the same model.", "",
-             "| CLI option | setting | type | default | meaning |", "|---|---|---|---|---|"]
-    for name, info in RunSettings.model_fields.items():
+             "them with the same model.", "", *settings_table(RunSettings), "",
+             "## Training settings (`fidoflow train`, deployment `train-classifier/train`)", "",
+             "A setting that is on by default is switched off on the CLI by `--no-name`.", "",
+             *settings_table(TrainSettings)]
+    return "\n".join(lines) + "\n"
+
+
+def settings_table(model: type[Settings]) -> list[str]:
+    rows = ["| CLI option | setting | type | default | meaning |", "|---|---|---|---|---|"]
+    for name, info in model.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        if name == "workers":
+        if name == "workers" and model is RunSettings:
             default = "min(2, cores)"
         kind = _literal_choices(info.annotation)
         shown = " \\| ".join(kind) if kind else _scalar_type(info.annotation).__name__
         if info.annotation is bool:
             shown = "flag"
-        lines.append(f"| `--{name.replace('_', '-')}` | `{name}` | {shown} | "
-                     f"{'–' if default is None else f'`{default}`'} | {info.description} |")
-    return "\n".join(lines) + "\n"
+        rows.append(f"| `{cli_flag(name, default)}` | `{name}` | {shown} | "
+                    f"{'–' if default is None else f'`{default}`'} | {info.description} |")
+    return rows
 
 
 # ---- the CLI's projection -------------------------------------------------------------------
@@ -199,20 +217,27 @@ CLI_METAVARS = {"max_pixels": "N", "max_image_pixels": "N", "stop_change": "TOL"
                 "dask_address": "ADDRESS"}
 
 
-def add_cli_options(parser: argparse.ArgumentParser, archive: bool) -> None:
-    """One ``--option`` per settings field (archive options only where there is an archive).
+def cli_flag(name: str, default: object) -> str:
+    """``--name-with-dashes``; ``--no-name`` for a switch that is on by default."""
+    return ("--no-" if default is True else "--") + name.replace("_", "-")
+
+
+def add_cli_options(parser: argparse.ArgumentParser, model: type[Settings] = RunSettings,
+                    skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per field of ``model`` but those in ``skip``.
 
     Every option defaults to "not given", so the settings model supplies defaults and bounds.
     """
-    for name, info in RunSettings.model_fields.items():
-        if name in ARCHIVE_FIELDS and not archive:
+    for name, info in model.model_fields.items():
+        if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
         default = info.get_default(call_default_factory=True)
-        shown = "" if default is None or default is False else f" (default: {default})"
+        flag = cli_flag(name, default)
+        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
         kinds = _literal_choices(info.annotation)
         if info.annotation is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=info.description)
+            parser.add_argument(flag, dest=name, default=None, help=info.description,
+                                action="store_false" if default is True else "store_true")
         elif name == "method":  # repeatable: each --method adds kinds or a variant
             parser.add_argument(flag, action="append", default=None, metavar="METHODS",
                                 help=f"{info.description} (default: {default})")
@@ -222,11 +247,11 @@ def add_cli_options(parser: argparse.ArgumentParser, archive: bool) -> None:
                                 choices=kinds, metavar=CLI_METAVARS.get(name))
 
 
-def settings_from_cli(args: argparse.Namespace) -> RunSettings:
+def settings_from_cli(args: argparse.Namespace, model: type[Settings] = RunSettings) -> Settings:
     """The settings the user gave on the command line (others keep their defaults)."""
-    given = {name: getattr(args, name) for name in RunSettings.model_fields
+    given = {name: getattr(args, name) for name in model.model_fields
              if getattr(args, name, None) is not None}
-    return RunSettings.parse(given)
+    return model.parse(given)
 
 
 def _literal_choices(annotation: object) -> list[str] | None:

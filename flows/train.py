@@ -6,15 +6,19 @@ from prefect import flow, get_run_logger
 
 from pipeline.training.progress import TrainingBar, epoch_line
 
-from .training_stage import TrainJob, train_model
+from .train_settings import TrainSettings
+from .training_stage import train_model
+
+DEFAULT_SETTINGS = TrainSettings()
 
 
 @flow(name="train-classifier", log_prints=False)
-def train_classifier(archive: str, out: str, settings: dict | None = None,
+def train_classifier(archive: str, out: str, settings: TrainSettings = DEFAULT_SETTINGS,
                      progress: bool = False) -> dict:
-    """Train into ``out`` (resuming its last checkpoint); ``settings`` holds TrainConfig fields
-    plus device, format, images_root, workers; ``progress`` draws a bar on the terminal."""
-    job = TrainJob.from_settings(archive, out, settings)
+    """Train into ``out`` (resuming its last checkpoint). ``settings`` are the training's
+    options (flows/train_settings.py; the CLI's ``--options`` by the same names);
+    ``progress`` draws a bar on the terminal."""
+    job = settings.to_job(archive, out)
     logger = get_run_logger()
 
     def log_epochs(event: dict) -> None:

@@ -17,9 +17,6 @@ from storage.modelfolder import CARD, WEIGHTS, ModelFolder
 
 from .stages import code_version
 
-# settings that decide where and how fast, not what is learnt
-JOB_FIELDS = ("device", "format", "images_root", "workers")
-
 
 @dataclass
 class TrainJob:
@@ -32,14 +29,6 @@ class TrainJob:
     format: str | None = None
     images_root: str | None = None
     workers: int = 4
-
-    @classmethod
-    def from_settings(cls, archive: str, out: str, settings: dict | None) -> TrainJob:
-        """``settings``: any TrainConfig field (``diversify`` a dict of its fields, or null to
-        switch the block off) plus device, format, images_root, workers."""
-        settings = dict(settings or {})
-        job = {k: settings.pop(k) for k in JOB_FIELDS if k in settings}
-        return cls(archive, out, TrainConfig.from_dict(settings), **job)
 
 
 def model_card(config: TrainConfig, classes: list[str]) -> dict:

@@ -43,7 +43,7 @@ def test_the_deployment_form_shows_every_setting_typed_and_bounded() -> None:
 
 def cli_settings(*argv: str) -> RunSettings:
     parser = argparse.ArgumentParser()
-    add_cli_options(parser, archive=True)
+    add_cli_options(parser)
     return settings_from_cli(parser.parse_args(list(argv)))
 
 

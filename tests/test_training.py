@@ -149,12 +149,13 @@ def test_tiny_training_learns_and_resumes_exactly(tiny_data: TrainData, tmp_path
 
 
 def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
-    from flows.training_stage import TrainJob, train_model
+    from flows.train_settings import TrainSettings
+    from flows.training_stage import train_model
 
     archive = write_archive(tmp_path / "birds", n=48, seed=4, size=48, classes=3, fine=True)
     out = tmp_path / "model"
-    settings = {"backbone": "synthetic-cnn", "epochs": 2, "batch_size": 16, "val_fraction": 0.25}
-    summary = train_model(TrainJob.from_settings(str(archive), str(out), settings))
+    settings = TrainSettings(backbone="synthetic-cnn", epochs=2, batch_size=16, val_fraction=0.25)
+    summary = train_model(settings.to_job(str(archive), str(out)))
     assert summary["epochs"] == 2 and summary["classes"] == 3 and summary["test_accuracy"] is None
     metrics = pq.read_table(out / "metrics.parquet").to_pylist()
     assert [row["epoch"] for row in metrics] == [1, 2] and sum(r["best"] for r in metrics) >= 1
@@ -168,10 +169,10 @@ def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
     x = torch.rand(2, 3, 96, 96)
     torch.testing.assert_close(loaded.module(x), net.eval()(x))
 
-    summary = train_model(TrainJob.from_settings(str(archive), str(out), settings))
+    summary = train_model(settings.to_job(str(archive), str(out)))
     assert summary["epochs"] == 2  # finished: a rerun resumes after the last epoch
     with pytest.raises(ValueError, match="other settings"):
-        train_model(TrainJob.from_settings(str(archive), str(out), {**settings, "epochs": 3}))
+        train_model(settings.model_copy(update={"epochs": 3}).to_job(str(archive), str(out)))
 
 
 def test_lite0_class_maps_start_from_imagenet_and_load_by_card_name(tmp_path: Path) -> None:

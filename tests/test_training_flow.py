@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows.cli import main
-from flows.training_stage import TrainJob
+from flows.train_settings import TrainSettings
 from pipeline.archive.synthetic import write_archive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,15 +30,43 @@ def test_train_deployment_names_the_flow_by_module_and_valid_settings() -> None:
     flow = load_flow_from_entrypoint(train["entrypoint"])
     assert flow.name == "train-classifier"
     assert set(train["parameters"]) <= set(inspect.signature(flow.fn).parameters)
-    params = train["parameters"]
-    TrainJob.from_settings(params["archive"], params["out"], params["settings"])
+    TrainSettings.parse(train["parameters"]["settings"])
+
+
+def test_the_train_deployment_form_shows_every_setting_typed_and_bounded() -> None:
+    from flows.train import train_classifier
+
+    schema = train_classifier.parameters.model_dump()
+    settings = schema["definitions"]["TrainSettings"]["properties"]
+    assert set(settings) == set(TrainSettings.model_fields)
+    assert settings["epochs"] == {"default": 10, "description": settings["epochs"]["description"],
+                                  "minimum": 1, "title": "Epochs", "type": "integer"}
+    assert settings["loss"]["enum"] == ["ce", "gce"]
+    assert all(field.get("description") for field in settings.values())
+
+
+def test_cli_and_deployment_build_the_same_training_settings() -> None:
+    import argparse
+
+    from flows.settings import add_cli_options, settings_from_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli_options(parser, TrainSettings)
+    from_cli = settings_from_cli(parser.parse_args(
+        ["--loss", "ce", "--no-diversify", "--epochs", "3", "--no-flip", "--p-peak", "0.2"]),
+        TrainSettings)
+    assert from_cli == TrainSettings.parse({"loss": "ce", "diversify": False, "epochs": 3,
+                                            "flip": False, "p_peak": 0.2})
+    job = from_cli.to_job("/data/birds", "/data/model")
+    assert job.config.diversify is None and not job.config.flip and job.config.epochs == 3
 
 
 def test_bad_training_options_fail_with_one_line(tmp_path: Path, capsys) -> None:
     assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 1
     assert "fidoflow: error: archive not found" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--p-peak", "2"]) == 1
-    assert "fidoflow: error: diversify p_peak must be in [0, 1]" in capsys.readouterr().err
+    assert ("fidoflow: error: invalid settings: p_peak: Input should be less than or equal to 1 "
+            "(got 2.0)") in capsys.readouterr().err
 
 
 @pytest.mark.slow

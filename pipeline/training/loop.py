@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -57,16 +57,6 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        div = data.get("diversify", DiversifyConfig())
-        if isinstance(div, dict):
-            div = DiversifyConfig(**div)
-        return replace(cls(), **{**data, "diversify": div})
 
     def k(self, num_classes: int) -> int:
         return self.top_k or default_top_k(num_classes)
