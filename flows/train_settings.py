@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from pipeline.archive.readers import FORMATS
 from pipeline.training.diversify import DiversifyConfig
@@ -18,16 +18,14 @@ from pipeline.training.loop import TrainConfig
 from pipeline.training.loss import LOSSES
 from pipeline.training.network import BACKBONES
 
-from .settings import DEVICE, absolute
+from .settings import DEVICE, Settings, absolute
 from .training_stage import TrainJob
 
 BASE, BLOCK = TrainConfig(), DiversifyConfig()
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(Settings):
     """How to train a class-map classifier: backbone, loss, diversification block, schedule."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     backbone: Literal[BACKBONES] = Field(  # type: ignore[valid-type]
         BASE.backbone, description="the network whose pooling and classifier become a 1x1 "
