@@ -14,9 +14,9 @@ def square_mass(maps: torch.Tensor) -> torch.Tensor:
     return maps[:, SQUARE[0], SQUARE[1]].sum(dim=(1, 2)) / maps.sum(dim=(1, 2))
 
 
-@pytest.mark.parametrize("sampler", ["scd", "cd"])
-def test_ssr_keeps_and_sdr_drops_the_evidence(square_model, sampler: str) -> None:
-    config = FidoConfig(sampler=sampler, **TOY)
+@pytest.mark.parametrize(("sampler", "stages"), [("scd", 1), ("cd", 1), ("scd", 3)])
+def test_ssr_keeps_and_sdr_drops_the_evidence(square_model, sampler: str, stages: int) -> None:
+    config = FidoConfig(sampler=sampler, stages=stages, **TOY)
     with Fido(square_model, config) as fido:
         out = fido.attribute(square_image(), torch.tensor([1]), seeds=[5])
     assert square_mass(out.maps["ssr"]).item() >= 0.8
@@ -83,12 +83,14 @@ def test_a_huge_cap_is_the_plain_objective(square_model) -> None:
     assert torch.equal(a.maps["joint"], b.maps["joint"])
 
 
+@pytest.mark.parametrize("stages", [1, 3])
 @pytest.mark.parametrize("stop_change", [None, 0.05])
 @pytest.mark.parametrize("slots", [1, 2])
-def test_continuous_batching_gives_each_image_its_own_masks(square_model, slots: int, stop_change) -> None:
-    """Whatever the slots and whenever partners leave, an image's masks and step count are those
-    it gets alone."""
-    config = FidoConfig(**{**TOY, "iterations": 25, "stop_change": stop_change})
+def test_continuous_batching_gives_each_image_its_own_masks(square_model, slots: int, stop_change,
+                                                            stages: int) -> None:
+    """Whatever the slots and whenever partners leave (so that slots sit in different stages),
+    an image's masks and step count are those it gets alone."""
+    config = FidoConfig(**{**TOY, "iterations": 25, "stop_change": stop_change, "stages": stages})
     images = torch.cat([square_image(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))])
     targets, seeds = torch.tensor([1, 0, 1]), [7, 8, 9]
     with Fido(square_model, config) as fido:
@@ -123,3 +125,26 @@ def test_slot_adam_is_torch_adam_when_slots_start_together() -> None:
         adam.step()
         slot_adam.step(ours, 2 * (ours - target))
     torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_stages_run_coarse_to_fine_with_iterations_split_evenly() -> None:
+    config = FidoConfig(mask_size=112, stages=3, iterations=30)
+    steps = torch.tensor([0.0, 9.0, 10.0, 19.0, 20.0, 29.0, 30.0])
+    assert config.coarseness(steps).tolist() == [4, 4, 2, 2, 1, 1, 1]
+    assert FidoConfig().coarseness(steps).tolist() == [1] * 7
+    with pytest.raises(ValueError, match="halved"):
+        FidoConfig(mask_size=28, stages=4)
+    with pytest.raises(ValueError, match="iterations"):
+        FidoConfig(mask_size=32, stages=3, iterations=2)
+
+
+def test_a_new_stage_starts_from_the_last_ones_logits_upsampled_bilinearly() -> None:
+    from pipeline.imaging.filters import resize_maps
+    from pipeline.methods.fido import finer_cells
+
+    coarse = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    blocks = coarse.repeat_interleave(4, 0).repeat_interleave(4, 1)  # 8x8, 4x4-cell blocks
+    finer = finer_cells(blocks[None], old=4, new=2)[0]
+    expected = resize_maps(coarse, (4, 4)).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    torch.testing.assert_close(finer, expected)
+    torch.testing.assert_close(finer_cells(blocks[None], old=4, new=1)[0], resize_maps(coarse, (8, 8)))

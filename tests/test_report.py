@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -21,6 +22,7 @@ from pipeline.analysis.report import (
     GalleryItem,
     MethodMaps,
     draw_box,
+    headline,
     overlay,
     render_report,
 )
@@ -153,3 +155,31 @@ def test_a_broken_picture_is_caught_by_the_loaded_flag(chromium: str, tmp_path: 
     page.write_text(html, encoding="utf-8")
     dom = render_in_browser(chromium, page, tmp_path)
     assert 'data-loaded="false"' in re.search(r"<body[^>]*>", dom).group(0)
+
+
+def headline_summary(blend_low: float) -> pd.DataFrame:
+    """Overall accuracy: the full image 0.70, blend 0.80 (gain CI low ``blend_low``) and
+    crop+global 0.75 (gain +0.05 [0.01, 0.09])."""
+    def row(section: str, method: str, variant: str, statistic: str, value: float,
+            low: float = float("nan"), high: float = float("nan")) -> dict:
+        return {"section": section, "group_by": "overall", "group_value": "", "method": method,
+                "variant": variant, "statistic": statistic, "value": value, "ci_low": low,
+                "ci_high": high, "n": 100}
+
+    return pd.DataFrame([
+        {**row("run", "", "", "images", 100)}, {**row("run", "", "", "labelled", 100)},
+        row("accuracy", "none", "global", "top1", 0.70, 0.6, 0.8),
+        row("accuracy", "scd", "blend", "top1", 0.80, 0.7, 0.9),
+        row("accuracy", "scd", "crop+global", "top1", 0.75, 0.65, 0.85),
+        row("accuracy_gain", "scd", "blend", "top1_gain", 0.10, blend_low, 0.2),
+        row("accuracy_gain", "scd", "crop+global", "top1_gain", 0.05, 0.01, 0.09),
+    ])
+
+
+def test_the_headline_quotes_only_a_gain_whose_ci_lies_above_zero() -> None:
+    sure = headline(headline_summary(blend_low=0.02))
+    assert "scd / blend" in sure and "CI above zero" in sure
+    noisy = headline(headline_summary(blend_low=-0.01))  # the best top-1 is noise: not quoted
+    assert "scd / crop+global" in noisy and "blend" not in noisy
+    none = headline(headline_summary(blend_low=-0.01).query("variant != 'crop+global'"))
+    assert "no re-classification gains with a CI above zero" in none and "scd / blend" in none

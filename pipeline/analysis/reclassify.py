@@ -7,8 +7,11 @@ re-classification"), with the same model and no training:
   (falling back to the map's mean when nothing reaches it); the bounding box of the salient
   pixels, padded by 10 px, at least 64 px, made square and clipped to the picture, is cut from
   the picture at its *original* resolution and resized to the model input;
-- ``blend``: the model-input image alpha-blended with its Gaussian blur (sigma 10) using the map
-  (salient pixels stay sharp, the rest is blurred);
+- ``blend``: the model-input image with everything but the salient region (the crop's: smoothed,
+  thresholded, padded by 10 px, edges feathered) replaced by its Gaussian blur (sigma 10). The
+  public code alpha-blends with the map itself; a concentrated map then blurs the object too
+  (0.5 on the object blurs it by half) and on photos that changed almost every answer, mostly to
+  nonsense (bench/RESULTS.md, issue 11), so the region is kept whole;
 - ``crop+global``: the mean of the softmaxes of the full image and of the crop.
 
 Pixel parameters are those of the public code, which works on 224 px images: they are given
@@ -96,6 +99,17 @@ class Reclassification:
     boxes: torch.Tensor | None
 
 
+def salient_region(saliency: torch.Tensor, size: tuple[int, int],
+                   config: ReclassifyConfig = ReclassifyConfig()) -> torch.Tensor:
+    """(H, W) bool: where one (h, w) map, resized to ``size`` and smoothed, reaches the threshold
+    (or, when nothing does, its mean) — the salient pixels both the crop and the blend keep."""
+    grid = F.interpolate(torch.nan_to_num(saliency.float(), nan=0.0)[None, None], size=size,
+                         mode="bilinear", align_corners=False)
+    grid = gaussian_blur(grid, config.smooth_sigma * min(size) / config.reference_size)[0, 0]
+    salient = grid >= config.threshold
+    return salient if salient.any() else grid >= grid.mean()
+
+
 def salient_box(saliency: torch.Tensor, picture_size: tuple[int, int],
                 config: ReclassifyConfig = ReclassifyConfig(),
                 view: tuple[float, float, float, float] | None = None) -> tuple[int, int, int, int]:
@@ -111,14 +125,8 @@ def salient_box(saliency: torch.Tensor, picture_size: tuple[int, int],
     vw, vh = vx1 - vx0, vy1 - vy0
     scale = min(1.0, config.box_grid / max(vw, vh))  # grid pixels per picture pixel
     gh, gw = max(1, round(vh * scale)), max(1, round(vw * scale))
-    sal = saliency.float()
-    sal = torch.nan_to_num(sal, nan=0.0)
-    grid = F.interpolate(sal[None, None], size=(gh, gw), mode="bilinear", align_corners=False)
+    salient = salient_region(saliency, (gh, gw), config)
     side = min(height, width)
-    grid = gaussian_blur(grid, config.smooth_sigma * min(gh, gw) / config.reference_size)[0, 0]
-    salient = grid >= config.threshold
-    if not salient.any():
-        salient = grid >= grid.mean()
     rows = torch.nonzero(salient.any(dim=1)).flatten()
     cols = torch.nonzero(salient.any(dim=0)).flatten()
     # grid edges -> picture pixels
@@ -157,13 +165,16 @@ def crop_views(pictures: Sequence[torch.Tensor], boxes: torch.Tensor,
 
 def blend_views(images: torch.Tensor, saliency: torch.Tensor,
                 config: ReclassifyConfig = ReclassifyConfig()) -> torch.Tensor:
-    """Model-input images (N, 3, H, W) blended with their Gaussian blur: map * image +
-    (1 - map) * blur, the map (N, h, w) resized bilinearly to H x W and clamped to [0, 1]."""
+    """Model-input images (N, 3, H, W) whose salient region (``salient_region``, grown by
+    ``pad`` px and feathered over ``pad`` / 2 px) stays as it is and the rest is replaced by
+    their Gaussian blur (``blend_sigma``)."""
     height, width = images.shape[-2:]
-    weight = F.interpolate(torch.nan_to_num(saliency.float(), nan=0.0)[:, None],
-                           size=(height, width), mode="bilinear", align_corners=False)
-    weight = weight.clamp(0, 1).to(images)
-    blurred = gaussian_blur(images, config.blend_sigma * min(height, width) / config.reference_size)
+    unit = min(height, width) / config.reference_size
+    radius = max(0, round(config.pad * unit))
+    regions = torch.stack([salient_region(s, (height, width), config) for s in saliency.cpu()])
+    weight = F.max_pool2d(regions[:, None].float(), 2 * radius + 1, stride=1, padding=radius)
+    weight = gaussian_blur(weight, config.pad * unit / 2).clamp(0, 1).to(images)
+    blurred = gaussian_blur(images, config.blend_sigma * unit)
     return blurred + weight * (images - blurred)
 
 

@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.imaging.filters import resize_maps, total_variation
 from pipeline.imaging.infill import make_infill
@@ -40,6 +41,12 @@ class FidoConfig:
 
     ``stop_change`` (None = always ``iterations`` steps) ends an image's optimisation early once
     its keeps moved less than this on average over the last 5 steps; ``iterations`` stays the cap.
+
+    ``stages`` > 1 optimises coarse to fine: the mask starts at ``mask_size`` / 2^(stages-1)
+    cells a side and doubles at each stage (iterations split evenly), each stage starting from
+    the last one's logits upsampled bilinearly. The coarse stages find *where* (concentration,
+    cheap to get right with few cells), the fine ones refine the ranking inside; the cost per
+    step is the classifier's, whatever the mask size.
     """
 
     sampler: str = "scd"
@@ -56,6 +63,20 @@ class FidoConfig:
     lo_cap: float | None = 2.0
     autocast: bool = True
     stop_change: float | None = None
+    stages: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stages < 1 or self.mask_size % 2 ** (self.stages - 1):
+            raise ValueError(f"mask_size {self.mask_size} cannot be halved {self.stages - 1} "
+                             "times (stages): use a multiple of 2^(stages-1)")
+        if self.iterations < self.stages:
+            raise ValueError(f"{self.iterations} iterations cannot fill {self.stages} stages")
+
+    def coarseness(self, steps: torch.Tensor) -> torch.Tensor:
+        """Per slot, how many final mask cells a side one cell of its current stage spans
+        (1 in the last stage), from the steps it has taken."""
+        stage = (steps * self.stages).div(self.iterations, rounding_mode="floor")
+        return 2 ** (self.stages - 1 - stage.clamp(max=self.stages - 1)).long()
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -110,18 +131,23 @@ class FidoObjective:
         with context:
             return self.model(blended.reshape(-1, *blended.shape[-3:])).float()
 
-    def draw_noise(self) -> torch.Tensor:
-        b, m = self.config.samples, self.config.mask_size
-        noise = torch.stack([torch.rand(2, b, m, m, generator=g) for g in self.generators], dim=1)
-        return noise.to(self.images.device)  # (2, N, B, m, m)
+    def draw_noise(self, rows: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+        """(2, N, B, m, m) uniform noise from the slots' own streams (``rows``: those slots)."""
+        b, m = self.config.samples, size or self.config.mask_size
+        generators = self.generators if rows is None else [self.generators[int(r)] for r in rows]
+        noise = torch.stack([torch.rand(2, b, m, m, generator=g) for g in generators], dim=1)
+        return noise.to(self.images.device)
 
-    def data_term(self, theta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Per image mean_b[LO(sdr blend) - LO(ssr blend)], shape (N,)."""
-        n, b = len(self.images), self.config.samples
+    def data_term(self, theta: torch.Tensor, noise: torch.Tensor,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per image mean_b[LO(sdr blend) - LO(ssr blend)], shape (N,), for the slots ``rows``
+        (default: all; ``theta`` and ``noise`` hold those slots only)."""
+        images, fill, targets = ((self.images, self.fill, self.targets) if rows is None
+                                 else (self.images[rows], self.fill[rows], self.targets[rows]))
+        n, b = len(images), self.config.samples
         keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
-        size = self.images.shape[-2:]
-        blended = blend(self.images.unsqueeze(1), self.fill.unsqueeze(1), resize_maps(keep, size))
-        targets = self.targets.repeat_interleave(b).repeat(2)
+        blended = blend(images.unsqueeze(1), fill.unsqueeze(1), resize_maps(keep, images.shape[-2:]))
+        targets = targets.repeat_interleave(b).repeat(2)
         lo = log_odds(self.classify(blended), targets).view(2, n, b)
         cap = self.config.lo_cap
         if cap is not None:
@@ -135,10 +161,20 @@ class FidoObjective:
         sparsity = 0.5 * (keep[0].mean(dim=(1, 2)) + (1 - keep[1]).mean(dim=(1, 2)))
         return self.config.l1 * sparsity + self.config.tv * total_variation(keep).sum(dim=0)
 
-    def loss(self, theta: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
+    def loss(self, theta: torch.Tensor, ramp: torch.Tensor,
+             coarseness: torch.Tensor | None = None) -> torch.Tensor:
         """Summed over images (not averaged): an image's gradient does not depend on N.
-        ``ramp`` (N,) in [0, 1] scales each image's penalties during its warm-up."""
-        return (self.data_term(theta, self.draw_noise()) + ramp * self.penalty(theta)).sum()
+        ``ramp`` (N,) in [0, 1] scales each image's penalties during its warm-up; with
+        ``coarseness`` (N,) a slot's theta is average-pooled by it first (its current stage)."""
+        if coarseness is None or bool((coarseness == 1).all()):
+            return (self.data_term(theta, self.draw_noise()) + ramp * self.penalty(theta)).sum()
+        total = theta.new_zeros(())
+        for factor in coarseness.unique().tolist():
+            rows = (coarseness == factor).nonzero().flatten()
+            coarse = F.avg_pool2d(theta[:, rows], factor)
+            data = self.data_term(coarse, self.draw_noise(rows, coarse.shape[-1]), rows)
+            total = total + (data + ramp[rows] * self.penalty(coarse)).sum()
+        return total
 
     @torch.no_grad()
     def outcome(self, theta: torch.Tensor, rows: torch.Tensor | None = None) -> Attribution:
@@ -222,10 +258,14 @@ class Fido(Method):
         reference = torch.sigmoid(theta)
         while holds:
             ramp = (adam.steps / self.config.warmup).clamp(max=1.0) if self.config.warmup > 0 else torch.ones_like(adam.steps)
+            coarseness = self.config.coarseness(adam.steps)
             theta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective.loss(theta, ramp), theta)
+            (grad,) = torch.autograd.grad(objective.loss(theta, ramp, coarseness), theta)
             theta = theta.detach()
-            adam.step(theta, grad)
+            # a pooled cell's gradient, not its 1/f² share: Adam then moves the coarse logits
+            # exactly as if they were the parameters
+            adam.step(theta, grad * coarseness.square().view(1, -1, 1, 1).to(grad))
+            refine_stages(theta, adam, coarseness, self.config.coarseness(adam.steps))
             finished, reference = self._finished(theta, adam.steps, reference)
             if not finished.any():
                 continue
@@ -270,6 +310,25 @@ class Fido(Method):
         reference = torch.where(check.view(1, -1, 1, 1), keep, reference)
         return done | (check & (change < tolerance)), reference
 
+
+
+def refine_stages(theta: torch.Tensor, adam: SlotAdam, before: torch.Tensor,
+                  after: torch.Tensor) -> None:
+    """For the slots whose stage just ended (coarseness ``before`` → ``after``), the logits and
+    Adam's moments of the coarse cells, upsampled bilinearly to the next stage's cells."""
+    for row in (before != after).nonzero().flatten().tolist():
+        old, new = int(before[row]), int(after[row])
+        for maps in (theta, adam.exp_avg, adam.exp_avg_sq):
+            maps[:, row] = finer_cells(maps[:, row], old, new)
+
+
+def finer_cells(maps: torch.Tensor, old: int, new: int) -> torch.Tensor:
+    """(..., M, M) maps constant on ``old``-cell blocks -> constant on ``new``-cell blocks,
+    the block values resampled bilinearly (no seams of the coarse stage survive)."""
+    m = maps.shape[-1]
+    coarse = F.avg_pool2d(maps.unsqueeze(0), old)[0] if old > 1 else maps
+    finer = resize_maps(coarse, (m // new, m // new))
+    return finer.repeat_interleave(new, dim=-1).repeat_interleave(new, dim=-2)
 
 
 class _Results:
