@@ -12,12 +12,17 @@ their own batches):
   deletion and insertion AUC, and the share inside the objects boxed by hand (cup, rocket,
   motorcycle: the three photos whose object fills only part of the frame).
 Seconds per image are each method's own explain time; each row carries the load average it
-was taken at and waits for a quiet machine (bench/quiet.py) unless --force.
+was taken at and waits for a quiet machine (bench/quiet.py) unless --force. FIDO's rows add the
+worst image's SSR keep (p under the deterministic SSR blend ÷ clean p; below 0.5 the mask failed).
+`fido-public` (the public code's setting) keeps a full-resolution mask on the synthetic scenes too.
+Rows no other row beats on every photo column (share, deletion, insertion, seconds) are marked ◆:
+the Pareto front of issue 11.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -40,14 +45,28 @@ COLUMNS = ("share", "pointing", "deletion", "insertion", "sec_per_image")
 
 
 def explain(spec: MethodSpec, model: torch.nn.Module, images: torch.Tensor,
-            targets: torch.Tensor, force: bool) -> tuple[torch.Tensor, float, float]:
-    """The joint maps, seconds per image and the load average before the timing."""
+            targets: torch.Tensor, force: bool) -> tuple[torch.Tensor, dict]:
+    """The joint maps and the row's common fields: seconds per image, the load average before
+    the timing and, for FIDO, the worst image's SSR keep."""
     load = load_average() if force else require_quiet()
     began = time.perf_counter()
     with spec.build(model) as method:
         out = method.attribute(images, targets, list(range(len(images))),
                                default_batch_size(CPU))
-    return out.maps["joint"].float(), (time.perf_counter() - began) / len(images), load
+    fields = {"load": round(load, 2), "sec_per_image": (time.perf_counter() - began) / len(images),
+              "worst_keep": None}
+    if "p_ssr" in out.scalars:
+        with torch.no_grad():
+            clean = model(images).softmax(dim=1).gather(1, targets[:, None])[:, 0]
+        fields["worst_keep"] = (out.scalars["p_ssr"].float() / clean).min().item()
+    return out.maps["joint"].float(), fields
+
+
+def full_resolution(spec: MethodSpec, side: int) -> MethodSpec:
+    """``fido-public``'s mask is as large as the input, whatever the input."""
+    if spec.kind != "fido-public":
+        return spec
+    return dataclasses.replace(spec, config=dataclasses.replace(spec.config, mask_size=side))
 
 
 def synthetic_rows(specs: dict[str, MethodSpec], scenes: int, force: bool) -> list[dict]:
@@ -55,13 +74,14 @@ def synthetic_rows(specs: dict[str, MethodSpec], scenes: int, force: bool) -> li
     data = bench.data
     rows = []
     for name, spec in specs.items():
-        maps, seconds, load = explain(spec, bench.model, data.images, data.labels, force)
+        spec = full_resolution(spec, data.images.shape[-1])
+        maps, fields = explain(spec, bench.model, data.images, data.labels, force)
         curves = deletion_insertion(bench.model, data.images, maps, data.labels, steps=32)
-        rows.append({"set": "synthetic", "method": name, "load": round(load, 2),
+        rows.append({"set": "synthetic", "method": name, **fields,
                      "share": share_inside(maps, data.part_masks.float()).nanmean().item(),
                      "pointing": pointing_game(maps, data.part_masks.bool()).float().mean().item(),
                      "deletion": curves.deletion_auc.mean().item(),
-                     "insertion": curves.insertion_auc.mean().item(), "sec_per_image": seconds})
+                     "insertion": curves.insertion_auc.mean().item()})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -96,38 +116,55 @@ def photo_rows(specs: dict[str, MethodSpec], force: bool) -> list[dict]:
     boxed = list(boxes)
     rows = []
     for name, spec in specs.items():
-        maps, seconds, load = explain(spec, model, images, targets, force)
+        spec = full_resolution(spec, images.shape[-1])
+        maps, fields = explain(spec, model, images, targets, force)
         curves = deletion_insertion(model, images, maps, targets, steps=32)
         inside = share_inside(maps[boxed], torch.tensor([boxes[i] for i in boxed]),
                               tuple(loaded.input_size))
-        rows.append({"set": "photos", "method": name, "load": round(load, 2),
+        rows.append({"set": "photos", "method": name, **fields,
                      "share": inside.mean().item(), "pointing": None,
                      "deletion": curves.deletion_auc.mean().item(),
-                     "insertion": curves.insertion_auc.mean().item(), "sec_per_image": seconds})
+                     "insertion": curves.insertion_auc.mean().item()})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def pareto(rows: list[dict]) -> set[str]:
+    """Methods of the photo rows that no other photo row matches or beats on share, deletion,
+    insertion and seconds at once (better on one)."""
+    photos = [r for r in rows if r["set"] == "photos"]
+    signs = {"share": 1, "deletion": -1, "insertion": 1, "sec_per_image": -1}
+
+    def beats(a: dict, b: dict) -> bool:
+        at_least = all(signs[c] * a[c] >= signs[c] * b[c] for c in signs)
+        return at_least and any(signs[c] * a[c] > signs[c] * b[c] for c in signs)
+
+    return {r["method"] for r in photos if not any(beats(o, r) for o in photos if o is not r)}
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: one row per method, the synthetic and the photo columns side by side."""
     by = {(r["set"], r["method"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    front = pareto(rows)
     head = ("| method | share on part ↑ | pointing ↑ | deletion ↓ | insertion ↑ | s / image "
-            "| photos: share in box ↑ | deletion ↓ | insertion ↑ | s / image | loads |")
-    lines = [head, "|" + "---|" * 11]
+            "| photos: share in box ↑ | deletion ↓ | insertion ↑ | s / image | worst SSR keep ↑ "
+            "| loads |")
+    lines = [head, "|" + "---|" * 12]
 
     def cells(row: dict | None, names: tuple[str, ...]) -> list[str]:
         if row is None:
             return ["–"] * len(names)
-        return ["–" if row[c] is None else (f"{row[c]:.2f}" if c == "sec_per_image"
+        return ["–" if row[c] is None else (f"{row[c]:.2f}" if c in ("sec_per_image", "worst_keep")
                                              else f"{row[c]:.3f}") for c in names]
 
     for method in methods:
         synthetic, photos = by.get(("synthetic", method)), by.get(("photos", method))
         loads = sorted({r["load"] for r in (synthetic, photos) if r})
-        lines.append(f"| {method} | " + " | ".join(
+        mark = " ◆" if method in front else ""
+        lines.append(f"| {method}{mark} | " + " | ".join(
             cells(synthetic, COLUMNS) + cells(photos, ("share", "deletion", "insertion",
-                                                       "sec_per_image"))
+                                                       "sec_per_image", "worst_keep"))
             + ["–".join(f"{x:.2f}" for x in (loads[0], loads[-1]))]) + " |")
     return "\n".join(lines)
 

@@ -85,18 +85,18 @@ def test_crop_views_cut_the_box_and_resize_it() -> None:
     assert views.shape == (1, 3, 5, 5) and torch.allclose(views, torch.ones_like(views))
 
 
-def test_blend_keeps_the_salient_region_whole_and_blurs_the_rest() -> None:
+def test_blend_keeps_the_crop_box_whole_and_blurs_the_rest() -> None:
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     cfg = ReclassifyConfig(blend_sigma=10.0)
     blurred = gaussian_blur(images, 10.0)
     torch.testing.assert_close(blend_views(images, torch.ones(2, 8, 8), cfg), images)
-    # a concentrated map that reaches only 0.6: its region stays sharp, not blurred by 40 %
+    # a concentrated map that reaches only 0.6: its box stays sharp, not blurred by 40 %
     sal = torch.zeros(2, 28, 28)
     sal[:, 4:10, 4:10] = 0.6
     out = blend_views(images, sal, cfg)
     torch.testing.assert_close(out[:, :, 40:72, 40:72], images[:, :, 40:72, 40:72], atol=0.01, rtol=0)
     torch.testing.assert_close(out[:, :, 150:, 150:], blurred[:, :, 150:, 150:])
-    # the edge is feathered: between the region and the far field the weight is partial
+    # the edge is feathered: between the box and the far field the weight is partial
     edge = (out[:, :, 56, 86] - blurred[:, :, 56, 86]) / (images[:, :, 56, 86] - blurred[:, :, 56, 86])
     assert ((edge > 0.05) & (edge < 0.95)).all()
 

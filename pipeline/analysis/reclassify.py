@@ -7,11 +7,11 @@ re-classification"), with the same model and no training:
   (falling back to the map's mean when nothing reaches it); the bounding box of the salient
   pixels, padded by 10 px, at least 64 px, made square and clipped to the picture, is cut from
   the picture at its *original* resolution and resized to the model input;
-- ``blend``: the model-input image with everything but the salient region (the crop's: smoothed,
-  thresholded, padded by 10 px, edges feathered) replaced by its Gaussian blur (sigma 10). The
-  public code alpha-blends with the map itself; a concentrated map then blurs the object too
-  (0.5 on the object blurs it by half) and on photos that changed almost every answer, mostly to
-  nonsense (bench/RESULTS.md, issue 11), so the region is kept whole;
+- ``blend``: the model-input image with everything outside the crop's box (edges feathered)
+  replaced by its Gaussian blur (sigma 10): the crop's focus without its zoom. The public code
+  alpha-blends with the map itself; a concentrated map then blurs the object too (0.5 on the
+  object blurs it by half), and on the demo photos that changed every answer, mostly to nonsense
+  (bench/RESULTS.md, issue 11);
 - ``crop+global``: the mean of the softmaxes of the full image and of the crop.
 
 Pixel parameters are those of the public code, which works on 224 px images: they are given
@@ -165,14 +165,15 @@ def crop_views(pictures: Sequence[torch.Tensor], boxes: torch.Tensor,
 
 def blend_views(images: torch.Tensor, saliency: torch.Tensor,
                 config: ReclassifyConfig = ReclassifyConfig()) -> torch.Tensor:
-    """Model-input images (N, 3, H, W) whose salient region (``salient_region``, grown by
-    ``pad`` px and feathered over ``pad`` / 2 px) stays as it is and the rest is replaced by
-    their Gaussian blur (``blend_sigma``)."""
+    """Model-input images (N, 3, H, W) whose crop box (``salient_box`` on the model input,
+    edges feathered over ``pad`` / 2 px) stays as it is and whose rest is replaced by their
+    Gaussian blur (``blend_sigma``): the crop's focus without its zoom."""
     height, width = images.shape[-2:]
     unit = min(height, width) / config.reference_size
-    radius = max(0, round(config.pad * unit))
-    regions = torch.stack([salient_region(s, (height, width), config) for s in saliency.cpu()])
-    weight = F.max_pool2d(regions[:, None].float(), 2 * radius + 1, stride=1, padding=radius)
+    weight = torch.zeros(len(images), 1, height, width)
+    for i, sal in enumerate(saliency.cpu()):
+        x0, y0, x1, y1 = salient_box(sal, (height, width), config)
+        weight[i, :, y0:y1, x0:x1] = 1.0
     weight = gaussian_blur(weight, config.pad * unit / 2).clamp(0, 1).to(images)
     blurred = gaussian_blur(images, config.blend_sigma * unit)
     return blurred + weight * (images - blurred)

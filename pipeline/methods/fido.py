@@ -42,6 +42,10 @@ class FidoConfig:
     ``stop_change`` (None = always ``iterations`` steps) ends an image's optimisation early once
     its keeps moved less than this on average over the last 5 steps; ``iterations`` stays the cap.
 
+    ``penalty_sums`` takes ``l1`` and ``tv`` as the public code does, weights of *sums* over the
+    mask's cells and neighbour pairs (their effect then grows with the mask size): only for the
+    ``fido-public`` reference.
+
     ``stages`` > 1 optimises coarse to fine: the mask starts at ``mask_size`` / 2^(stages-1)
     cells a side and doubles at each stage (iterations split evenly), each stage starting from
     the last one's logits upsampled bilinearly. The coarse stages find *where* (concentration,
@@ -64,6 +68,7 @@ class FidoConfig:
     autocast: bool = True
     stop_change: float | None = None
     stages: int = 1
+    penalty_sums: bool = False
 
     def __post_init__(self) -> None:
         if self.stages < 1 or self.mask_size % 2 ** (self.stages - 1):
@@ -156,10 +161,15 @@ class FidoObjective:
         return lo[1] - lo[0]
 
     def penalty(self, theta: torch.Tensor) -> torch.Tensor:
-        """Per image l1·½(mean keep_ssr + mean drop_sdr) + tv·TV(both maps), shape (N,)."""
+        """Per image l1·½(mean keep_ssr + mean drop_sdr) + tv·TV(both maps), shape (N,); with
+        ``penalty_sums`` sums over the cells and the neighbour pairs instead of means."""
         keep = torch.sigmoid(theta)
         sparsity = 0.5 * (keep[0].mean(dim=(1, 2)) + (1 - keep[1]).mean(dim=(1, 2)))
-        return self.config.l1 * sparsity + self.config.tv * total_variation(keep).sum(dim=0)
+        smoothness = total_variation(keep).sum(dim=0)
+        if self.config.penalty_sums:
+            h, w = keep.shape[-2:]
+            sparsity, smoothness = sparsity * h * w, smoothness * (h * (w - 1) + w * (h - 1))
+        return self.config.l1 * sparsity + self.config.tv * smoothness
 
     def loss(self, theta: torch.Tensor, ramp: torch.Tensor,
              coarseness: torch.Tensor | None = None) -> torch.Tensor:
@@ -225,6 +235,10 @@ class SlotAdam:
 
 @register("scd", FidoConfig, "FIDO with simplified concrete dropout: smallest sufficient and "
           "destroying regions (ssr, sdr), joint = sqrt(ssr·sdr)")
+@register("fido-public", FidoConfig, "reference: the public SCD code's README setting (classic CD, "
+          "full-resolution 224² mask, B 8, 30 steps, Adam lr 10 eps 0.1, λ1 1e-3 and λtv 1e-2 as sums, "
+          "no cap; its sign bug corrected), to compare against", sampler="cd", mask_size=224,
+          samples=8, lr=10.0, adam_eps=0.1, l1=1e-3, tv=1e-2, penalty_sums=True, lo_cap=None)
 @register("cd", FidoConfig, "FIDO with classic concrete dropout (Chang et al. 2019), same objective",
           sampler="cd")
 class Fido(Method):
