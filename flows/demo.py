@@ -23,9 +23,18 @@ def prepare_demo_archive(folder: Path) -> str:
     return str(folder)
 
 
+def mask_verdict(scalars: dict[str, float], target_prob: float) -> str:
+    """"failed" when the SSR blend keeps less than half the target's clean probability, "ok"
+    when it keeps more, "–" for methods without an SSR."""
+    if "p_ssr" not in scalars:
+        return "–"
+    return "failed" if scalars["p_ssr"] < 0.5 * target_prob else "ok"
+
+
 def print_demo_table(root: str) -> None:
     """Per image and method: the target class and its probability, the method's own per-image
-    numbers (e.g. FIDO's p_ssr, p_sdr), and what the mask-guided re-classification answers
+    numbers (e.g. FIDO's p_ssr, p_sdr), whether a FIDO mask failed (its SSR blend keeps less
+    than half the target's probability), and what the mask-guided re-classification answers
     (crop, crop+global; "=" when unchanged)."""
     from rich.console import Console
     from rich.table import Table
@@ -40,7 +49,7 @@ def print_demo_table(root: str) -> None:
     scalars = list(dict.fromkeys(k for row in predictions for k, _ in row["scalars"] or []))
     table = Table(title="fidoflow demo: target probability, each method's own numbers, and "
                         "the mask-guided re-classification")
-    for column in ("image", "method", "target class", "p", *scalars, "crop", "crop+global"):
+    for column in ("image", "method", "target class", "p", *scalars, "mask", "crop", "crop+global"):
         table.add_column(column)
 
     def answer(row: dict, variant: str) -> str:
@@ -56,6 +65,7 @@ def print_demo_table(root: str) -> None:
         table.add_row(row["image_id"], row["method"], row["target_name"][:32],
                       f"{row['target_prob']:.3f}",
                       *(f"{own[k]:.3g}" if k in own else "–" for k in scalars),
+                      mask_verdict(own, row["target_prob"]),
                       answer(row, "crop"), answer(row, "crop+global"))
     Console().print(table)
     if run.exists("report.html"):

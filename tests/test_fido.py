@@ -148,3 +148,11 @@ def test_a_new_stage_starts_from_the_last_ones_logits_upsampled_bilinearly() -> 
     expected = resize_maps(coarse, (4, 4)).repeat_interleave(2, 0).repeat_interleave(2, 1)
     torch.testing.assert_close(finer, expected)
     torch.testing.assert_close(finer_cells(blocks[None], old=4, new=1)[0], resize_maps(coarse, (8, 8)))
+
+
+def test_the_demo_calls_a_mask_failed_when_its_ssr_keeps_under_half_the_probability() -> None:
+    from flows.demo import mask_verdict
+
+    assert mask_verdict({"p_ssr": 0.33, "p_sdr": 0.1}, 0.79) == "failed"  # chelsea, old defaults
+    assert mask_verdict({"p_ssr": 0.5}, 0.79) == "ok"
+    assert mask_verdict({}, 0.79) == "–"
