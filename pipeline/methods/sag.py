@@ -198,7 +198,7 @@ class Sag(Method):
         """Each image's search state, its patches ranked by p(keep it alone) + p(clean) −
         p(blur it alone)."""
         cfg = self.config
-        n, cells = len(images), self.config.grid ** 2
+        n, cells = len(images), cfg.grid ** 2
         every = range(n)
         clean = self.probabilities(images, fills, targets, [(i, tuple(range(cells)))
                                                             for i in every])
