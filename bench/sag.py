@@ -66,6 +66,8 @@ def measure(title: str, model: torch.nn.Module, images: torch.Tensor, scd_iterat
           f"classifier calls per image {sag.scalars['forwards'].mean():.0f}; "
           f"roots per image {roots.mean():.2f}; images with more than one root "
           f"{int((roots > 1).sum())} of {len(roots)}; without any {int((roots == 0).sum())}")
+    print(f"per image: roots {roots.astype(int).tolist()}, classifier calls "
+          f"{sag.scalars['forwards'].numpy().astype(int).tolist()}")
     print("\n| method | deletion AUC ↓ | insertion AUC ↑ |\n|---|---|---|")
     for name, out in (("sag", sag), ("scd", scd)):
         metrics = evaluate_masks(model, images, out.maps["joint"], targets,

@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline.methods import parse_methods
 from pipeline.methods.base import Attribution
+from pipeline.methods.sag import patch_masks
 
 SIZE, GRID = 28, 7
 REGION_A = (slice(0, 8), slice(0, 8))  # patches 0, 1, 7, 8
@@ -47,8 +48,9 @@ def images(n: int) -> torch.Tensor:
     return x
 
 
-def explain(mode: str, n: int = 2, seeds: list[int] | None = None) -> Attribution:
-    spec = parse_methods("sag")["sag"]
+def explain(mode: str, n: int = 2, seeds: list[int] | None = None,
+            entry: str = "sag") -> Attribution:
+    spec = parse_methods(entry)["sag"]
     with spec.build(Regions(mode)) as method:
         return method.attribute(images(n), torch.ones(n, dtype=torch.long), seeds or list(range(n)))
 
@@ -81,9 +83,38 @@ def test_children_drop_one_patch_and_lose_the_target() -> None:
 
 
 def test_regions_needed_together_are_one_root_holding_both() -> None:
-    out = explain("both")
+    """Hard patch edges (``feather=0``): the toy's evidence is exactly its cells. With the
+    default soft edges the ramps wear the texture at the regions' inner borders, so the root
+    may add a neighbour patch or two; it still holds both regions."""
+    out = explain("both", entry="sag:feather=0")
     for image in range(2):
         assert roots_of(out, image) == [tuple(sorted(PATCHES_A + PATCHES_B))]
+    (root,) = roots_of(explain("both"), 0)
+    assert set(PATCHES_A + PATCHES_B) <= set(root)
+
+
+def test_a_set_larger_than_the_beam_reaches_is_found_by_elimination() -> None:
+    """Both regions (8 patches) with the beam stopped at 6 patches: the elimination from the
+    whole image still finds the one minimal set."""
+    out = explain("both", entry="sag:feather=0:max_patches=6")
+    for image in range(2):
+        assert roots_of(out, image) == [tuple(sorted(PATCHES_A + PATCHES_B))]
+
+
+def test_the_search_stops_once_enough_diverse_sets_are_found() -> None:
+    """A and B both turn sufficient at level 4: asking for 2 roots ends the search there,
+    asking for 3 goes on ``extra`` levels looking for a third; same two roots either way."""
+    two, three = explain("either", n=1, entry="sag:roots=2"), explain("either", n=1)
+    assert roots_of(two, 0) == roots_of(three, 0) == [PATCHES_A, PATCHES_B]
+    assert two.scalars["forwards"][0] < three.scalars["forwards"][0]
+
+
+def test_feathered_masks_ramp_across_patch_borders() -> None:
+    hard = patch_masks([(0,)], GRID, (SIZE, SIZE))
+    assert set(hard.unique().tolist()) == {0.0, 1.0} and hard.sum() == 16
+    soft = patch_masks([(8,)], GRID, (SIZE, SIZE), feather=0.25)[0, 0]  # cell (1, 1): px 4..7
+    assert soft[5:7, 5:7].min() > 0.8 and soft[5, 3] < 0.5 < soft[5, 4]  # ramp over the border
+    assert soft[20:, 20:].max() < 1e-3 and abs(soft.sum() - 16) < 0.1  # local, mass kept
 
 
 def test_same_seed_same_graph_whatever_the_batch() -> None:
