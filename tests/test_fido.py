@@ -156,3 +156,19 @@ def test_the_demo_calls_a_mask_failed_when_its_ssr_keeps_under_half_the_probabil
     assert mask_verdict({"p_ssr": 0.33, "p_sdr": 0.1}, 0.79) == "failed"  # chelsea, old defaults
     assert mask_verdict({"p_ssr": 0.5}, 0.79) == "ok"
     assert mask_verdict({}, 0.79) == "–"
+
+
+def test_the_ssr_floor_keeps_a_sufficient_region_against_a_strong_sparsity_penalty() -> None:
+    from tests.conftest import SquareEvidence
+
+    model, image, target = SquareEvidence(gain=8.0), square_image(), torch.tensor([1])
+    with torch.no_grad():
+        clean = model(image).softmax(dim=1)[0, 1].item()
+    outcomes = {}
+    for l1, floor in [(200.0, None), (200.0, 0.5), (40.0, None), (40.0, 0.5)]:
+        with Fido(model, FidoConfig(**{**TOY, "l1": l1, "ssr_floor": floor})) as fido:
+            outcomes[l1, floor] = fido.attribute(image, target, seeds=[3])
+    assert outcomes[200.0, None].scalars["p_ssr"].item() < 0.5 * clean  # the penalty wins...
+    assert outcomes[200.0, 0.5].scalars["p_ssr"].item() >= 0.5 * clean  # ...not past the floor
+    # a floor that never binds changes nothing
+    assert torch.equal(outcomes[40.0, None].maps["joint"], outcomes[40.0, 0.5].maps["joint"])

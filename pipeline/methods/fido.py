@@ -21,6 +21,7 @@ from pipeline.methods.registry import register
 from pipeline.methods.samplers import make_sampler
 
 STOP_CHECK_EVERY = 5  # steps between two looks at whether an image's masks have settled
+FLOOR_SLOPE = 4.0  # how much more an SSR sample's log-odds count below the floor than above
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class FidoConfig:
     once a region is *sufficient* (or *destroying*) only the penalties act and shrink it. That
     makes the mask's extent follow sufficiency rather than the balance of ``l1`` against the
     log-odds scale, which differs between a small part and a large object.
+
+    ``ssr_floor`` (None = off) guards sufficiency: an SSR sample whose target probability falls
+    under this fraction of the clean image's counts its missing log-odds ``FLOOR_SLOPE`` times
+    more, so the sparsity penalty cannot shrink a region below what keeps the class (a cat that
+    fills the frame needs many cells; without it its SSR kept a third of the probability).
 
     ``stop_change`` (None = always ``iterations`` steps) ends an image's optimisation early once
     its keeps moved less than this on average over the last 5 steps; ``iterations`` stays the cap.
@@ -69,6 +75,7 @@ class FidoConfig:
     stop_change: float | None = None
     stages: int = 1
     penalty_sums: bool = False
+    ssr_floor: float | None = None
 
     def __post_init__(self) -> None:
         if self.stages < 1 or self.mask_size % 2 ** (self.stages - 1):
@@ -112,6 +119,7 @@ class FidoObjective:
         self.fill = make_infill(images, config.infill, self.generators)
         self.targets = targets
         self.autocast = config.autocast and images.device.type == "cuda"
+        self.floor = self.floor_log_odds(images, targets)
 
     def admit(self, row: int, image: torch.Tensor, target: torch.Tensor, seed: int) -> None:
         """Slot ``row`` now holds ``image`` (3, H, W) with a fresh random stream."""
@@ -120,11 +128,21 @@ class FidoObjective:
         self.images[row] = image
         self.fill[row] = make_infill(image[None], self.config.infill, [generator])[0]
         self.targets[row] = target
+        self.floor[row] = self.floor_log_odds(image[None], target[None])[0]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only the slots ``rows`` (indices), in that order."""
         self.generators = [self.generators[int(r)] for r in rows]
         self.images, self.fill, self.targets = self.images[rows], self.fill[rows], self.targets[rows]
+        self.floor = self.floor[rows]
+
+    @torch.no_grad()
+    def floor_log_odds(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) log-odds of ``ssr_floor`` × each image's clean target probability (-inf: off)."""
+        if self.config.ssr_floor is None:
+            return torch.full((len(images),), float("-inf"), device=images.device)
+        clean = self.classify(images).softmax(dim=1).gather(1, targets[:, None])[:, 0]
+        return torch.logit(clean * self.config.ssr_floor, eps=1e-6)
 
     def initial_theta(self) -> torch.Tensor:
         """theta[0] = SSR keep-logits, theta[1] = SDR keep-logits, both 0 (keep 0.5)."""
@@ -147,18 +165,19 @@ class FidoObjective:
                   rows: torch.Tensor | None = None) -> torch.Tensor:
         """Per image mean_b[LO(sdr blend) - LO(ssr blend)], shape (N,), for the slots ``rows``
         (default: all; ``theta`` and ``noise`` hold those slots only)."""
-        images, fill, targets = ((self.images, self.fill, self.targets) if rows is None
-                                 else (self.images[rows], self.fill[rows], self.targets[rows]))
+        images, fill, targets, floor = (
+            (self.images, self.fill, self.targets, self.floor) if rows is None
+            else (self.images[rows], self.fill[rows], self.targets[rows], self.floor[rows]))
         n, b = len(images), self.config.samples
         keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
         blended = blend(images.unsqueeze(1), fill.unsqueeze(1), resize_maps(keep, images.shape[-2:]))
         targets = targets.repeat_interleave(b).repeat(2)
         lo = log_odds(self.classify(blended), targets).view(2, n, b)
         cap = self.config.lo_cap
+        shortfall = (floor[:, None] - lo[0]).clamp(min=0)  # 0 everywhere when the floor is off
         if cap is not None:
             lo = torch.stack([lo[0].clamp(max=cap), lo[1].clamp(min=-cap)])
-        lo = lo.mean(dim=2)
-        return lo[1] - lo[0]
+        return (lo[1] - lo[0] + FLOOR_SLOPE * shortfall).mean(dim=1)
 
     def penalty(self, theta: torch.Tensor) -> torch.Tensor:
         """Per image l1·½(mean keep_ssr + mean drop_sdr) + tv·TV(both maps), shape (N,); with
