@@ -169,6 +169,8 @@ def test_the_ssr_floor_keeps_a_sufficient_region_against_a_strong_sparsity_penal
         with Fido(model, FidoConfig(**{**TOY, "l1": l1, "ssr_floor": floor})) as fido:
             outcomes[l1, floor] = fido.attribute(image, target, seeds=[3])
     assert outcomes[200.0, None].scalars["p_ssr"].item() < 0.5 * clean  # the penalty wins...
-    assert outcomes[200.0, 0.5].scalars["p_ssr"].item() >= 0.5 * clean  # ...not past the floor
+    # ...down to the floor, not past it: the balance sits at the floor (the samples' mean), the
+    # deterministic blend within a tenth of it
+    assert outcomes[200.0, 0.5].scalars["p_ssr"].item() >= 0.9 * 0.5 * clean
     # a floor that never binds changes nothing
     assert torch.equal(outcomes[40.0, None].maps["joint"], outcomes[40.0, 0.5].maps["joint"])

@@ -21,7 +21,7 @@ from pipeline.methods.registry import register
 from pipeline.methods.samplers import make_sampler
 
 STOP_CHECK_EVERY = 5  # steps between two looks at whether an image's masks have settled
-FLOOR_SLOPE = 4.0  # how much more an SSR sample's log-odds count below the floor than above
+FLOOR_SLOPE = 4.0  # how much more the SSR's log-odds count below the floor than above
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ class FidoConfig:
     makes the mask's extent follow sufficiency rather than the balance of ``l1`` against the
     log-odds scale, which differs between a small part and a large object.
 
-    ``ssr_floor`` (None = off) guards sufficiency: an SSR sample whose target probability falls
-    under this fraction of the clean image's counts its missing log-odds ``FLOOR_SLOPE`` times
-    more, so the sparsity penalty cannot shrink a region below what keeps the class (a cat that
+    ``ssr_floor`` (None = off; default 0.5, issue 11 in bench/RESULTS.md) guards sufficiency: when the SSR samples' mean target log-odds
+    fall under those of this fraction of the clean probability, the missing log-odds count
+    ``FLOOR_SLOPE`` times more, so the sparsity penalty cannot shrink a region below what keeps the class (a cat that
     fills the frame needs many cells; without it its SSR kept a third of the probability).
 
     ``stop_change`` (None = always ``iterations`` steps) ends an image's optimisation early once
@@ -75,7 +75,7 @@ class FidoConfig:
     stop_change: float | None = None
     stages: int = 1
     penalty_sums: bool = False
-    ssr_floor: float | None = None
+    ssr_floor: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.stages < 1 or self.mask_size % 2 ** (self.stages - 1):
@@ -174,10 +174,11 @@ class FidoObjective:
         targets = targets.repeat_interleave(b).repeat(2)
         lo = log_odds(self.classify(blended), targets).view(2, n, b)
         cap = self.config.lo_cap
-        shortfall = (floor[:, None] - lo[0]).clamp(min=0)  # 0 everywhere when the floor is off
+        shortfall = (floor - lo[0].mean(dim=1)).clamp(min=0)  # 0 everywhere when the floor is off
         if cap is not None:
             lo = torch.stack([lo[0].clamp(max=cap), lo[1].clamp(min=-cap)])
-        return (lo[1] - lo[0] + FLOOR_SLOPE * shortfall).mean(dim=1)
+        lo = lo.mean(dim=2)
+        return lo[1] - lo[0] + FLOOR_SLOPE * shortfall
 
     def penalty(self, theta: torch.Tensor) -> torch.Tensor:
         """Per image l1·½(mean keep_ssr + mean drop_sdr) + tv·TV(both maps), shape (N,); with
@@ -257,7 +258,8 @@ class SlotAdam:
 @register("fido-public", FidoConfig, "reference: the public SCD code's README setting (classic CD, "
           "full-resolution 224² mask, B 8, 30 steps, Adam lr 10 eps 0.1, λ1 1e-3 and λtv 1e-2 as sums, "
           "no cap; its sign bug corrected), to compare against", sampler="cd", mask_size=224,
-          samples=8, lr=10.0, adam_eps=0.1, l1=1e-3, tv=1e-2, penalty_sums=True, lo_cap=None)
+          samples=8, lr=10.0, adam_eps=0.1, l1=1e-3, tv=1e-2, penalty_sums=True, lo_cap=None,
+          ssr_floor=None)
 @register("cd", FidoConfig, "FIDO with classic concrete dropout (Chang et al. 2019), same objective",
           sampler="cd")
 class Fido(Method):
