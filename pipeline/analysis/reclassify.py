@@ -102,7 +102,7 @@ class Reclassification:
 def salient_region(saliency: torch.Tensor, size: tuple[int, int],
                    config: ReclassifyConfig = ReclassifyConfig()) -> torch.Tensor:
     """(H, W) bool: where one (h, w) map, resized to ``size`` and smoothed, reaches the threshold
-    (or, when nothing does, its mean) — the salient pixels both the crop and the blend keep."""
+    (or, when nothing does, its mean): the pixels the crop's (and so the blend's) box holds."""
     grid = F.interpolate(torch.nan_to_num(saliency.float(), nan=0.0)[None, None], size=size,
                          mode="bilinear", align_corners=False)
     grid = gaussian_blur(grid, config.smooth_sigma * min(size) / config.reference_size)[0, 0]

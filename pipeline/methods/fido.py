@@ -40,10 +40,11 @@ class FidoConfig:
     makes the mask's extent follow sufficiency rather than the balance of ``l1`` against the
     log-odds scale, which differs between a small part and a large object.
 
-    ``ssr_floor`` (None = off; default 0.5, issue 11 in bench/RESULTS.md) guards sufficiency: when the SSR samples' mean target log-odds
-    fall under those of this fraction of the clean probability, the missing log-odds count
-    ``FLOOR_SLOPE`` times more, so the sparsity penalty cannot shrink a region below what keeps the class (a cat that
-    fills the frame needs many cells; without it its SSR kept a third of the probability).
+    ``ssr_floor`` (None = off; default 0.5, issue 11 in bench/RESULTS.md) guards sufficiency:
+    when the SSR samples' mean target log-odds fall under those of this fraction of the clean
+    probability, the missing log-odds count ``FLOOR_SLOPE`` times more, so the sparsity penalty
+    cannot shrink a region below what keeps the class (a cat that fills the frame needs many
+    cells; without the floor its SSR kept a third of the probability).
 
     ``stop_change`` (None = always ``iterations`` steps) ends an image's optimisation early once
     its keeps moved less than this on average over the last 5 steps; ``iterations`` stays the cap.
