@@ -60,9 +60,9 @@ def write_images(folder: Path, count: int) -> Path:
 PLAIN_LOOP = """
 import sys, time, torch
 from pathlib import Path
-from pipeline.imaging.decode import decode_image, to_tensor
-from pipeline.imaging.filters import gaussian_blur, scaled_sigma
-from pipeline.models.loading import load_model
+from fidoflow.pipeline.imaging.decode import decode_image, to_tensor
+from fidoflow.pipeline.imaging.filters import gaussian_blur, scaled_sigma
+from fidoflow.pipeline.models.loading import load_model
 
 B, T, M = {samples}, {iterations}, {mask}
 L1, TV, LR, EPS, WARMUP, CAP = 64.0, 32.0, 1.0, 1e-3, 5, 2.0
@@ -105,7 +105,7 @@ for path in sorted(Path(sys.argv[1]).iterdir()):
 
 FLOOR = """
 import json, sys, time, torch
-from pipeline.models.loading import load_model
+from fidoflow.pipeline.models.loading import load_model
 B = {samples}
 torch.set_num_threads(int(sys.argv[1]))
 model = load_model()
@@ -171,7 +171,7 @@ def compare(images: int, repeats: int, force: bool, prepared: bool) -> dict:
                    "--mask-size", str(MASK), "--infill", "blur", "--explain-only"]
         plain = PLAIN_LOOP.format(samples=SAMPLES, iterations=ITERATIONS, mask=MASK)
         sides = {
-            "fidoflow": lambda: timed([sys.executable, "-m", "flows.cli", "run", str(folder),
+            "fidoflow": lambda: timed([sys.executable, "-m", "fidoflow.flows.cli", "run", str(folder),
                                        "--out", str(Path(tmp) / f"run-{next(runs)}"), *options]),
             "plain loop": lambda: timed([sys.executable, "-c", plain, str(folder), "as-loaded"]),
         }

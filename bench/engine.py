@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import load_benchmark, score
-from pipeline.methods.base import log_odds
-from pipeline.methods.fido import Fido, FidoConfig, FidoObjective, SlotAdam
-from pipeline.methods.gradcam import GradCam, GradCamConfig
-from pipeline.models.loading import load_model
+from fidoflow.pipeline.methods.base import log_odds
+from fidoflow.pipeline.methods.fido import Fido, FidoConfig, FidoObjective, SlotAdam
+from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
+from fidoflow.pipeline.models.loading import load_model
 
 
 def timed(fn, repeats: int) -> float:
@@ -49,8 +49,8 @@ def photos(n: int, size: tuple[int, int]) -> torch.Tensor:
     import skimage.data
     from PIL import Image
 
-    from flows.demo import DEMO_PHOTOS
-    from pipeline.imaging.decode import to_tensor
+    from fidoflow.flows.demo import DEMO_PHOTOS
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     out = []
     for i in range(n):
@@ -96,7 +96,7 @@ def preparation(loaded, images: torch.Tensor, samples: int, rounds: int) -> dict
     """One optimisation step (N images × B samples) on the classifier as loaded, with its
     BatchNorms and SAME paddings folded (pipeline/models/fusion.py), and folded + channels_last (what
     ``LoadedModel.on`` gives a run); interleaved rounds, medians, ratios to the first."""
-    from pipeline.models.fusion import fuse_frozen
+    from fidoflow.pipeline.models.fusion import fuse_frozen
 
     fused, _ = fuse_frozen(loaded.module, images[:2])
     variants = {"as_loaded": loaded.module, "folded": fused,
@@ -154,7 +154,7 @@ def gpu_throughput(loaded, images: torch.Tensor, slots: list[int], total: int = 
                    compile_model: bool = False) -> dict:
     """Images/s on the GPU at the issue's goal settings (EfficientNet-Lite0, 224², B = 2, 30 steps),
     ``total`` images streamed through N slots; the goal is ≥ 100 images/s on one H100."""
-    from pipeline.models.device import resolve_device
+    from fidoflow.pipeline.models.device import resolve_device
 
     device = resolve_device("auto")
     if device.type != "cuda":
@@ -212,7 +212,7 @@ def plain_run(folder: str, samples: int, iterations: int, mask_size: int, prepar
     """The reference: decode, classify and explain one image at a time, no batching, no workers,
     on the classifier as loaded (or, to separate the flow's gains from the classifier's, prepared
     as the flow prepares it)."""
-    from pipeline.imaging.decode import decode_image, to_tensor
+    from fidoflow.pipeline.imaging.decode import decode_image, to_tensor
 
     model = load_model()
     module = model.on(torch.device("cpu")) if prepared else model.module
@@ -237,7 +237,7 @@ def quality_vs_compute(n_images: int, samples: list[int], iterations: list[int])
 def photo_quality(prepared: torch.nn.Module, images: torch.Tensor, cfg: FidoConfig) -> dict:
     """Deletion/insertion of FIDO's joint map for each photo's predicted class, mean steps and
     seconds per photo, one image per slot as on a CPU."""
-    from pipeline.analysis.metrics import deletion_insertion
+    from fidoflow.pipeline.analysis.metrics import deletion_insertion
 
     with Fido(prepared, cfg) as fido:
         targets = fido.predict(images)
@@ -283,8 +283,8 @@ def photo_share(loaded) -> list[dict]:
     import skimage.data
     from PIL import Image
 
-    from pipeline.analysis.metrics import share_inside
-    from pipeline.imaging.decode import to_tensor
+    from fidoflow.pipeline.analysis.metrics import share_inside
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     images, boxes = [], []
     for name, (x0, y0, x1, y1) in PHOTO_OBJECTS.items():

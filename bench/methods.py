@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.engine import PHOTO_OBJECTS
 from bench.quality import load_benchmark
 from bench.quiet import load_average, machine, require_quiet
-from flows.demo import DEMO_PHOTOS
-from pipeline.analysis.metrics import deletion_insertion, pointing_game, share_inside
-from pipeline.methods.registry import MethodSpec, describe, parse_methods
-from pipeline.models.device import default_batch_size
+from fidoflow.flows.demo import DEMO_PHOTOS
+from fidoflow.pipeline.analysis.metrics import deletion_insertion, pointing_game, share_inside
+from fidoflow.pipeline.methods.registry import MethodSpec, describe, parse_methods
+from fidoflow.pipeline.models.device import default_batch_size
 
 CPU = torch.device("cpu")
 COLUMNS = ("share", "pointing", "deletion", "insertion", "sec_per_image")
@@ -91,7 +91,7 @@ def demo_photos(input_size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, li
     import skimage.data
     from PIL import Image
 
-    from pipeline.imaging.decode import to_tensor
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     images, boxes = [], {}
     for i, name in enumerate(DEMO_PHOTOS):
@@ -106,7 +106,7 @@ def demo_photos(input_size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, li
 
 
 def photo_rows(specs: dict[str, MethodSpec], force: bool) -> list[dict]:
-    from pipeline.models.loading import load_model
+    from fidoflow.pipeline.models.loading import load_model
 
     loaded = load_model()
     model = loaded.on(CPU)

@@ -35,7 +35,7 @@ def fidoflow_run(source: Path, out: Path, *options: str) -> dict:
     """The whole command as a user types it; its wall time and its shards' summed time."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(source), "--out",
+    done = subprocess.run([sys.executable, "-m", "fidoflow.flows.cli", "run", str(source), "--out",
                            str(out), *options], capture_output=True, text=True, env=env,
                           check=False, cwd=ROOT)
     wall = time.perf_counter() - began
@@ -46,7 +46,7 @@ def fidoflow_run(source: Path, out: Path, *options: str) -> dict:
 
 
 def overhead(images: int, repeats: int, force: bool) -> dict:
-    from pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.archive.synthetic import write_archive
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = write_archive(Path(tmp) / "scenes", images, seed=11)
@@ -93,8 +93,8 @@ def write_manifest(folder: Path, rows: int, files: int) -> Path:
 
 PREPARE = """
 import json, sys, time
-from flows.settings import RunSettings
-from flows.stages import prepare_run
+from fidoflow.flows.settings import RunSettings
+from fidoflow.flows.stages import prepare_run
 config = RunSettings(model="synthetic-cnn").to_config(sys.argv[1], sys.argv[2])
 began = time.perf_counter()
 _, shards = prepare_run(config)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.analysis.metrics import deletion_insertion, share_inside
-from pipeline.archive.synthetic import SyntheticSet, make_dataset
-from pipeline.methods.base import Method
-from pipeline.models.synthetic_cnn import load_synthetic_classifier
+from fidoflow.pipeline.analysis.metrics import deletion_insertion, share_inside
+from fidoflow.pipeline.archive.synthetic import SyntheticSet, make_dataset
+from fidoflow.pipeline.methods.base import Method
+from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 
 @dataclass

@@ -29,13 +29,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.analysis.aggregate import BootstrapConfig, accuracy_rows, gain_rows
-from pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
-from pipeline.analysis.reclassify import ReclassifyConfig, reclassify, top_k
-from pipeline.archive.synthetic import make_dataset
-from pipeline.imaging.decode import to_tensor
-from pipeline.methods.fido import Fido, FidoConfig
-from pipeline.models.synthetic_cnn import load_synthetic_classifier
+from fidoflow.pipeline.analysis.aggregate import BootstrapConfig, accuracy_rows, gain_rows
+from fidoflow.pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
+from fidoflow.pipeline.analysis.reclassify import ReclassifyConfig, reclassify, top_k
+from fidoflow.pipeline.archive.synthetic import make_dataset
+from fidoflow.pipeline.imaging.decode import to_tensor
+from fidoflow.pipeline.methods.fido import Fido, FidoConfig
+from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 
 def as_uint8(images: torch.Tensor) -> list[Image.Image]:

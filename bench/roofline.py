@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    from pipeline.models.loading import load_model
+    from fidoflow.pipeline.models.loading import load_model
 
     loaded = load_model()
     module = loaded.on(torch.device("cpu"))

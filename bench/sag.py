@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
-from pipeline.methods import parse_methods
-from pipeline.methods.base import Attribution
+from fidoflow.pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.base import Attribution
 
 
 def photos(size: tuple[int, int], resize: str) -> torch.Tensor:
@@ -33,8 +33,8 @@ def photos(size: tuple[int, int], resize: str) -> torch.Tensor:
     import skimage.data
     from PIL import Image
 
-    from flows.demo import DEMO_PHOTOS
-    from pipeline.imaging.decode import to_tensor
+    from fidoflow.flows.demo import DEMO_PHOTOS
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     pictures = []
     for name in DEMO_PHOTOS:
@@ -89,15 +89,15 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} at start "
           "(timings under load: re-time on a quiet machine)")
     if not args.no_photos:
-        from pipeline.models.loading import load_model
+        from fidoflow.pipeline.models.loading import load_model
 
         lite0 = load_model("efficientnet-lite0")
         module = lite0.on(torch.device("cpu"))
         measure("demo photos, EfficientNet-Lite0", module,
                 photos(lite0.input_size, lite0.resize), args.scd_iterations, args.batch)
     if args.synthetic:
-        from pipeline.archive.synthetic import make_dataset
-        from pipeline.models.synthetic_cnn import load_synthetic_classifier
+        from fidoflow.pipeline.archive.synthetic import make_dataset
+        from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 
         module, _ = load_synthetic_classifier()
         scenes = make_dataset(args.synthetic, args.seed).images

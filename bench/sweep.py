@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import load_benchmark, score
-from pipeline.methods.fido import Fido, FidoConfig
-from pipeline.methods.gradcam import GradCam, GradCamConfig
+from fidoflow.pipeline.methods.fido import Fido, FidoConfig
+from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
 
 GRID = {
     "lr": [0.1, 0.3, 1.0],

@@ -23,14 +23,14 @@ import time
 
 import torch
 
-from pipeline.analysis.metrics import share_inside
-from pipeline.archive.synthetic import CROWN, WING, make_dataset
-from pipeline.imaging.filters import resize_maps
-from pipeline.methods.fido import Fido, FidoConfig
-from pipeline.training.data import ImageTensors, TrainData
-from pipeline.training.diversify import DiversifyConfig
-from pipeline.training.loop import TrainConfig, evaluate, fit
-from pipeline.training.network import build_network
+from fidoflow.pipeline.analysis.metrics import share_inside
+from fidoflow.pipeline.archive.synthetic import CROWN, WING, make_dataset
+from fidoflow.pipeline.imaging.filters import resize_maps
+from fidoflow.pipeline.methods.fido import Fido, FidoConfig
+from fidoflow.pipeline.training.data import ImageTensors, TrainData
+from fidoflow.pipeline.training.diversify import DiversifyConfig
+from fidoflow.pipeline.training.loop import TrainConfig, evaluate, fit
+from fidoflow.pipeline.training.network import build_network
 
 VARIANTS = {
     "CE": {"loss": "ce", "diversify": None},

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.archive.synthetic import make_dataset
-from pipeline.models.synthetic_cnn import NUM_CLASSES, WEIGHTS, SyntheticCNN
+from fidoflow.pipeline.archive.synthetic import make_dataset
+from fidoflow.pipeline.models.synthetic_cnn import NUM_CLASSES, WEIGHTS, SyntheticCNN
 
 OUT = Path(__file__).resolve().parents[1] / "pipeline" / "data" / WEIGHTS
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.analysis.aggregate import build_summary
-from storage import parts, schemas
-from storage.runfolder import RunFolder
+from fidoflow.pipeline.analysis.aggregate import build_summary
+from fidoflow.storage import parts, schemas
+from fidoflow.storage.runfolder import RunFolder
 
 from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
 from .analysis_shards import ERROR_PREFIXES

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.analysis.aggregate import BootstrapConfig
-from pipeline.analysis.evaluate import EvaluateConfig
-from pipeline.analysis.reclassify import ReclassifyConfig
+from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
+from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
+from fidoflow.pipeline.analysis.reclassify import ReclassifyConfig
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.analysis.explain import error_record
-from storage import masks, parts, schemas
-from storage.runfolder import RunFolder
+from fidoflow.pipeline.analysis.explain import error_record
+from fidoflow.storage import masks, parts, schemas
+from fidoflow.storage.runfolder import RunFolder
 
 from . import stages
 from .config import RunConfig

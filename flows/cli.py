@@ -163,7 +163,7 @@ def fail(exc: BaseException) -> int:
 
 def print_methods() -> None:
     """Every registered method kind: its description and default settings."""
-    from pipeline.methods.registry import describe
+    from fidoflow.pipeline.methods.registry import describe
 
     for entry in describe():
         print(f"{entry['kind']:<11} {entry['description']}")
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command(argv: list[str], began: float, began_clock: float, api: ApiServer | None) -> int:
-    from storage.lease import Lease
-    from storage.runfolder import RunFolder
+    from fidoflow.storage.lease import Lease
+    from fidoflow.storage.runfolder import RunFolder
 
     from .settings import settings_from_cli
 

@@ -81,7 +81,7 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     client.close()
 
 
-WORKER_PRELOAD = ("distributed", "flows.stages")  # what every shard task imports
+WORKER_PRELOAD = ("distributed", "fidoflow.flows.stages")  # what every shard task imports
 FORK = {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
@@ -153,7 +153,7 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
 def warm_worker(config_json: dict) -> None:
     """On a worker: import the shard tasks' code and load and prepare the run's model, so that
     the first shard starts explaining at once (each worker keeps both for the run)."""
-    from pipeline.models.device import resolve_device
+    from fidoflow.pipeline.models.device import resolve_device
 
     from . import stages
     from .config import RunConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS, DecodeLimits
-from pipeline.methods import MethodSpec, parse_methods
+from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS, DecodeLimits
+from fidoflow.pipeline.methods import MethodSpec, parse_methods
 
 
 @dataclass
@@ -43,7 +43,7 @@ class RunConfig:
     @property
     def archive_root(self) -> Path:
         """The folder the manifest's ``path`` column is relative to."""
-        from pipeline.archive.readers import archive_root
+        from fidoflow.pipeline.archive.readers import archive_root
         return archive_root(self.source, self.images_root)
 
     @property
@@ -53,7 +53,7 @@ class RunConfig:
     @property
     def images_per_step(self) -> int:
         """``batch_size``, or the device's measured best when it is not set."""
-        from pipeline.models.device import default_batch_size, resolve_device
+        from fidoflow.pipeline.models.device import default_batch_size, resolve_device
         return self.batch_size or default_batch_size(resolve_device(self.device))
 
     def results_identity(self) -> dict[str, object]:

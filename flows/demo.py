@@ -39,8 +39,8 @@ def print_demo_table(root: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from storage import parts, schemas
-    from storage.runfolder import RunFolder
+    from fidoflow.storage import parts, schemas
+    from fidoflow.storage.runfolder import RunFolder
 
     run = RunFolder(root)
     predictions = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.analysis.evaluate import boxes_to_input, evaluate_masks
-from pipeline.imaging.decode import to_tensor
-from pipeline.models.device import resolve_device
-from pipeline.models.loading import LoadedModel
-from storage.runfolder import RunFolder
+from fidoflow.pipeline.analysis.evaluate import boxes_to_input, evaluate_masks
+from fidoflow.pipeline.imaging.decode import to_tensor
+from fidoflow.pipeline.models.device import resolve_device
+from fidoflow.pipeline.models.loading import LoadedModel
+from fidoflow.storage.runfolder import RunFolder
 
 from . import stages
 from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig

@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from rich.progress import Progress
 
-from storage.lease import Lease
-from storage.runfolder import RunFolder
+from fidoflow.storage.lease import Lease
+from fidoflow.storage.runfolder import RunFolder
 
 from . import stages
 from .aggregate_stage import aggregate_run

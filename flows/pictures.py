@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipeline.imaging.decode import crop_box, decode_image
+from fidoflow.pipeline.imaging.decode import crop_box, decode_image
 
 from .config import RunConfig
 

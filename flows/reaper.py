@@ -1,6 +1,6 @@
 """Processes that die with their run: a watchdog stops what a run started once the run is gone.
 
-``guard_children()`` starts (once per process) ``python -m flows.reaper PID``: a small process in
+``guard_children()`` starts (once per process) ``python -m fidoflow.flows.reaper PID``: a small process in
 its own session that notes the descendants of PID (the Prefect API server, Dask workers and
 their children) twice a second, and when PID ends — normally, by Ctrl-C, SIGTERM, SIGKILL or a
 time-out — terminates those still alive (the same processes: start times are compared, so a
@@ -28,7 +28,7 @@ def guard_children() -> None:
     if pid in _guarded and _guarded[pid].poll() is None:
         return
     _guarded[pid] = subprocess.Popen(
-        [sys.executable, "-m", "flows.reaper", str(pid)], stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "fidoflow.flows.reaper", str(pid)], stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         close_fds=True,
     )

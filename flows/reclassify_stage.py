@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.analysis.aggregate import BASELINE_METHOD, BASELINE_VARIANT
-from pipeline.analysis.reclassify import BASELINE, ReclassifyConfig, reclassify, top_k
-from pipeline.imaging.decode import to_tensor
-from pipeline.models.device import resolve_device
-from pipeline.models.inference import class_probabilities
-from pipeline.models.loading import LoadedModel
-from storage.runfolder import RunFolder
+from fidoflow.pipeline.analysis.aggregate import BASELINE_METHOD, BASELINE_VARIANT
+from fidoflow.pipeline.analysis.reclassify import BASELINE, ReclassifyConfig, reclassify, top_k
+from fidoflow.pipeline.imaging.decode import to_tensor
+from fidoflow.pipeline.models.device import resolve_device
+from fidoflow.pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.models.loading import LoadedModel
+from fidoflow.storage.runfolder import RunFolder
 
 from . import stages
 from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.analysis.aggregate import BASELINE_METHOD
-from pipeline.analysis.report import (
+from fidoflow.pipeline.analysis.aggregate import BASELINE_METHOD
+from fidoflow.pipeline.analysis.report import (
     Curves,
     FlipItem,
     GalleryItem,
@@ -21,9 +21,9 @@ from pipeline.analysis.report import (
     render_report,
     thumbnail,
 )
-from pipeline.models.loading import LoadedModel
-from storage import masks, parts, schemas
-from storage.runfolder import RunFolder
+from fidoflow.pipeline.models.loading import LoadedModel
+from fidoflow.storage import masks, parts, schemas
+from fidoflow.storage.runfolder import RunFolder
 
 from . import stages
 from .analysis_config import AnalysisConfig

@@ -18,10 +18,10 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.archive.readers import FORMATS, SPLITS
-from pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
-from pipeline.imaging.infill import INFILLS
-from pipeline.methods import parse_methods
+from fidoflow.pipeline.archive.readers import FORMATS, SPLITS
+from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
+from fidoflow.pipeline.imaging.infill import INFILLS
+from fidoflow.pipeline.methods import parse_methods
 
 from .config import RunConfig
 
@@ -119,7 +119,7 @@ class RunSettings(Settings):
 
     def to_config(self, archive: str, out: str) -> RunConfig:
         """The resolved run: methods built, local paths made absolute, files checked."""
-        from pipeline.models.loading import BUILTINS
+        from fidoflow.pipeline.models.loading import BUILTINS
 
         model = self.model
         if model not in BUILTINS:
@@ -174,7 +174,7 @@ def settings_markdown() -> str:
 
     lines = ["# Run settings", "",
              "Generated from `flows/settings.py` and `flows/train_settings.py`",
-             "(`python -m flows.settings > docs/settings.md`).",
+             "(`python -m fidoflow.flows.settings > docs/settings.md`).",
              "The CLI takes each as `--name-with-dashes`; a deployment takes them by name in its",
              "`settings` parameter (`--param settings='{\"iterations\": 50}'`). Both validate",
              "them with the same model.", "", *settings_table(RunSettings), "",

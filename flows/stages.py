@@ -16,14 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-import pipeline
-from pipeline.analysis.explain import explain_rows
-from pipeline.archive.labels import map_labels, read_label_map
-from pipeline.archive.readers import read_archive
-from pipeline.methods.registry import kind
-from pipeline.models.loading import LoadedModel, load_model
-from storage import masks, parts, schemas
-from storage.runfolder import SCHEMA_VERSION, RunFolder
+import fidoflow.pipeline
+from fidoflow.pipeline.analysis.explain import explain_rows
+from fidoflow.pipeline.archive.labels import map_labels, read_label_map
+from fidoflow.pipeline.archive.readers import read_archive
+from fidoflow.pipeline.methods.registry import kind
+from fidoflow.pipeline.models.loading import LoadedModel, load_model
+from fidoflow.storage import masks, parts, schemas
+from fidoflow.storage.runfolder import SCHEMA_VERSION, RunFolder
 
 from .config import RunConfig
 
@@ -48,7 +48,7 @@ def model_of(config: RunConfig) -> LoadedModel:
 
 
 def code_version() -> str:
-    here = Path(pipeline.__file__).resolve().parent.parent
+    here = Path(fidoflow.pipeline.__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5, check=False).stdout.strip()

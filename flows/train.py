@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from pipeline.training.progress import TrainingBar, epoch_line
+from fidoflow.pipeline.training.progress import TrainingBar, epoch_line
 
 from .train_settings import TrainSettings
 from .training_stage import train_model

@@ -12,11 +12,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.archive.readers import FORMATS
-from pipeline.training.diversify import DiversifyConfig
-from pipeline.training.loop import TrainConfig
-from pipeline.training.loss import LOSSES
-from pipeline.training.network import BACKBONES
+from fidoflow.pipeline.archive.readers import FORMATS
+from fidoflow.pipeline.training.diversify import DiversifyConfig
+from fidoflow.pipeline.training.loop import TrainConfig
+from fidoflow.pipeline.training.loss import LOSSES
+from fidoflow.pipeline.training.network import BACKBONES
 
 from .settings import DEVICE, Settings, absolute
 from .training_stage import TrainJob

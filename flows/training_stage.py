@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline.archive.readers import archive_root, read_archive
-from pipeline.imaging.decode import DecodeLimits
-from pipeline.models.device import resolve_device
-from pipeline.training.data import load_frame
-from pipeline.training.loop import TrainConfig, check_resume, evaluate, fit
-from pipeline.training.network import architecture_name, build_network, input_size
-from storage.modelfolder import CARD, WEIGHTS, ModelFolder
+from fidoflow.pipeline.archive.readers import archive_root, read_archive
+from fidoflow.pipeline.imaging.decode import DecodeLimits
+from fidoflow.pipeline.models.device import resolve_device
+from fidoflow.pipeline.training.data import load_frame
+from fidoflow.pipeline.training.loop import TrainConfig, check_resume, evaluate, fit
+from fidoflow.pipeline.training.network import architecture_name, build_network, input_size
+from fidoflow.storage.modelfolder import CARD, WEIGHTS, ModelFolder
 
 from .stages import code_version
 

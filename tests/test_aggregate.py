@@ -8,14 +8,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.analysis.aggregate import (
+from fidoflow.pipeline.analysis.aggregate import (
     SUMMARY_COLUMNS,
     BootstrapConfig,
     bootstrap_ci,
     build_summary,
     class_key,
 )
-from storage import schemas
+from fidoflow.storage import schemas
 
 
 def test_bootstrap_matches_a_plain_loop_and_is_deterministic() -> None:

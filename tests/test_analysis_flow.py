@@ -18,21 +18,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows import stages
-from flows.aggregate_stage import aggregate_run
-from flows.analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
-from flows.analysis_shards import pending
-from flows.config import RunConfig
-from flows.evaluate_stage import evaluate_shard
-from flows.reclassify_stage import reclassify_shard
-from pipeline.analysis.aggregate import BootstrapConfig
-from pipeline.analysis.evaluate import EvaluateConfig
-from pipeline.archive.synthetic import write_archive
-from pipeline.methods import parse_methods
-from pipeline.models.loading import LoadedModel
-from pipeline.models.synthetic_cnn import load_synthetic_classifier
-from storage import masks, parts, schemas
-from storage.runfolder import RunFolder
+from fidoflow.flows import stages
+from fidoflow.flows.aggregate_stage import aggregate_run
+from fidoflow.flows.analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
+from fidoflow.flows.analysis_shards import pending
+from fidoflow.flows.config import RunConfig
+from fidoflow.flows.evaluate_stage import evaluate_shard
+from fidoflow.flows.reclassify_stage import reclassify_shard
+from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
+from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
+from fidoflow.pipeline.archive.synthetic import write_archive
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.models.loading import LoadedModel
+from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
+from fidoflow.storage import masks, parts, schemas
+from fidoflow.storage.runfolder import RunFolder
 from tests.test_report import assert_all_images_loaded, chromium, render_in_browser  # noqa: F401
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -214,9 +214,9 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import explain_archive
-    from flows.cli import main
-    from flows.server import prefect_api
+    from fidoflow.flows import explain_archive
+    from fidoflow.flows.cli import main
+    from fidoflow.flows.server import prefect_api
 
     chromium_path = request.getfixturevalue("chromium")
     monkeypatch.setattr(explain_archive, "DEFAULT_ANALYSIS", TINY)

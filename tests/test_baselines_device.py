@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from pipeline.analysis.metrics import share_inside
-from pipeline.archive.synthetic import make_dataset
-from pipeline.methods.gradcam import GradCam, GradCamConfig
-from pipeline.models.device import prepare_module, resolve_device
-from pipeline.models.synthetic_cnn import load_synthetic_classifier
+from fidoflow.pipeline.analysis.metrics import share_inside
+from fidoflow.pipeline.archive.synthetic import make_dataset
+from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
+from fidoflow.pipeline.models.device import prepare_module, resolve_device
+from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 
 def test_gradcam_maps_are_normalised_and_favour_the_object() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cluster import ClusterPlan, build_runner, plan_cluster
+from fidoflow.flows.cluster import ClusterPlan, build_runner, plan_cluster
 
 
 @pytest.mark.parametrize(("args", "plan"), [
@@ -65,8 +65,8 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
     """Workers that die on a task end the flow with an error instead of a hang."""
     from prefect import flow, task
 
-    from flows.explain_archive import workers_ready
-    from flows.server import prefect_api
+    from fidoflow.flows.explain_archive import workers_ready
+    from fidoflow.flows.server import prefect_api
 
     @task(name="dies")
     def dies() -> None:
@@ -87,7 +87,7 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
 ])
 def test_automatic_shards_give_every_worker_work(images: int, workers: int, size: int,
                                                  shards: int) -> None:
-    from flows.stages import LARGEST_AUTO_SHARD, auto_shard_size
+    from fidoflow.flows.stages import LARGEST_AUTO_SHARD, auto_shard_size
 
     got = auto_shard_size(images, workers)
     assert (got, -(-images // got)) == (size, shards)
@@ -99,9 +99,9 @@ def test_gpu_decisions_taken_on_the_cpu() -> None:
     bf16 autocast only on CUDA inputs; a CUDA run's tasks use their worker's own GPU."""
     import torch
 
-    from flows.config import RunConfig
-    from pipeline.methods.fido import FidoConfig, FidoObjective
-    from pipeline.models.device import default_batch_size
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.pipeline.methods.fido import FidoConfig, FidoObjective
+    from fidoflow.pipeline.models.device import default_batch_size
 
     assert default_batch_size(torch.device("cuda")) == 8
     assert default_batch_size(torch.device("cuda", 1)) == 8

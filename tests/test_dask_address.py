@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.server import free_port
+from fidoflow.flows.cli import main
+from fidoflow.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 

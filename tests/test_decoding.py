@@ -12,8 +12,8 @@ import torch
 from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
 from PIL import Image
 
-from pipeline.imaging import decode as images
-from pipeline.imaging.decode import DecodeLimits, crop_box, decode_image, shrink_to, to_tensor
+from fidoflow.pipeline.imaging import decode as images
+from fidoflow.pipeline.imaging.decode import DecodeLimits, crop_box, decode_image, shrink_to, to_tensor
 
 
 def decoded(kind: str, tmp_path: Path) -> np.ndarray:
@@ -169,7 +169,7 @@ def test_crop_mode_keeps_the_centre() -> None:
 
 
 def test_load_batch_turns_any_exception_into_an_error_row(monkeypatch, tmp_path: Path) -> None:
-    from pipeline.analysis import explain
+    from fidoflow.pipeline.analysis import explain
 
     save(photo(), tmp_path / "ok.png")
     save(photo(), tmp_path / "boom.png")
@@ -193,11 +193,11 @@ def test_load_batch_turns_any_exception_into_an_error_row(monkeypatch, tmp_path:
 def explain_everything(source: Path, run: Path, **options: object) -> tuple[list, list, list]:
     """prepare_run + explain_shard for every shard with the small synthetic CNN: manifest rows,
     predictions and errors."""
-    from flows import stages
-    from flows.config import RunConfig
-    from pipeline.methods import parse_methods
-    from storage import parts, schemas
-    from storage.runfolder import RunFolder
+    from fidoflow.flows import stages
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.pipeline.methods import parse_methods
+    from fidoflow.storage import parts, schemas
+    from fidoflow.storage.runfolder import RunFolder
 
     config = RunConfig(source=str(source), root=str(run), model="synthetic-cnn", shard_size=4,
                        batch_size=4, mask_size=4,
@@ -229,8 +229,8 @@ def assert_nothing_lost(manifest: list, predictions: list, errors: list) -> set[
 
 
 def test_every_row_of_a_dirty_folder_ends_in_predictions_or_errors(tmp_path: Path) -> None:
-    from flows import stages
-    from flows.config import RunConfig
+    from fidoflow.flows import stages
+    from fidoflow.flows.config import RunConfig
 
     expected = dirty_folder(tmp_path / "dirty", outside=tmp_path / "outside")
     save(photo(), tmp_path / "dirty" / "good1.png")  # same stem: ids keep their suffixes

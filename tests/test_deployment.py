@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.explain_archive import explain_archive
-from flows.settings import RunSettings, add_cli_options, settings_from_cli
+from fidoflow.flows.explain_archive import explain_archive
+from fidoflow.flows.settings import RunSettings, add_cli_options, settings_from_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def test_bad_settings_fail_with_one_line_naming_the_field(values: dict, message:
 
 
 def test_cli_refuses_what_a_deployment_refuses(capsys) -> None:
-    from flows.cli import main
+    from fidoflow.flows.cli import main
 
     assert main(["run", str(ROOT), "--out", "/nonexistent/run", "--iterations", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -95,7 +95,7 @@ def test_cli_refuses_what_a_deployment_refuses(capsys) -> None:
 
 
 def test_the_settings_doc_is_generated_from_the_declaration() -> None:
-    from flows.settings import settings_markdown
+    from fidoflow.flows.settings import settings_markdown
 
     assert (ROOT / "docs" / "settings.md").read_text() == settings_markdown(), \
-        "run `python -m flows.settings > docs/settings.md`"
+        "run `python -m fidoflow.flows.settings > docs/settings.md`"

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures_archives import dirty_folder
 
-from flows.cli import main
-from storage import parts, schemas
-from storage.runfolder import RunFolder
+from fidoflow.flows.cli import main
+from fidoflow.storage import parts, schemas
+from fidoflow.storage.runfolder import RunFolder
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size
 @pytest.fixture(scope="module")
 def api_url(tmp_path_factory) -> str:
     """One Prefect server for the module's CLI runs (each would otherwise start its own)."""
-    from flows.server import prefect_api
+    from fidoflow.flows.server import prefect_api
 
     os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
     with prefect_api() as url:
@@ -30,7 +30,7 @@ def api_url(tmp_path_factory) -> str:
 
 def fidoflow(api_url: str, *argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PREFECT_API_URL=api_url)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *argv], env=env, check=False,
+    return subprocess.run([sys.executable, "-m", "fidoflow.flows.cli", *argv], env=env, check=False,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.methods.fido import Fido, FidoConfig
+from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from tests.conftest import SQUARE, square_image
 
 TOY = {"samples": 4, "iterations": 60, "mask_size": 32, "lr": 0.3, "l1": 40.0, "tv": 8.0,
@@ -60,7 +60,7 @@ def test_classifier_is_frozen_inside_and_restored_after(square_model) -> None:
 def test_lo_cap_stops_rewarding_a_region_once_it_is_sufficient(square_model) -> None:
     """With the whole image kept the SSR is far above the cap: its evidence gradient vanishes,
     while the uncapped objective keeps rewarding more keep."""
-    from pipeline.methods.fido import FidoObjective
+    from fidoflow.pipeline.methods.fido import FidoObjective
 
     def ssr_grad(cap: float | None) -> torch.Tensor:
         config = FidoConfig(**{**TOY, "lo_cap": cap})
@@ -113,7 +113,7 @@ def test_early_stop_leaves_when_masks_settle_and_never_before_a_check(square_mod
 
 
 def test_slot_adam_is_torch_adam_when_slots_start_together() -> None:
-    from pipeline.methods.fido import SlotAdam
+    from fidoflow.pipeline.methods.fido import SlotAdam
 
     target = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     ours = torch.zeros(2, 3, 4, 4)
@@ -139,8 +139,8 @@ def test_stages_run_coarse_to_fine_with_iterations_split_evenly() -> None:
 
 
 def test_a_new_stage_starts_from_the_last_ones_logits_upsampled_bilinearly() -> None:
-    from pipeline.imaging.filters import resize_maps
-    from pipeline.methods.fido import finer_cells
+    from fidoflow.pipeline.imaging.filters import resize_maps
+    from fidoflow.pipeline.methods.fido import finer_cells
 
     coarse = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     blocks = coarse.repeat_interleave(4, 0).repeat_interleave(4, 1)  # 8x8, 4x4-cell blocks
@@ -151,7 +151,7 @@ def test_a_new_stage_starts_from_the_last_ones_logits_upsampled_bilinearly() -> 
 
 
 def test_the_demo_calls_a_mask_failed_when_its_ssr_keeps_under_half_the_probability() -> None:
-    from flows.demo import mask_verdict
+    from fidoflow.flows.demo import mask_verdict
 
     assert mask_verdict({"p_ssr": 0.33, "p_sdr": 0.1}, 0.79) == "failed"  # chelsea, old defaults
     assert mask_verdict({"p_ssr": 0.5}, 0.79) == "ok"

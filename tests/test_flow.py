@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from flows.cli import main
-from storage import schemas
-from storage.runfolder import SCHEMA_VERSION
+from fidoflow.flows.cli import main
+from fidoflow.storage import schemas
+from fidoflow.storage.runfolder import SCHEMA_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_missing_folder_and_unknown_option_fail_with_one_line(tmp_path: Path, ca
 
 
 def test_prefect_api_runs_the_callers_start_up_once_whichever_api(monkeypatch) -> None:
-    from flows.server import prefect_api
+    from fidoflow.flows.server import prefect_api
 
     calls = []
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models.device import prepare_module
-from pipeline.models.fusion import fuse_frozen
-from pipeline.models.loading import load_model
+from fidoflow.pipeline.models.device import prepare_module
+from fidoflow.pipeline.models.fusion import fuse_frozen
+from fidoflow.pipeline.models.loading import load_model
 
 
 @pytest.fixture(scope="module", params=["efficientnet-lite0", "synthetic-cnn"])

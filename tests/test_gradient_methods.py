@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.analysis.metrics import share_inside
-from pipeline.methods import parse_methods
-from pipeline.methods.gradcam import find_layer, last_conv_layer
+from fidoflow.pipeline.analysis.metrics import share_inside
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.gradcam import find_layer, last_conv_layer
 from tests.conftest import SQUARE
 
 SIZE = 32
@@ -89,7 +89,7 @@ def test_smoothgrad_repeats_with_the_same_seeds() -> None:
 
 
 def test_gradcam_layer_is_found_for_known_models_and_settable() -> None:
-    from pipeline.models.loading import load_model
+    from fidoflow.pipeline.models.loading import load_model
 
     lite0 = load_model("efficientnet-lite0")
     assert last_conv_layer(lite0.module) == "net._conv_head"

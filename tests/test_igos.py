@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.analysis.metrics import share_inside
-from pipeline.methods import parse_methods
+from fidoflow.pipeline.analysis.metrics import share_inside
+from fidoflow.pipeline.methods import parse_methods
 from tests.test_gradient_methods import AREA, SIZE, ConvSquare, images, square_box
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.lease import LOCK_NAME, Lease, RunLocked
-from storage.runfolder import RunFolder
+from fidoflow.storage.lease import LOCK_NAME, Lease, RunLocked
+from fidoflow.storage.runfolder import RunFolder
 
 
 def test_second_lease_fails_naming_the_holder_and_release_frees_it(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_a_file_in_place_of_the_folder_is_one_clear_error(tmp_path: Path) -> Non
 
 
 def test_a_second_cli_run_fails_at_once_naming_the_holder(tmp_path: Path, capsys) -> None:
-    from flows.cli import main
+    from fidoflow.flows.cli import main
 
     (tmp_path / "photos").mkdir()
     with Lease(RunFolder(str(tmp_path / "run"))):

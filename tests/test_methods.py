@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.methods import KINDS, Attribution, Method, MethodSpec, parse_methods
-from pipeline.methods.fido import FidoConfig
+from fidoflow.pipeline.methods import KINDS, Attribution, Method, MethodSpec, parse_methods
+from fidoflow.pipeline.methods.fido import FidoConfig
 from tests.conftest import square_image
 
 
@@ -92,7 +92,7 @@ def test_fido_attribute_names_its_own_maps(square_model) -> None:
 
 
 def test_cli_lists_methods_with_defaults(capsys) -> None:
-    from flows.cli import main
+    from fidoflow.flows.cli import main
 
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_cli_lists_methods_with_defaults(capsys) -> None:
 
 
 def test_an_unknown_method_is_a_one_line_cli_error(photo_folder, tmp_path, capsys) -> None:
-    from flows.cli import main
+    from fidoflow.flows.cli import main
 
     code = main(["run", str(photo_folder), "--out", str(tmp_path / "run"),
                  "--method", "scd,gradcam:layer=x:depth=3"])

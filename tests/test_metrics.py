@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.analysis.metrics import (
+from fidoflow.pipeline.analysis.metrics import (
     box_iou_fdr,
     boxes_to_masks,
     deletion_insertion,
@@ -17,7 +17,7 @@ from pipeline.analysis.metrics import (
     pointing_game,
     share_inside,
 )
-from pipeline.imaging.filters import total_variation
+from fidoflow.pipeline.imaging.filters import total_variation
 
 WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1])  # of the 4 pixels of a 2x2 image, row-major
 

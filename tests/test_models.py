@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.archive.labels import map_labels, read_label_map
-from pipeline.archive.synthetic import CLASS_NAMES
-from pipeline.models.loading import (
+from fidoflow.pipeline.archive.labels import map_labels, read_label_map
+from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
+from fidoflow.pipeline.models.loading import (
     BUILTIN,
     SYNTHETIC,
     ModelError,
@@ -22,7 +22,7 @@ from pipeline.models.loading import (
     load_model,
     read_card,
 )
-from pipeline.models.synthetic_cnn import SyntheticCNN, load_synthetic_classifier
+from fidoflow.pipeline.models.synthetic_cnn import SyntheticCNN, load_synthetic_classifier
 
 NAMES = list(CLASS_NAMES[:8])
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -249,9 +249,9 @@ def test_bad_label_maps_are_refused(text: str, message: str, tmp_path: Path) -> 
 
 def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None:
     """ImageFolder labels index sorted folder names; model_label is the model's own index."""
-    from flows.config import RunConfig
-    from flows.stages import build_manifest, model_of
-    from pipeline.archive.synthetic import write_archive
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.flows.stages import build_manifest, model_of
+    from fidoflow.pipeline.archive.synthetic import write_archive
 
     write_archive(tmp_path / "syn", 6, seed=0, size=32, classes=3)
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),
@@ -268,8 +268,8 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
 def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) -> None:
     from fixtures_archives import cub_tree
 
-    from flows.config import RunConfig
-    from flows.stages import build_manifest, model_of
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.flows.stages import build_manifest, model_of
 
     cub_tree(tmp_path / "cub")
     (tmp_path / "map.csv").write_text("label_name,model_class\n001.Black_footed_Albatross,"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from flows.cli import main
-from flows.server import free_port
+from fidoflow.flows.cli import main
+from fidoflow.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ def start_run(photo_folder: Path, run: Path, home: Path,
               started: list[subprocess.Popen]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(photo_folder),
+    cli = subprocess.Popen([sys.executable, "-m", "fidoflow.flows.cli", "run", str(photo_folder),
                             "--out", str(run), *SLOW], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     started.append(cli)

@@ -13,15 +13,15 @@ import pyarrow as pa
 import pytest
 from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
 
-from pipeline.archive.readers import (
+from fidoflow.pipeline.archive.readers import (
     COLUMNS,
     ArchiveError,
     content_sha256,
     detect_format,
     read_archive,
 )
-from pipeline.archive.readers.common import check_path, describe_file
-from storage import schemas
+from fidoflow.pipeline.archive.readers.common import check_path, describe_file
+from fidoflow.storage import schemas
 
 
 def values(series: pd.Series) -> list:
@@ -304,8 +304,8 @@ def test_manifest_without_path_column_is_an_archive_error(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("fixture", ["cub", "coco", "csv", "folder"])
 def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> None:
-    from flows.config import RunConfig
-    from flows.stages import build_manifest, model_of
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.flows.stages import build_manifest, model_of
 
     source = {"cub": lambda: cub_tree(tmp_path / "cub"),
               "coco": lambda: coco_archive(tmp_path / "coco"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.server import free_port
+from fidoflow.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.analysis.reclassify import (
+from fidoflow.pipeline.analysis.reclassify import (
     ReclassifyConfig,
     blend_views,
     crop_views,
     reclassify,
     salient_box,
 )
-from pipeline.imaging.filters import gaussian_blur
+from fidoflow.pipeline.imaging.filters import gaussian_blur
 
 # parameters at 224 px, so that a 224 px picture uses them as they are
 PLAIN = ReclassifyConfig(smooth_sigma=0.0)

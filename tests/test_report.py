@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.analysis.report import (
+from fidoflow.pipeline.analysis.report import (
     Curves,
     FlipItem,
     GalleryItem,

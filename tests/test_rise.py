@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.analysis.metrics import share_inside
-from pipeline.methods import parse_methods
-from pipeline.methods.rise import random_masks
+from fidoflow.pipeline.analysis.metrics import share_inside
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.rise import random_masks
 from tests.test_gradient_methods import AREA, SIZE, ConvSquare, images, square_box
 
 

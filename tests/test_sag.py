@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.methods import parse_methods
-from pipeline.methods.base import Attribution
-from pipeline.methods.sag import patch_masks
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.base import Attribution
+from fidoflow.pipeline.methods.sag import patch_masks
 
 SIZE, GRID = 28, 7
 REGION_A = (slice(0, 8), slice(0, 8))  # patches 0, 1, 7, 8
@@ -136,11 +136,11 @@ def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folde
     the report turns an image's rows into one picture per root."""
     import pyarrow.parquet as pq
 
-    from flows import stages
-    from flows.config import RunConfig
-    from flows.report_stage import graph_roots
-    from pipeline.analysis.report import GalleryItem, gallery_html
-    from storage import schemas
+    from fidoflow.flows import stages
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.flows.report_stage import graph_roots
+    from fidoflow.pipeline.analysis.report import GalleryItem, gallery_html
+    from fidoflow.storage import schemas
 
     config = RunConfig(source=str(photo_folder), root=str(tmp_path / "run"), model="synthetic-cnn",
                        methods=parse_methods("rise:masks=8,sag:grid=4:max_patches=4"),

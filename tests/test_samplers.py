@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.methods.samplers import cd_keep, make_sampler, scd_keep
+from fidoflow.pipeline.methods.samplers import cd_keep, make_sampler, scd_keep
 
 
 def test_scd_gradient_matches_finite_differences() -> None:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.analysis.metrics import boxes_to_masks
-from pipeline.archive.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
-from pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
+from fidoflow.pipeline.analysis.metrics import boxes_to_masks
+from fidoflow.pipeline.archive.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
+from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 
 
 def test_same_seed_same_scenes_and_longer_sets_extend_shorter_ones() -> None:
@@ -91,7 +91,7 @@ def test_committed_classifier_solves_a_fresh_set() -> None:
 
 
 def test_fine_classes_differ_by_wing_patch_and_crown_only() -> None:
-    from pipeline.archive.synthetic import CROWN, FINE_CLASS_NAMES, WING
+    from fidoflow.pipeline.archive.synthetic import CROWN, FINE_CLASS_NAMES, WING
 
     assert len(FINE_CLASS_NAMES) == 24
     scenes = [make_scene(7, label, fine=True) for label in range(len(FINE_CLASS_NAMES))]

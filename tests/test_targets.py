@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.analysis.explain import choose_targets
+from fidoflow.pipeline.analysis.explain import choose_targets
 
 
 def test_labels_are_used_where_rows_have_one_and_the_prediction_elsewhere() -> None:
@@ -24,12 +24,12 @@ def test_labels_are_used_where_rows_have_one_and_the_prediction_elsewhere() -> N
 
 
 def test_a_label_run_explains_the_label_and_records_it(tmp_path: Path) -> None:
-    from flows import stages
-    from flows.config import RunConfig
-    from pipeline.archive.synthetic import write_archive
-    from pipeline.methods import parse_methods
-    from storage import parts, schemas
-    from storage.runfolder import RunFolder
+    from fidoflow.flows import stages
+    from fidoflow.flows.config import RunConfig
+    from fidoflow.pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.methods import parse_methods
+    from fidoflow.storage import parts, schemas
+    from fidoflow.storage.runfolder import RunFolder
 
     write_archive(tmp_path / "syn", 6, seed=0, size=48, classes=3)
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),

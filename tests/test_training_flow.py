@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flows.cli import main
-from flows.train_settings import TrainSettings
-from pipeline.archive.synthetic import write_archive
+from fidoflow.flows.cli import main
+from fidoflow.flows.train_settings import TrainSettings
+from fidoflow.pipeline.archive.synthetic import write_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def test_train_deployment_names_the_flow_by_module_and_valid_settings() -> None:
 
 
 def test_the_train_deployment_form_shows_every_setting_typed_and_bounded() -> None:
-    from flows.train import train_classifier
+    from fidoflow.flows.train import train_classifier
 
     schema = train_classifier.parameters.model_dump()
     settings = schema["definitions"]["TrainSettings"]["properties"]
@@ -48,7 +48,7 @@ def test_the_train_deployment_form_shows_every_setting_typed_and_bounded() -> No
 def test_cli_and_deployment_build_the_same_training_settings() -> None:
     import argparse
 
-    from flows.settings import add_cli_options, settings_from_cli
+    from fidoflow.flows.settings import add_cli_options, settings_from_cli
 
     parser = argparse.ArgumentParser()
     add_cli_options(parser, TrainSettings)

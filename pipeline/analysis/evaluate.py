@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.analysis.metrics import (
+from fidoflow.pipeline.analysis.metrics import (
     box_iou_fdr,
     deletion_insertion,
     pointing_game,
     share_inside,
 )
-from pipeline.imaging.filters import REFERENCE_SIZE, total_variation
+from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, total_variation
 
 
 @dataclass(frozen=True)

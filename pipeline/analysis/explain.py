@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.archive.readers.common import check_path
-from pipeline.imaging.decode import DecodeLimits, decode_image, to_tensor
-from pipeline.methods.registry import MethodSpec
-from pipeline.models.device import resolve_device
-from pipeline.models.inference import class_probabilities
-from pipeline.models.loading import LoadedModel
+from fidoflow.pipeline.archive.readers.common import check_path
+from fidoflow.pipeline.imaging.decode import DecodeLimits, decode_image, to_tensor
+from fidoflow.pipeline.methods.registry import MethodSpec
+from fidoflow.pipeline.models.device import resolve_device
+from fidoflow.pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.models.loading import LoadedModel
 
 TARGETS = ("predicted", "label")  # which class a map explains: top-1, or the manifest's label
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, resize_maps
-from pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, resize_maps
+from fidoflow.pipeline.models.inference import class_probabilities
 
 
 @dataclass

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
-from pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
+from fidoflow.pipeline.models.inference import class_probabilities
 
 VARIANTS = ("crop", "blend", "crop+global")
 BASELINE = "global"  # the full image, no mask: the variant every other one is compared with

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, scaled_sigma
+from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, scaled_sigma
 
 
 def blur_fill(x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

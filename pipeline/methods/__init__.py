@@ -5,8 +5,8 @@ file (plus its test) and nothing else."""
 import importlib
 import pkgutil
 
-from pipeline.methods.base import Attribution, Method
-from pipeline.methods.registry import KINDS, MethodSpec, kind, parse_methods, register
+from fidoflow.pipeline.methods.base import Attribution, Method
+from fidoflow.pipeline.methods.registry import KINDS, MethodSpec, kind, parse_methods, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

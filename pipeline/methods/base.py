@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import nn
 
-from pipeline.imaging.filters import resize_maps
+from fidoflow.pipeline.imaging.filters import resize_maps
 
 
 @dataclass

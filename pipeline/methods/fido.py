@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.imaging.filters import resize_maps, total_variation
-from pipeline.imaging.infill import make_infill
-from pipeline.methods.base import Attribution, Method, image_generators, log_odds
-from pipeline.methods.registry import register
-from pipeline.methods.samplers import make_sampler
+from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
+from fidoflow.pipeline.imaging.infill import make_infill
+from fidoflow.pipeline.methods.base import Attribution, Method, image_generators, log_odds
+from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.methods.samplers import make_sampler
 
 STOP_CHECK_EVERY = 5  # steps between two looks at whether an image's masks have settled
 FLOOR_SLOPE = 4.0  # how much more the SSR's log-odds count below the floor than above

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.methods.base import Attribution, Method, unit_peak
-from pipeline.methods.registry import register
+from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
+from fidoflow.pipeline.methods.registry import register
 
 KNOWN_LAYERS = ("net._conv_head", "_conv_head")  # EfficientNet(-Lite) heads, wrapped or bare
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.imaging.filters import resize_maps, total_variation
-from pipeline.imaging.infill import make_infill
-from pipeline.methods.base import Attribution, Method, image_generators
-from pipeline.methods.registry import register
+from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
+from fidoflow.pipeline.imaging.infill import make_infill
+from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
+from fidoflow.pipeline.methods.registry import register
 
 Masks = list[torch.Tensor]  # the optimised masks of a batch, each (N, s, s)
 RowLoss = Callable[[Masks], torch.Tensor]  # masks -> (N,) per-image loss

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.imaging.filters import resize_maps
-from pipeline.imaging.infill import make_infill
-from pipeline.methods.base import Attribution, Method, image_generators
-from pipeline.methods.igos import IgosConfig, Masks, blend, descend, target_prob
-from pipeline.methods.registry import register
+from fidoflow.pipeline.imaging.filters import resize_maps
+from fidoflow.pipeline.imaging.infill import make_infill
+from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
+from fidoflow.pipeline.methods.igos import IgosConfig, Masks, blend, descend, target_prob
+from fidoflow.pipeline.methods.registry import register
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.imaging.filters import gaussian_blur, scaled_sigma
-from pipeline.methods.base import Attribution, Method, unit_peak
-from pipeline.methods.registry import register
+from fidoflow.pipeline.imaging.filters import gaussian_blur, scaled_sigma
+from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
+from fidoflow.pipeline.methods.registry import register
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.methods.base import Method
+from fidoflow.pipeline.methods.base import Method
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a Zarr group and a table value: keep it plain
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.imaging.infill import make_infill
-from pipeline.methods.base import Attribution, Method, image_generators
-from pipeline.methods.registry import register
+from fidoflow.pipeline.imaging.infill import make_infill
+from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
+from fidoflow.pipeline.methods.registry import register
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pipeline.imaging.filters import gaussian_blur
-from pipeline.imaging.infill import make_infill
-from pipeline.methods.base import Attribution, Method, image_generators
-from pipeline.methods.registry import register
+from fidoflow.pipeline.imaging.filters import gaussian_blur
+from fidoflow.pipeline.imaging.infill import make_infill
+from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
+from fidoflow.pipeline.methods.registry import register
 
 PatchSet = tuple[int, ...]  # sorted patch indices (row-major over the grid)
 Root = tuple[PatchSet, float, list[tuple[PatchSet, float]]]  # set, probability, its children

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.methods.base import Attribution, Method, unit_peak
-from pipeline.methods.registry import register
+from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
+from fidoflow.pipeline.methods.registry import register
 
 
 @dataclass(frozen=True)

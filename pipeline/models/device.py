@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from pipeline.models.fusion import fuse_frozen
+from fidoflow.pipeline.models.fusion import fuse_frozen
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.imaging.decode import RESIZE_MODES
-from pipeline.models.device import prepare_module
+from fidoflow.pipeline.imaging.decode import RESIZE_MODES
+from fidoflow.pipeline.models.device import prepare_module
 
 BUILTIN = "efficientnet-lite0"
 SYNTHETIC = "synthetic-cnn"
@@ -115,7 +115,7 @@ def file_sha256(path: Path) -> str:
 
 
 def imagenet_class_names() -> list[str]:
-    text = resources.files("pipeline.data").joinpath("imagenet_classes.txt").read_text()
+    text = resources.files("fidoflow.pipeline.data").joinpath("imagenet_classes.txt").read_text()
     return text.splitlines()
 
 
@@ -225,8 +225,8 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
     """An untrained network of the named architecture with ``num_classes`` outputs."""
     kind, _, arch = name.partition(":") if ":" in name else ("fidoflow", ":", name)
     if kind == "fidoflow" and arch == SYNTHETIC:
-        from pipeline.archive.synthetic import CLASS_NAMES
-        from pipeline.models.synthetic_cnn import NUM_CLASSES, SyntheticCNN
+        from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
+        from fidoflow.pipeline.models.synthetic_cnn import NUM_CLASSES, SyntheticCNN
         k = num_classes or NUM_CLASSES
         return Architecture(SyntheticCNN(k), (96, 96), None, None,
                             list(CLASS_NAMES[:k]) if k <= len(CLASS_NAMES) else None)
@@ -296,10 +296,10 @@ def load_efficientnet_lite0() -> LoadedModel:
 
 def load_synthetic_cnn() -> LoadedModel:
     """The synthetic birds' classifier (its weights ship in pipeline/data)."""
-    from pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
+    from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 
     module, names = load_synthetic_classifier()
-    with resources.files("pipeline.data").joinpath(WEIGHTS).open("rb") as fh:
+    with resources.files("fidoflow.pipeline.data").joinpath(WEIGHTS).open("rb") as fh:
         identity = hashlib.sha256(fh.read()).hexdigest()
     return LoadedModel(SYNTHETIC, module, list(names), (96, 96), identity,
                        details={"architecture": f"fidoflow:{SYNTHETIC}"})

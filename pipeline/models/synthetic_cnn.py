@@ -11,7 +11,7 @@ from importlib import resources
 import torch
 from torch import nn
 
-from pipeline.archive.synthetic import CLASS_NAMES
+from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
 
 WEIGHTS = "synthetic_cnn.pt"
 NUM_CLASSES = 8
@@ -43,6 +43,6 @@ class SyntheticCNN(nn.Module):
 def load_synthetic_classifier() -> tuple[SyntheticCNN, tuple[str, ...]]:
     """The committed classifier in eval mode, and its class names (index = logit)."""
     model = SyntheticCNN()
-    with resources.files("pipeline.data").joinpath(WEIGHTS).open("rb") as f:
+    with resources.files("fidoflow.pipeline.data").joinpath(WEIGHTS).open("rb") as f:
         model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
     return model.eval(), CLASS_NAMES[:NUM_CLASSES]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.imaging.decode import IMAGE_SUFFIXES
+from fidoflow.pipeline.imaging.decode import IMAGE_SUFFIXES
 
 from .coco import coco_json_in, read_coco
 from .common import COLUMNS, SPLITS, ArchiveError, check_path, content_sha256, list_images

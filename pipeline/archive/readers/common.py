@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from PIL import Image
 
-from pipeline.imaging.decode import oriented_size
+from fidoflow.pipeline.imaging.decode import oriented_size
 
 # Manifest columns a reader produces, with their pandas dtypes (stages add model_label, shard).
 COLUMNS: dict[str, str] = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.imaging.decode import IMAGE_SUFFIXES
+from fidoflow.pipeline.imaging.decode import IMAGE_SUFFIXES
 
 from .common import ArchiveError, finish, list_images
 

@@ -1,0 +1,77 @@
+"""The package as installed and as read: one top-level import name, and the house rules of
+DESIGN.md (pipeline/ and storage/ import neither Prefect nor Dask; nothing imports the folders
+by their bare names, which would collide with other distributions' ``pipeline``)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("pipeline", "storage", "flows")
+CODE = [p for d in (*PARTS, "tests", "bench") for p in (ROOT / d).rglob("*.py")]
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every absolute module name ``path`` imports (``import a.b``, ``from a.b import c``)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_no_module_imports_the_folders_by_their_bare_names() -> None:
+    bare = [f"{p.relative_to(ROOT)}: {name}" for p in CODE for name in imported_modules(p)
+            if name.split(".")[0] in PARTS]
+    assert not bare, "import fidoflow.<part>, not <part>: " + "; ".join(bare)
+
+
+@pytest.mark.parametrize("part", ["pipeline", "storage"])
+def test_the_domain_and_the_storage_import_neither_prefect_nor_dask(part: str) -> None:
+    found = [f"{p.relative_to(ROOT)}: {name}" for p in (ROOT / part).rglob("*.py")
+             for name in imported_modules(p)
+             if name.split(".")[0] in ("prefect", "prefect_dask", "dask", "distributed",
+                                       "dask_cuda", "dask_jobqueue")]
+    assert not found, "; ".join(found)
+
+
+def test_storage_does_not_import_the_domain() -> None:
+    found = [f"{p.relative_to(ROOT)}: {name}" for p in (ROOT / "storage").rglob("*.py")
+             for name in imported_modules(p) if name.startswith(("fidoflow.pipeline",
+                                                                 "fidoflow.flows"))]
+    assert not found, "; ".join(found)
+
+
+def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("fidoflow-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"fidoflow"}
+    info = next(n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(info).decode().split() == ["fidoflow"]
+    for needed in ("fidoflow/__init__.py", "fidoflow/flows/cli.py",
+                   "fidoflow/pipeline/data/imagenet_classes.txt",
+                   "fidoflow/pipeline/data/synthetic_cnn.pt", "fidoflow/storage/runfolder.py"):
+        assert needed in names
+    assert not [n for n in names if n.startswith(("fidoflow/tests/", "fidoflow/bench/"))]
+    entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "fidoflow = fidoflow.flows.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_the_installed_package_imports_from_anywhere(tmp_path: Path) -> None:
+    """Outside the checkout (as a Dask worker or a deployment's worker runs), by module name."""
+    code = ("import fidoflow.flows.explain_archive, fidoflow.pipeline.methods as m; "
+            "print(len(m.KINDS))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True)
+    assert int(out.stdout) >= 10
