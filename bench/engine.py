@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import load_benchmark, score
-from fidoflow.pipeline.methods.base import log_odds
+from fidoflow.pipeline.perturbation import log_odds
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig, FidoObjective, SlotAdam
 from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
 from fidoflow.pipeline.models.loading import load_model

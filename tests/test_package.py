@@ -5,6 +5,7 @@ by their bare names, which would collide with other distributions' ``pipeline``)
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -51,8 +52,11 @@ def test_storage_does_not_import_the_domain() -> None:
 
 
 def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: setuptools leaves build/ beside what it builds
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".*", "build", "runs", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-q", "-w", str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("fidoflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

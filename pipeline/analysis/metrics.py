@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, resize_maps
-from fidoflow.pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.perturbation import Perturbation
 
 
 @dataclass
@@ -80,18 +80,16 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     rank = torch.empty_like(order).scatter_(1, order, positions)  # rank[i, pixel] = position
     counts = torch.arange(steps + 1, device=device) * (h * w) // steps
     base = igos_blur(images) if baseline == "blur" else torch.zeros_like(images)
+    scene = Perturbation(model, images, base, targets.to(device))
 
     probs = torch.empty(2, n, steps + 1, device=device)
     per = max(1, batch_size // 2)
     for start in range(0, n * (steps + 1), per):
         item = torch.arange(start, min(start + per, n * (steps + 1)), device=device)
         k, i = item // n, item % n
-        changed = (rank[i] < counts[k, None]).view(-1, 1, h, w)
-        deleted = torch.where(changed, base[i], images[i])
-        inserted = torch.where(changed, images[i], base[i])
-        p = class_probabilities(model, torch.cat([deleted, inserted]))
-        p = p.gather(1, targets.to(device)[i].repeat(2)[:, None]).view(2, -1)
-        probs[:, i, k] = p
+        changed = (rank[i] < counts[k, None]).view(-1, h, w)
+        # deletion keeps the unchanged pixels, insertion the changed ones: one forward pass
+        probs[:, i, k] = scene.select(i).probability(torch.stack([~changed, changed]))
     fractions = counts.float() / (h * w)
     auc = torch.trapezoid(probs, fractions, dim=-1)
     return DeletionInsertion(auc[0], auc[1], probs[0], probs[1], fractions)

@@ -36,6 +36,7 @@ from torch import nn
 
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
 from fidoflow.pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.perturbation import blend
 
 VARIANTS = ("crop", "blend", "crop+global")
 BASELINE = "global"  # the full image, no mask: the variant every other one is compared with
@@ -176,7 +177,7 @@ def blend_views(images: torch.Tensor, saliency: torch.Tensor,
         weight[i, :, y0:y1, x0:x1] = 1.0
     weight = gaussian_blur(weight, config.pad * unit / 2).clamp(0, 1).to(images)
     blurred = gaussian_blur(images, config.blend_sigma * unit)
-    return blurred + weight * (images - blurred)
+    return blend(images, blurred, weight[:, 0])
 
 
 @torch.no_grad()

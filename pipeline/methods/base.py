@@ -127,13 +127,6 @@ def unit_peak(maps: torch.Tensor) -> torch.Tensor:
     return maps / peak
 
 
-def log_odds(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """LO = logit_c - logsumexp(other logits) = log p_c - log(1 - p_c), computed stably."""
-    picked = logits.gather(1, target[:, None]).squeeze(1)
-    others = logits.scatter(1, target[:, None], float("-inf"))
-    return picked - torch.logsumexp(others, dim=1)
-
-
 def image_generators(seeds: list[int]) -> list[torch.Generator]:
     """One CPU random stream per image, so an image's maps never depend on its batch partners."""
     return [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fidoflow.pipeline.imaging.filters import gaussian_blur, resize_maps
+from fidoflow.pipeline.imaging.filters import gaussian_blur
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.perturbation import Perturbation
 
 
 @dataclass(frozen=True)
@@ -74,20 +75,16 @@ class Extremal(Method):
         cfg = self.config
         fractions = parse_areas(cfg.areas)
         n, areas, s = len(images), len(fractions), cfg.mask_size
-        size = tuple(images.shape[-2:])
         fill = make_infill(images, cfg.infill, image_generators(seeds))
         # rows: image-major, one per (image, area)
-        x = images.repeat_interleave(areas, dim=0)
-        f = fill.repeat_interleave(areas, dim=0)
-        t = targets.repeat_interleave(areas)
+        scene = Perturbation(self.model, images, fill, targets).select(
+            torch.arange(n, device=images.device).repeat_interleave(areas))
         ref = torch.stack([area_vector(a, s * s) for a in fractions]).repeat(n, 1).to(images)
         param = torch.full((n * areas, s, s), 0.5, device=images.device, requires_grad=True)
         opt = torch.optim.SGD([param], lr=cfg.lr, momentum=cfg.momentum)
         for _ in range(cfg.iterations):
             mask = smooth_mask(param, cfg.smooth)
-            up = resize_maps(mask, size)[:, None]
-            logits = self.model(f + up * (x - f))
-            reward = logits.gather(1, t[:, None]).squeeze(1)
+            reward = scene.logit(mask)
             ranked = mask.flatten(1).sort(dim=1).values
             penalty = cfg.area_weight * ((ranked - ref) ** 2).mean(dim=1)
             opt.zero_grad()
@@ -97,8 +94,7 @@ class Extremal(Method):
                 param.clamp_(0, 1)
         with torch.no_grad():
             mask = smooth_mask(param, cfg.smooth)
-            up = resize_maps(mask, size)[:, None]
-            p = self.model(f + up * (x - f)).softmax(dim=1).gather(1, t[:, None]).squeeze(1)
+            p = scene.probability(mask)
             joint = mask.view(n, areas, s, s).mean(dim=1)
         return Attribution(targets, {"joint": joint},
                            {"p_preserve": p.view(n, areas).mean(dim=1)})

@@ -8,7 +8,6 @@ that is done, after its iterations or once its masks settle, hands its slot to t
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,9 +15,10 @@ import torch.nn.functional as F
 
 from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
 from fidoflow.pipeline.imaging.infill import make_infill
-from fidoflow.pipeline.methods.base import Attribution, Method, image_generators, log_odds
+from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
 from fidoflow.pipeline.methods.samplers import make_sampler
+from fidoflow.pipeline.perturbation import Perturbation
 
 STOP_CHECK_EVERY = 5  # steps between two looks at whether an image's masks have settled
 FLOOR_SLOPE = 4.0  # how much more the SSR's log-odds count below the floor than above
@@ -95,14 +95,9 @@ class FidoConfig:
         return asdict(self)
 
 
-def blend(images: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """x̃ = keep·x + (1-keep)·fill with ``keep`` (..., N, [B,] H, W) broadcast over channels."""
-    return fill + keep.unsqueeze(-3) * (images - fill)
-
-
 class FidoObjective:
-    """The joint SSR + SDR loss of the images in the engine's slots: images, in-fills, targets and
-    one random stream per image.
+    """The joint SSR + SDR loss of the images in the engine's slots: their perturbation (images,
+    in-fills, targets) and one random stream per image.
 
     ``loss(theta, ramp)`` draws one batch of noise per image from its own stream, so the same
     images and seeds give the same sequence of losses whatever else is in the batch; ``admit``
@@ -116,64 +111,53 @@ class FidoObjective:
         self.model, self.config = model, config
         self.sampler = make_sampler(config.sampler, config.temperature)
         self.generators = image_generators(seeds)
-        self.images = images
-        self.fill = make_infill(images, config.infill, self.generators)
-        self.targets = targets
-        self.autocast = config.autocast and images.device.type == "cuda"
-        self.floor = self.floor_log_odds(images, targets)
+        self.scene = Perturbation(model, images, make_infill(images, config.infill,
+                                                             self.generators), targets,
+                                  autocast=config.autocast and images.device.type == "cuda")
+        self.floor = self.floor_log_odds(self.scene)
 
     def admit(self, row: int, image: torch.Tensor, target: torch.Tensor, seed: int) -> None:
         """Slot ``row`` now holds ``image`` (3, H, W) with a fresh random stream."""
         generator = image_generators([seed])[0]
         self.generators[row] = generator
-        self.images[row] = image
-        self.fill[row] = make_infill(image[None], self.config.infill, [generator])[0]
-        self.targets[row] = target
-        self.floor[row] = self.floor_log_odds(image[None], target[None])[0]
+        self.scene.images[row] = image
+        self.scene.fill[row] = make_infill(image[None], self.config.infill, [generator])[0]
+        self.scene.targets[row] = target
+        self.floor[row] = self.floor_log_odds(self.scene.select(torch.tensor([row])))[0]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only the slots ``rows`` (indices), in that order."""
         self.generators = [self.generators[int(r)] for r in rows]
-        self.images, self.fill, self.targets = self.images[rows], self.fill[rows], self.targets[rows]
+        self.scene = self.scene.select(rows)
         self.floor = self.floor[rows]
 
     @torch.no_grad()
-    def floor_log_odds(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def floor_log_odds(self, scene: Perturbation) -> torch.Tensor:
         """(N,) log-odds of ``ssr_floor`` × each image's clean target probability (-inf: off)."""
         if self.config.ssr_floor is None:
-            return torch.full((len(images),), float("-inf"), device=images.device)
-        clean = self.classify(images).softmax(dim=1).gather(1, targets[:, None])[:, 0]
-        return torch.logit(clean * self.config.ssr_floor, eps=1e-6)
+            return torch.full((len(scene.images),), float("-inf"), device=scene.images.device)
+        return torch.logit(scene.probability() * self.config.ssr_floor, eps=1e-6)
 
     def initial_theta(self) -> torch.Tensor:
         """theta[0] = SSR keep-logits, theta[1] = SDR keep-logits, both 0 (keep 0.5)."""
-        m = self.config.mask_size
-        return torch.zeros(2, len(self.images), m, m, device=self.images.device, requires_grad=True)
-
-    def classify(self, blended: torch.Tensor) -> torch.Tensor:
-        context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
-        with context:
-            return self.model(blended.reshape(-1, *blended.shape[-3:])).float()
+        m, images = self.config.mask_size, self.scene.images
+        return torch.zeros(2, len(images), m, m, device=images.device, requires_grad=True)
 
     def draw_noise(self, rows: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
         """(2, N, B, m, m) uniform noise from the slots' own streams (``rows``: those slots)."""
         b, m = self.config.samples, size or self.config.mask_size
         generators = self.generators if rows is None else [self.generators[int(r)] for r in rows]
         noise = torch.stack([torch.rand(2, b, m, m, generator=g) for g in generators], dim=1)
-        return noise.to(self.images.device)
+        return noise.to(self.scene.images.device)
 
     def data_term(self, theta: torch.Tensor, noise: torch.Tensor,
                   rows: torch.Tensor | None = None) -> torch.Tensor:
         """Per image mean_b[LO(sdr blend) - LO(ssr blend)], shape (N,), for the slots ``rows``
         (default: all; ``theta`` and ``noise`` hold those slots only)."""
-        images, fill, targets, floor = (
-            (self.images, self.fill, self.targets, self.floor) if rows is None
-            else (self.images[rows], self.fill[rows], self.targets[rows], self.floor[rows]))
-        n, b = len(images), self.config.samples
+        scene, floor = ((self.scene, self.floor) if rows is None
+                        else (self.scene.select(rows), self.floor[rows]))
         keep = self.sampler.keep(theta.unsqueeze(2), noise)  # (2, N, B, m, m)
-        blended = blend(images.unsqueeze(1), fill.unsqueeze(1), resize_maps(keep, images.shape[-2:]))
-        targets = targets.repeat_interleave(b).repeat(2)
-        lo = log_odds(self.classify(blended), targets).view(2, n, b)
+        lo = scene.per_sample().log_odds(keep)  # (2, N, B)
         cap = self.config.lo_cap
         shortfall = (floor - lo[0].mean(dim=1)).clamp(min=0)  # 0 everywhere when the floor is off
         if cap is not None:
@@ -211,14 +195,11 @@ class FidoObjective:
     def outcome(self, theta: torch.Tensor, rows: torch.Tensor | None = None) -> Attribution:
         """Deterministic maps and the target's probability under the SSR and SDR blends, for the
         slots ``rows`` (default: all); ``theta`` holds those slots only."""
-        images, fill, targets = ((self.images, self.fill, self.targets) if rows is None
-                                 else (self.images[rows], self.fill[rows], self.targets[rows]))
+        scene = self.scene if rows is None else self.scene.select(rows)
         keep = torch.sigmoid(theta)
-        blended = blend(images, fill, resize_maps(keep, images.shape[-2:]))
-        probs = self.classify(blended).softmax(dim=1)
-        p = probs.gather(1, targets.repeat(2)[:, None]).view(2, -1)
+        p = scene.probability(keep)  # (2, N)
         ssr, sdr = keep[0], 1.0 - keep[1]
-        return Attribution(targets, {"joint": torch.sqrt(ssr * sdr), "ssr": ssr, "sdr": sdr},
+        return Attribution(scene.targets, {"joint": torch.sqrt(ssr * sdr), "ssr": ssr, "sdr": sdr},
                            {"p_ssr": p[0], "p_sdr": p[1]})
 
 

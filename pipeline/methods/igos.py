@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
+from fidoflow.pipeline.imaging.filters import total_variation
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.perturbation import Perturbation
 
 Masks = list[torch.Tensor]  # the optimised masks of a batch, each (N, s, s)
 RowLoss = Callable[[Masks], torch.Tensor]  # masks -> (N,) per-image loss
@@ -43,16 +44,6 @@ class IgosConfig:
     armijo: float = 1e-4
     backtracks: int = 12
     infill: str = "blur"
-
-
-def blend(images: torch.Tensor, fill: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keep ``images`` where the (N, s, s) mask is 1, ``fill`` where it is 0."""
-    up = resize_maps(mask, tuple(images.shape[-2:]))[:, None]
-    return fill + up * (images - fill)
-
-
-def target_prob(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return model(x).float().softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
 
 
 def integrated_gradient(data: RowLoss, masks: Masks, steps: int, noise: float,
@@ -105,10 +96,11 @@ class Igos(Method):
                 seeds: list[int]) -> Attribution:
         cfg = self.config
         generators = image_generators(seeds)
-        fill = make_infill(images, cfg.infill, generators)
+        scene = Perturbation(self.model, images, make_infill(images, cfg.infill, generators),
+                             targets)
 
         def data(masks: Masks) -> torch.Tensor:
-            return target_prob(self.model, blend(images, fill, masks[0]), targets)
+            return scene.probability(masks[0])
 
         def penalty(masks: Masks) -> torch.Tensor:
             m = masks[0]

@@ -19,8 +19,9 @@ import torch
 from fidoflow.pipeline.imaging.filters import resize_maps
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
-from fidoflow.pipeline.methods.igos import IgosConfig, Masks, blend, descend, target_prob
+from fidoflow.pipeline.methods.igos import IgosConfig, Masks, descend
 from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.perturbation import Perturbation
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,10 @@ class Igospp(Method):
                 seeds: list[int]) -> Attribution:
         cfg = self.config
         generators = image_generators(seeds)
-        fill = make_infill(images, cfg.infill, generators)
+        scene = Perturbation(self.model, images, make_infill(images, cfg.infill, generators),
+                             targets)
         weights = edge_weights(images, cfg.mask_size, cfg.bilateral)
-
-        def deleted(m: torch.Tensor) -> torch.Tensor:
-            return target_prob(self.model, blend(images, fill, m), targets)
-
-        def inserted(m: torch.Tensor) -> torch.Tensor:
-            return target_prob(self.model, blend(fill, images, m), targets)
+        deleted, inserted = scene.probability, scene.swapped().probability
 
         def data(masks: Masks) -> torch.Tensor:
             md, mi = masks

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.perturbation import Perturbation
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,12 @@ class Rise(Method):
         fills = make_infill(images, cfg.infill, generators)
         maps = []
         for image, fill, target, generator in zip(images, fills, targets, generators, strict=True):
+            scene = Perturbation(self.model, image, fill, target)
             total = torch.zeros(size, device=images.device)
             for start in range(0, cfg.masks, cfg.batch):
                 count = min(cfg.batch, cfg.masks - start)
                 masks = random_masks(count, cfg.grid, cfg.keep, size, generator).to(images.device)
-                masked = fill + masks[:, None] * (image - fill)
-                probs = self.model(masked).float().softmax(dim=1)[:, int(target)]
+                probs = scene.probability(masks)
                 total += torch.einsum("n,nhw->hw", probs, masks)
             maps.append(total / (cfg.masks * cfg.keep))
         saliency = torch.stack(maps)

@@ -48,6 +48,7 @@ from fidoflow.pipeline.imaging.filters import gaussian_blur
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.perturbation import Perturbation
 
 PatchSet = tuple[int, ...]  # sorted patch indices (row-major over the grid)
 Root = tuple[PatchSet, float, list[tuple[PatchSet, float]]]  # set, probability, its children
@@ -157,9 +158,8 @@ class Sag(Method):
             masks = patch_masks([s for _, s in chunk], cfg.grid, size, cfg.feather).to(images)
             if not keep:
                 masks = 1.0 - masks
-            x = fills[index] + masks * (images[index] - fills[index])
-            probs = self.model(x).float().softmax(dim=1)
-            out += probs.gather(1, targets[index][:, None]).squeeze(1).tolist()
+            scene = Perturbation(self.model, images, fills, targets).select(index)
+            out += scene.probability(masks[:, 0]).tolist()
         return out
 
     def classify(self, images: torch.Tensor, fills: torch.Tensor, targets: torch.Tensor,
