@@ -26,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.quality import load_benchmark, score
-from fidoflow.pipeline.perturbation import log_odds
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig, FidoObjective, SlotAdam
 from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
 from fidoflow.pipeline.models.loading import load_model
+from fidoflow.pipeline.perturbation import log_odds
+
+from bench.quality import load_benchmark, score
 
 
 def timed(fn, repeats: int) -> float:
@@ -47,10 +48,9 @@ def timed(fn, repeats: int) -> float:
 def photos(n: int, size: tuple[int, int]) -> torch.Tensor:
     """``n`` of scikit-image's bundled photos (cycled), resized like the pipeline does."""
     import skimage.data
-    from PIL import Image
-
     from fidoflow.flows.demo import DEMO_PHOTOS
     from fidoflow.pipeline.imaging.decode import to_tensor
+    from PIL import Image
 
     out = []
     for i in range(n):
@@ -281,10 +281,9 @@ def photo_share(loaded) -> list[dict]:
     """Share of the saliency inside each photo's object box (its predicted class), FIDO defaults
     against Grad-CAM, with the box's area fraction as the uniform map's score."""
     import skimage.data
-    from PIL import Image
-
     from fidoflow.pipeline.analysis.metrics import share_inside
     from fidoflow.pipeline.imaging.decode import to_tensor
+    from PIL import Image
 
     images, boxes = [], []
     for name, (x0, y0, x1, y1) in PHOTO_OBJECTS.items():

@@ -32,13 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.engine import PHOTO_OBJECTS
-from bench.quality import load_benchmark
-from bench.quiet import load_average, machine, require_quiet
 from fidoflow.flows.demo import DEMO_PHOTOS
 from fidoflow.pipeline.analysis.metrics import deletion_insertion, pointing_game, share_inside
 from fidoflow.pipeline.methods.registry import MethodSpec, describe, parse_methods
 from fidoflow.pipeline.models.device import default_batch_size
+
+from bench.engine import PHOTO_OBJECTS
+from bench.quality import load_benchmark
+from bench.quiet import load_average, machine, require_quiet
 
 CPU = torch.device("cpu")
 COLUMNS = ("share", "pointing", "deletion", "insertion", "sec_per_image")
@@ -89,9 +90,8 @@ def synthetic_rows(specs: dict[str, MethodSpec], scenes: int, force: bool) -> li
 def demo_photos(input_size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, list[float]]]:
     """The demo photos at the model's input size, and the hand-drawn boxes (scaled) by index."""
     import skimage.data
-    from PIL import Image
-
     from fidoflow.pipeline.imaging.decode import to_tensor
+    from PIL import Image
 
     images, boxes = [], {}
     for i, name in enumerate(DEMO_PHOTOS):

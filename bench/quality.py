@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from fidoflow.pipeline.analysis.metrics import deletion_insertion, share_inside
 from fidoflow.pipeline.archive.synthetic import SyntheticSet, make_dataset
 from fidoflow.pipeline.methods.base import Method

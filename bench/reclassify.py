@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-
 from fidoflow.pipeline.analysis.aggregate import BootstrapConfig, accuracy_rows, gain_rows
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
 from fidoflow.pipeline.analysis.reclassify import ReclassifyConfig, reclassify, top_k
@@ -36,6 +34,7 @@ from fidoflow.pipeline.archive.synthetic import make_dataset
 from fidoflow.pipeline.imaging.decode import to_tensor
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
+from PIL import Image
 
 
 def as_uint8(images: torch.Tensor) -> list[Image.Image]:

@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import torch
-
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.methods.base import Attribution
@@ -31,10 +30,9 @@ from fidoflow.pipeline.methods.base import Attribution
 def photos(size: tuple[int, int], resize: str) -> torch.Tensor:
     """The demo photos as model inputs."""
     import skimage.data
-    from PIL import Image
-
     from fidoflow.flows.demo import DEMO_PHOTOS
     from fidoflow.pipeline.imaging.decode import to_tensor
+    from PIL import Image
 
     pictures = []
     for name in DEMO_PHOTOS:

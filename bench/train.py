@@ -22,7 +22,6 @@ import statistics
 import time
 
 import torch
-
 from fidoflow.pipeline.analysis.metrics import share_inside
 from fidoflow.pipeline.archive.synthetic import CROWN, WING, make_dataset
 from fidoflow.pipeline.imaging.filters import resize_maps

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
-
 from fidoflow.pipeline.analysis.aggregate import build_summary
 from fidoflow.storage import parts, schemas
 from fidoflow.storage.runfolder import RunFolder

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
 from fidoflow.pipeline.analysis.explain import error_record
 from fidoflow.storage import masks, parts, schemas
 from fidoflow.storage.runfolder import RunFolder

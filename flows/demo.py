@@ -36,11 +36,10 @@ def print_demo_table(root: str) -> None:
     numbers (e.g. FIDO's p_ssr, p_sdr), whether a FIDO mask failed (its SSR blend keeps less
     than half the target's probability), and what the mask-guided re-classification answers
     (crop, crop+global; "=" when unchanged)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from fidoflow.storage import parts, schemas
     from fidoflow.storage.runfolder import RunFolder
+    from rich.console import Console
+    from rich.table import Table
 
     run = RunFolder(root)
     predictions = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()

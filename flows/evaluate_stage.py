@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from fidoflow.pipeline.analysis.evaluate import boxes_to_input, evaluate_masks
 from fidoflow.pipeline.imaging.decode import to_tensor
 from fidoflow.pipeline.models.device import resolve_device

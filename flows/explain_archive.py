@@ -8,14 +8,13 @@ import math
 import time
 from dataclasses import replace
 
+from fidoflow.storage.lease import Lease
+from fidoflow.storage.runfolder import RunFolder
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from rich.progress import Progress
-
-from fidoflow.storage.lease import Lease
-from fidoflow.storage.runfolder import RunFolder
 
 from . import stages
 from .aggregate_stage import aggregate_run

@@ -4,9 +4,8 @@ it the model sees."""
 
 from __future__ import annotations
 
-from PIL import Image
-
 from fidoflow.pipeline.imaging.decode import crop_box, decode_image
+from PIL import Image
 
 from .config import RunConfig
 

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-
 from fidoflow.pipeline.analysis.aggregate import BASELINE_METHOD, BASELINE_VARIANT
 from fidoflow.pipeline.analysis.reclassify import BASELINE, ReclassifyConfig, reclassify, top_k
 from fidoflow.pipeline.imaging.decode import to_tensor
@@ -19,6 +17,7 @@ from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.inference import class_probabilities
 from fidoflow.pipeline.models.loading import LoadedModel
 from fidoflow.storage.runfolder import RunFolder
+from torch import nn
 
 from . import stages
 from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig

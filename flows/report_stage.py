@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from fidoflow.pipeline.analysis.aggregate import BASELINE_METHOD
 from fidoflow.pipeline.analysis.report import (
     Curves,

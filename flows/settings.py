@@ -16,12 +16,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from fidoflow.pipeline.archive.readers import FORMATS, SPLITS
 from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
 from fidoflow.pipeline.imaging.infill import INFILLS
 from fidoflow.pipeline.methods import parse_methods
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import RunConfig
 

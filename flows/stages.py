@@ -13,10 +13,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fidoflow.pipeline
 import pandas as pd
 import pyarrow as pa
-
-import fidoflow.pipeline
 from fidoflow.pipeline.analysis.explain import explain_rows
 from fidoflow.pipeline.archive.labels import map_labels, read_label_map
 from fidoflow.pipeline.archive.readers import read_archive

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
-
 from fidoflow.pipeline.training.progress import TrainingBar, epoch_line
+from prefect import flow, get_run_logger
 
 from .train_settings import TrainSettings
 from .training_stage import train_model

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
-
 from fidoflow.pipeline.archive.readers import FORMATS
 from fidoflow.pipeline.training.diversify import DiversifyConfig
 from fidoflow.pipeline.training.loop import TrainConfig
 from fidoflow.pipeline.training.loss import LOSSES
 from fidoflow.pipeline.training.network import BACKBONES
+from pydantic import Field, field_validator
 
 from .settings import DEVICE, Settings, absolute
 from .training_stage import TrainJob

@@ -44,7 +44,6 @@ def write_source(folder: Path) -> Path:
 def identity_run(folder: Path) -> Path:
     """The fixed run, stage by stage in this process; returns the run folder."""
     import torch
-
     from fidoflow.flows import stages
     from fidoflow.flows.aggregate_stage import aggregate_run
     from fidoflow.flows.analysis_config import AnalysisConfig

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-
 from fidoflow.pipeline.analysis.aggregate import (
     SUMMARY_COLUMNS,
     BootstrapConfig,

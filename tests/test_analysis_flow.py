@@ -17,7 +17,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from fidoflow.flows import stages
 from fidoflow.flows.aggregate_stage import aggregate_run
 from fidoflow.flows.analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
@@ -33,6 +32,7 @@ from fidoflow.pipeline.models.loading import LoadedModel
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 from fidoflow.storage import masks, parts, schemas
 from fidoflow.storage.runfolder import RunFolder
+
 from tests.test_report import assert_all_images_loaded, chromium, render_in_browser  # noqa: F401
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -210,13 +210,12 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     """One CLI run (three photos, two shards, both FIDO samplers, tiny settings)."""
     import time
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from fidoflow.flows import explain_archive
     from fidoflow.flows.cli import main
     from fidoflow.flows.server import prefect_api
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     chromium_path = request.getfixturevalue("chromium")
     monkeypatch.setattr(explain_archive, "DEFAULT_ANALYSIS", TINY)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from fidoflow.pipeline.analysis.metrics import share_inside
 from fidoflow.pipeline.archive.synthetic import make_dataset
 from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig

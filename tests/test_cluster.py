@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from fidoflow.flows.cluster import ClusterPlan, build_runner, plan_cluster
 
 
@@ -63,10 +62,9 @@ def die() -> None:
 @pytest.mark.slow
 def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
     """Workers that die on a task end the flow with an error instead of a hang."""
-    from prefect import flow, task
-
     from fidoflow.flows.explain_archive import workers_ready
     from fidoflow.flows.server import prefect_api
+    from prefect import flow, task
 
     @task(name="dies")
     def dies() -> None:
@@ -98,7 +96,6 @@ def test_gpu_decisions_taken_on_the_cpu() -> None:
     """What a CUDA run decides, checked without a GPU: 8 images per step on a GPU, 1 on a CPU;
     bf16 autocast only on CUDA inputs; a CUDA run's tasks use their worker's own GPU."""
     import torch
-
     from fidoflow.flows.config import RunConfig
     from fidoflow.pipeline.methods.fido import FidoConfig, FidoObjective
     from fidoflow.pipeline.models.device import default_batch_size

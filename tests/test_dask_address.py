@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fidoflow.flows.cli import main
 from fidoflow.flows.server import free_port
 

@@ -9,11 +9,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fidoflow.pipeline.imaging import decode as images
+from fidoflow.pipeline.imaging.decode import (
+    DecodeLimits,
+    crop_box,
+    decode_image,
+    shrink_to,
+    to_tensor,
+)
 from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
 from PIL import Image
-
-from fidoflow.pipeline.imaging import decode as images
-from fidoflow.pipeline.imaging.decode import DecodeLimits, crop_box, decode_image, shrink_to, to_tensor
 
 
 def decoded(kind: str, tmp_path: Path) -> np.ndarray:

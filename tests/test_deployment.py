@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fidoflow.flows.explain_archive import explain_archive
 from fidoflow.flows.settings import RunSettings, add_cli_options, settings_from_cli
 

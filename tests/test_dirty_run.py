@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fixtures_archives import dirty_folder
-
 from fidoflow.flows.cli import main
 from fidoflow.storage import parts, schemas
 from fidoflow.storage.runfolder import RunFolder
+from fixtures_archives import dirty_folder
 
 pytestmark = pytest.mark.slow
 

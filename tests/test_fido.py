@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
+
 from tests.conftest import SQUARE, square_image
 
 TOY = {"samples": 4, "iterations": 60, "mask_size": 32, "lr": 0.3, "l1": 40.0, "tv": 8.0,

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-
 from fidoflow.flows.cli import main
 from fidoflow.storage import schemas
 from fidoflow.storage.runfolder import SCHEMA_VERSION

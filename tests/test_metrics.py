@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from fidoflow.pipeline.analysis.metrics import (
     box_iou_fdr,
     boxes_to_masks,
@@ -18,6 +16,7 @@ from fidoflow.pipeline.analysis.metrics import (
     share_inside,
 )
 from fidoflow.pipeline.imaging.filters import total_variation
+from torch import nn
 
 WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1])  # of the 4 pixels of a 2x2 image, row-major
 

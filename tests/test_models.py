@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from fidoflow.pipeline.archive.labels import map_labels, read_label_map
 from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
 from fidoflow.pipeline.models.loading import (
@@ -266,10 +265,9 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
 
 
 def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) -> None:
-    from fixtures_archives import cub_tree
-
     from fidoflow.flows.config import RunConfig
     from fidoflow.flows.stages import build_manifest, model_of
+    from fixtures_archives import cub_tree
 
     cub_tree(tmp_path / "cub")
     (tmp_path / "map.csv").write_text("label_name,model_class\n001.Black_footed_Albatross,"

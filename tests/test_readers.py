@@ -11,8 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
-from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
-
 from fidoflow.pipeline.archive.readers import (
     COLUMNS,
     ArchiveError,
@@ -22,6 +20,7 @@ from fidoflow.pipeline.archive.readers import (
 )
 from fidoflow.pipeline.archive.readers.common import check_path, describe_file
 from fidoflow.storage import schemas
+from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
 
 
 def values(series: pd.Series) -> list:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from fidoflow.flows.server import free_port
 
 pytestmark = pytest.mark.slow

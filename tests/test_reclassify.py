@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from fidoflow.pipeline.analysis.reclassify import (
     ReclassifyConfig,
     blend_views,
@@ -15,6 +13,7 @@ from fidoflow.pipeline.analysis.reclassify import (
     salient_box,
 )
 from fidoflow.pipeline.imaging.filters import gaussian_blur
+from torch import nn
 
 # parameters at 224 px, so that a 224 px picture uses them as they are
 PLAIN = ReclassifyConfig(smooth_sigma=0.0)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.methods.base import Attribution
 from fidoflow.pipeline.methods.sag import patch_masks
+from torch import nn
 
 SIZE, GRID = 28, 7
 REGION_A = (slice(0, 8), slice(0, 8))  # patches 0, 1, 7, 8
@@ -135,7 +134,6 @@ def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folde
     has the schema, one root row per root the predictions count, children pointing at roots;
     the report turns an image's rows into one picture per root."""
     import pyarrow.parquet as pq
-
     from fidoflow.flows import stages
     from fidoflow.flows.config import RunConfig
     from fidoflow.flows.report_stage import graph_roots

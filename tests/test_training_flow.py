@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from fidoflow.flows.cli import main
 from fidoflow.flows.train_settings import TrainSettings
 from fidoflow.pipeline.archive.synthetic import write_archive

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
-
 from fidoflow.pipeline.analysis.metrics import (
     box_iou_fdr,
     deletion_insertion,
@@ -24,6 +22,7 @@ from fidoflow.pipeline.analysis.metrics import (
     share_inside,
 )
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, total_variation
+from torch import nn
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from fidoflow.pipeline.archive.readers.common import check_path
 from fidoflow.pipeline.imaging.decode import DecodeLimits, decode_image, to_tensor
 from fidoflow.pipeline.methods.registry import MethodSpec

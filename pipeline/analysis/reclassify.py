@@ -32,11 +32,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
 from fidoflow.pipeline.models.inference import class_probabilities
 from fidoflow.pipeline.perturbation import blend
+from torch import nn
 
 VARIANTS = ("crop", "blend", "crop+global")
 BASELINE = "global"  # the full image, no mask: the variant every other one is compared with

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import torch
-from torch import nn
-
 from fidoflow.pipeline.imaging.filters import resize_maps
+from torch import nn
 
 
 @dataclass

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-
 from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators

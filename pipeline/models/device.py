@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
-
 from fidoflow.pipeline.models.fusion import fuse_frozen
+from torch import nn
 
 log = logging.getLogger(__name__)
 
