@@ -26,12 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quality import load_benchmark, score
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig, FidoObjective, SlotAdam
 from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
 from fidoflow.pipeline.models.loading import load_model
 from fidoflow.pipeline.perturbation import log_odds
-
-from bench.quality import load_benchmark, score
 
 
 def timed(fn, repeats: int) -> float:
@@ -48,9 +47,10 @@ def timed(fn, repeats: int) -> float:
 def photos(n: int, size: tuple[int, int]) -> torch.Tensor:
     """``n`` of scikit-image's bundled photos (cycled), resized like the pipeline does."""
     import skimage.data
-    from fidoflow.flows.demo import DEMO_PHOTOS
-    from fidoflow.pipeline.imaging.decode import to_tensor
     from PIL import Image
+
+    from fidoflow.pipeline.archive.demo import DEMO_PHOTOS
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     out = []
     for i in range(n):
@@ -237,7 +237,7 @@ def quality_vs_compute(n_images: int, samples: list[int], iterations: list[int])
 def photo_quality(prepared: torch.nn.Module, images: torch.Tensor, cfg: FidoConfig) -> dict:
     """Deletion/insertion of FIDO's joint map for each photo's predicted class, mean steps and
     seconds per photo, one image per slot as on a CPU."""
-    from fidoflow.pipeline.analysis.metrics import deletion_insertion
+    from fidoflow.pipeline.metrics.deletion_insertion import deletion_insertion
 
     with Fido(prepared, cfg) as fido:
         targets = fido.predict(images)
@@ -281,9 +281,10 @@ def photo_share(loaded) -> list[dict]:
     """Share of the saliency inside each photo's object box (its predicted class), FIDO defaults
     against Grad-CAM, with the box's area fraction as the uniform map's score."""
     import skimage.data
-    from fidoflow.pipeline.analysis.metrics import share_inside
-    from fidoflow.pipeline.imaging.decode import to_tensor
     from PIL import Image
+
+    from fidoflow.pipeline.imaging.decode import to_tensor
+    from fidoflow.pipeline.metrics.box import share_inside
 
     images, boxes = [], []
     for name, (x0, y0, x1, y1) in PHOTO_OBJECTS.items():

@@ -32,14 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fidoflow.flows.demo import DEMO_PHOTOS
-from fidoflow.pipeline.analysis.metrics import deletion_insertion, pointing_game, share_inside
-from fidoflow.pipeline.methods.registry import MethodSpec, describe, parse_methods
-from fidoflow.pipeline.models.device import default_batch_size
-
 from bench.engine import PHOTO_OBJECTS
 from bench.quality import load_benchmark
 from bench.quiet import load_average, machine, require_quiet
+from fidoflow.pipeline.archive.demo import DEMO_PHOTOS
+from fidoflow.pipeline.methods.registry import MethodSpec, describe, parse_methods
+from fidoflow.pipeline.metrics.box import share_inside
+from fidoflow.pipeline.metrics.deletion_insertion import deletion_insertion
+from fidoflow.pipeline.metrics.pointing import pointing_game
+from fidoflow.pipeline.models.device import default_batch_size
 
 CPU = torch.device("cpu")
 COLUMNS = ("share", "pointing", "deletion", "insertion", "sec_per_image")
@@ -90,8 +91,9 @@ def synthetic_rows(specs: dict[str, MethodSpec], scenes: int, force: bool) -> li
 def demo_photos(input_size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, list[float]]]:
     """The demo photos at the model's input size, and the hand-drawn boxes (scaled) by index."""
     import skimage.data
-    from fidoflow.pipeline.imaging.decode import to_tensor
     from PIL import Image
+
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     images, boxes = [], {}
     for i, name in enumerate(DEMO_PHOTOS):

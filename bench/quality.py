@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-from fidoflow.pipeline.analysis.metrics import deletion_insertion, share_inside
+
 from fidoflow.pipeline.archive.synthetic import SyntheticSet, make_dataset
 from fidoflow.pipeline.methods.base import Method
+from fidoflow.pipeline.metrics.box import share_inside
+from fidoflow.pipeline.metrics.deletion_insertion import deletion_insertion
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 
 

@@ -27,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+
 from fidoflow.pipeline.analysis.aggregate import BootstrapConfig, accuracy_rows, gain_rows
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
-from fidoflow.pipeline.analysis.reclassify import ReclassifyConfig, reclassify, top_k
+from fidoflow.pipeline.analysis.reclassify import ReclassifyConfig, reclassify
 from fidoflow.pipeline.archive.synthetic import make_dataset
 from fidoflow.pipeline.imaging.decode import to_tensor
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
-from PIL import Image
 
 
 def as_uint8(images: torch.Tensor) -> list[Image.Image]:
@@ -103,7 +104,7 @@ def main() -> None:
         for variant, probs in res.probs.items():
             if suffix and variant == "global":
                 continue
-            idx, _ = top_k(probs, 5)
+            idx = probs.topk(min(5, probs.shape[1]), dim=1).indices
             for i in range(args.n):
                 top = idx[i].tolist()
                 rows.append({"image_id": str(i),

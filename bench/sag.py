@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig, evaluate_masks
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.methods.base import Attribution
@@ -30,9 +31,10 @@ from fidoflow.pipeline.methods.base import Attribution
 def photos(size: tuple[int, int], resize: str) -> torch.Tensor:
     """The demo photos as model inputs."""
     import skimage.data
-    from fidoflow.flows.demo import DEMO_PHOTOS
-    from fidoflow.pipeline.imaging.decode import to_tensor
     from PIL import Image
+
+    from fidoflow.pipeline.archive.demo import DEMO_PHOTOS
+    from fidoflow.pipeline.imaging.decode import to_tensor
 
     pictures = []
     for name in DEMO_PHOTOS:

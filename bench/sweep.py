@@ -15,10 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.quality import load_benchmark, score
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
-
-from bench.quality import load_benchmark, score
 
 GRID = {
     "lr": [0.1, 0.3, 1.0],

@@ -22,10 +22,11 @@ import statistics
 import time
 
 import torch
-from fidoflow.pipeline.analysis.metrics import share_inside
+
 from fidoflow.pipeline.archive.synthetic import CROWN, WING, make_dataset
 from fidoflow.pipeline.imaging.filters import resize_maps
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
+from fidoflow.pipeline.metrics.box import share_inside
 from fidoflow.pipeline.training.data import ImageTensors, TrainData
 from fidoflow.pipeline.training.diversify import DiversifyConfig
 from fidoflow.pipeline.training.loop import TrainConfig, evaluate, fit

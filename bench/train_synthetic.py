@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from fidoflow.pipeline.archive.synthetic import make_dataset
 from fidoflow.pipeline.models.synthetic_cnn import NUM_CLASSES, WEIGHTS, SyntheticCNN
 

@@ -1,5 +1,6 @@
 """``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``), list
-the attribution methods (``methods``), or train a classifier to explain (``train``)."""
+the attribution methods (``methods``), or train a classifier to explain (``train``). The
+options are projected from the settings declarations (fidoflow/pipeline/settings.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .server import ApiServer, api_server, prefect_home
+from .server import ApiServer, api_server, flush_prefect_logs, prefect_home
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .settings import RunSettings
+    from fidoflow.pipeline.config import RunConfig
+    from fidoflow.pipeline.settings import RunSettings
 
 COMMANDS_WITH_A_SERVER = ("run", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import ARCHIVE_FIELDS, add_cli_options
+    from fidoflow.pipeline.settings import ARCHIVE_FIELDS
+
+    from .settings import add_cli_options
 
     parser = argparse.ArgumentParser(prog="fidoflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,9 +47,61 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("methods", help="list the registered attribution methods, their "
                                         "settings and defaults")
 
-    from .train_cli import add_train_command  # fidoflow train: flows/train_cli.py
     add_train_command(commands)
     return parser
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    """The ``train`` sub-command: ARCHIVE, --out, and one option per training setting."""
+    from fidoflow.pipeline.settings import TrainSettings
+
+    from .settings import add_cli_options
+
+    train = commands.add_parser(
+        "train", help="train a fine-grained classifier (class maps, diversification block, "
+                      "gradient-boosting loss) on ARCHIVE's training images")
+    train.add_argument("archive", metavar="ARCHIVE",
+                       help="any archive fidoflow reads (ImageFolder, CUB, manifest, ...) with "
+                            "labels; its train split is used when it has one")
+    train.add_argument("--out", required=True, metavar="MODEL_DIR",
+                       help="output folder: model.pt + model.yaml, checkpoint.pt, "
+                            "metrics.parquet; an existing checkpoint is resumed")
+    add_cli_options(train, TrainSettings)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the train-classifier flow against one Prefect API; print where the model is."""
+    from fidoflow.pipeline.settings import TrainSettings
+
+    from .server import prefect_api
+    from .settings import settings_from_cli
+
+    archive = str(Path(args.archive).resolve())
+    if not Path(archive).exists():
+        raise FileNotFoundError(f"archive not found: {args.archive}")
+    settings = settings_from_cli(args, TrainSettings)
+    settings.to_job(archive, args.out)  # refuse bad settings before Prefect starts
+
+    def import_flow() -> None:
+        from . import train  # noqa: F401
+
+    with prefect_api(meanwhile=import_flow) as api_url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from .train import train_classifier
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                summary = train_classifier(archive, args.out, settings, progress=True)
+            finally:
+                flush_prefect_logs()
+    test = summary["test_accuracy"]
+    print(f"best epoch {summary['best_epoch']} of {summary['epochs']}: validation accuracy "
+          f"{summary['val_accuracy']:.3f}"
+          + (f", test accuracy {test:.3f}" if test is not None else "")
+          + f" ({summary['classes']} classes, {summary['images']['train']} training images)")
+    print(f"model: {summary['model']}  (fidoflow run SOURCE --out RUN --model {summary['model']})")
+    return 0
 
 
 def report_lines(config: RunConfig) -> list[str]:
@@ -117,13 +172,6 @@ def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dic
                 return run_flow(source, out, settings)
             finally:
                 flush_prefect_logs()
-
-
-def flush_prefect_logs() -> None:
-    """Send buffered run logs before the run's API server stops."""
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=5)
 
 
 def terminate_on_sigterm() -> None:
@@ -203,12 +251,13 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
     terminate_on_sigterm()
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # a torn-down cluster is not news
     try:
-        if args.command == "train":  # flows/train_cli.py
-            from .train_cli import run_train
+        if args.command == "train":
             return run_train(args)
         settings = settings_from_cli(args)
         if args.command == "demo":
-            from .demo import prepare_demo_archive, print_demo_table
+            from fidoflow.pipeline.archive.demo import prepare_demo_archive
+
+            from .demo import print_demo_table
 
             source = prepare_demo_archive(Path(args.out).parent / "demo-archive")
         else:

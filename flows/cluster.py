@@ -153,10 +153,10 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
 def warm_worker(config_json: dict) -> None:
     """On a worker: import the shard tasks' code and load and prepare the run's model, so that
     the first shard starts explaining at once (each worker keeps both for the run)."""
+    from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.models.device import resolve_device
 
     from . import stages
-    from .config import RunConfig
 
     config = RunConfig.from_json(config_json)
     stages.model_of(config).on(resolve_device(config.device), config.compile)

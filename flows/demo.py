@@ -1,34 +1,7 @@
-"""The embedded default: scikit-image's bundled photos as an archive folder, and the demo table."""
+"""``fidoflow demo``'s closing table: per image and method the target, the method's own numbers,
+whether a FIDO mask failed, and what the re-classification answered."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-from PIL import Image
-
-DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "stereo_motorcycle")
-
-
-def prepare_demo_archive(folder: Path) -> str:
-    """Write the bundled photos as PNG files (once) and return the folder."""
-    import skimage.data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in DEMO_PHOTOS:
-        target = folder / f"{name}.png"
-        if not target.exists():
-            pixels = getattr(skimage.data, name)()
-            pixels = pixels[0] if isinstance(pixels, tuple) else pixels
-            Image.fromarray(pixels).save(target)
-    return str(folder)
-
-
-def mask_verdict(scalars: dict[str, float], target_prob: float) -> str:
-    """"failed" when the SSR blend keeps less than half the target's clean probability, "ok"
-    when it keeps more, "–" for methods without an SSR."""
-    if "p_ssr" not in scalars:
-        return "–"
-    return "failed" if scalars["p_ssr"] < 0.5 * target_prob else "ok"
 
 
 def print_demo_table(root: str) -> None:
@@ -36,15 +9,17 @@ def print_demo_table(root: str) -> None:
     numbers (e.g. FIDO's p_ssr, p_sdr), whether a FIDO mask failed (its SSR blend keeps less
     than half the target's probability), and what the mask-guided re-classification answers
     (crop, crop+global; "=" when unchanged)."""
-    from fidoflow.storage import parts, schemas
-    from fidoflow.storage.runfolder import RunFolder
     from rich.console import Console
     from rich.table import Table
 
+    from fidoflow.pipeline.methods.fido import mask_verdict
+    from fidoflow.storage import parts, tables
+    from fidoflow.storage.runfolder import RunFolder
+
     run = RunFolder(root)
-    predictions = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()
+    predictions = parts.read_parts(run, tables.PREDICTIONS).to_pylist()
     reclassified = {(r["image_id"], r["method"], r["variant"]): r
-                    for r in parts.read_stage(run, "reclassify", schemas.RECLASSIFY).to_pylist()}
+                    for r in parts.read_parts(run, tables.RECLASSIFY).to_pylist()}
     scalars = list(dict.fromkeys(k for row in predictions for k, _ in row["scalars"] or []))
     table = Table(title="fidoflow demo: target probability, each method's own numbers, and "
                         "the mask-guided re-classification")

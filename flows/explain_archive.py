@@ -8,24 +8,21 @@ import math
 import time
 from dataclasses import replace
 
-from fidoflow.storage.lease import Lease
-from fidoflow.storage.runfolder import RunFolder
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from rich.progress import Progress
 
+from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
+from fidoflow.pipeline.settings import RunSettings
+from fidoflow.storage import tables
+from fidoflow.storage.lease import Lease
+from fidoflow.storage.runfolder import RunFolder
+
 from . import stages
-from .aggregate_stage import aggregate_run
-from .analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
-from .analysis_shards import pending
 from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
-from .config import RunConfig
-from .evaluate_stage import evaluate_shard
 from .reaper import guard_children
-from .reclassify_stage import reclassify_shard
-from .settings import RunSettings
 
 SUMMARY_ARTIFACT = "fidoflow-summary"
 REPORT_ARTIFACT = "fidoflow-report"
@@ -66,7 +63,7 @@ def reclassify_shard_task(config_json: dict, analysis_json: dict, shard: int) ->
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
     began = time.perf_counter()
-    outcome = reclassify_shard(config, shard, AnalysisConfig.from_json(analysis_json))
+    outcome = stages.reclassify_shard(config, shard, AnalysisConfig.from_json(analysis_json))
     return {**outcome, "seconds": time.perf_counter() - began}
 
 
@@ -75,7 +72,7 @@ def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> d
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
     began = time.perf_counter()
-    outcome = evaluate_shard(config, shard, AnalysisConfig.from_json(analysis_json))
+    outcome = stages.evaluate_shard(config, shard, AnalysisConfig.from_json(analysis_json))
     return {**outcome, "seconds": time.perf_counter() - began}
 
 
@@ -83,7 +80,7 @@ def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> d
 def aggregate_task(config_json: dict, analysis_json: dict) -> dict[str, object]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
-    return aggregate_run(config, AnalysisConfig.from_json(analysis_json))
+    return stages.aggregate_run(config, AnalysisConfig.from_json(analysis_json))
 
 
 def publish_artifacts(outcome: dict[str, object]) -> None:
@@ -91,7 +88,7 @@ def publish_artifacts(outcome: dict[str, object]) -> None:
     import pandas as pd
 
     root = str(outcome["summary"]).rsplit("/", 1)[0]
-    summary = RunFolder(root).read_table("summary.parquet").to_pandas()
+    summary = RunFolder(root).read_table(tables.SUMMARY.path).to_pandas()
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                 for k, v in row.items()}
                for row in summary.astype(object).where(pd.notna(summary), None).to_dict("records")]
@@ -124,12 +121,11 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     config_json = config.to_json()
     if config.analyse:
         stages.record_analysis(config, analysis_json)
-    todo = stages.pending_shards(config, n_shards)
+    todo = stages.pending(config, "explain", n_shards)
     later = set(todo)
     downstream = {
-        "reclassify": [s for s in pending(config, "reclassify", n_shards) if s not in later],
-        "evaluate": [s for s in pending(config, "evaluate", n_shards) if s not in later],
-    } if config.analyse else {}
+        stage: [s for s in stages.pending(config, stage, n_shards) if s not in later]
+        for stage in ("reclassify", "evaluate")} if config.analyse else {}
     tasks = ({"reclassify": reclassify_shard_task, "evaluate": evaluate_shard_task}
              if config.analyse else {})
     totals = {stage: len(shards) + len(todo) for stage, shards in downstream.items()}

@@ -1,38 +1,47 @@
-"""The stages of a run as plain functions: pipeline + storage wired together, no Prefect inside.
+"""The stages of a run as plain functions: the run folder (storage/) read, the domain
+(pipeline/) called, the results written back. No Prefect inside: the tasks of
+``explain_archive.py`` call these; so can a notebook or a test.
 
-Tasks in ``explain_archive.py`` call these; so can a notebook or a test.
+Each stage writes a shard's part last (storage/tables.py declares which), so a rerun skips the
+shards whose part exists and redoes the rest.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import fidoflow.pipeline
-import pandas as pd
 import pyarrow as pa
+
+from fidoflow.pipeline.analysis.aggregate import build_summary, timings_of
+from fidoflow.pipeline.analysis.evaluate import evaluate_pictures
 from fidoflow.pipeline.analysis.explain import explain_rows
-from fidoflow.pipeline.archive.labels import map_labels, read_label_map
-from fidoflow.pipeline.archive.readers import read_archive
+from fidoflow.pipeline.analysis.reclassify import reclassify_pictures
+from fidoflow.pipeline.analysis.records import exception_record
+from fidoflow.pipeline.analysis.report import render_report
+from fidoflow.pipeline.analysis.report_items import (
+    flip_items,
+    gallery_items,
+    mean_curves,
+    picture_frame,
+    report_meta,
+)
+from fidoflow.pipeline.archive.prepare import manifest_rows, summarise_manifest
+from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
+from fidoflow.pipeline.imaging.views import Picture, prepare_picture
 from fidoflow.pipeline.methods.registry import kind
+from fidoflow.pipeline.metrics import METRICS
+from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.loading import LoadedModel, load_model
-from fidoflow.storage import masks, parts, schemas
+from fidoflow.pipeline.provenance import code_version
+from fidoflow.storage import masks, parts, runrecord, tables
 from fidoflow.storage.runfolder import SCHEMA_VERSION, RunFolder
-
-from .config import RunConfig
-
-
-class RunMismatch(RuntimeError):
-    """RUN already holds a run made with other settings."""
-
-
-class EmptyArchive(ValueError):
-    """The source has no image rows at all."""
+from fidoflow.storage.shards import ExplainedShard, Todo, read_explained, shard_rows
 
 
 @functools.cache
@@ -46,48 +55,35 @@ def model_of(config: RunConfig) -> LoadedModel:
     return worker_model(config.model, config.model_card, config.trust_model_code)
 
 
-def code_version() -> str:
-    here = Path(fidoflow.pipeline.__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False).stdout.strip()
-    except OSError:
-        sha = ""
-    from importlib.metadata import version
-    return f"{version('fidoflow')}+{sha}" if sha else version("fidoflow")
+def set_worker_threads(workers: int) -> None:
+    """Share the machine's cores between worker processes instead of oversubscribing them."""
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)))
 
 
-LARGEST_AUTO_SHARD = 16
+@functools.cache
+def metrics_table() -> tables.Table:
+    """The ``metrics`` table with every registered metric's columns (docs: the metric's
+    description, its score direction, and when it is null)."""
+    def doc(column, metric) -> str:
+        better = f" ({column.better} is better)" if column.better else ""
+        null = "; null without a box" if "boxes" in metric.needs else ""
+        return f"{column.description}{better}{null}"
+
+    return tables.METRICS.with_columns(tuple(
+        tables.Column(c.name, c.type, doc(c, m)) for m in METRICS for c in m.columns))
 
 
-def auto_shard_size(images: int, workers: int, largest: int = LARGEST_AUTO_SHARD) -> int:
-    """Images per shard when the user does not say: the fewest rounds of at most ``largest``
-    images per worker, split evenly, so every worker has a shard in every round (8 images on
-    2 workers: 2 shards of 4; 48: 4 of 12; 256: 16 of 16)."""
-    workers = max(workers, 1)
-    rounds = -(-images // (workers * largest))
-    return max(1, -(-images // (workers * rounds)))
-
+# ---- prepare --------------------------------------------------------------------------------
 
 def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[RunConfig, pa.Table, dict]:
-    """The config with its shard size resolved, the manifest table of the run's archive (labels
-    mapped to the model, shards assigned) and the label-mapping report. Raises on archive-level
-    problems only."""
-    label_map = (read_label_map(config.label_map, model.class_names)
-                 if config.label_map else None)
-    frame = read_archive(config.source, config.format, config.split, config.images_root)
-    if frame.empty:
-        split = "" if config.split == "all" else f" in the {config.split} split"
-        raise EmptyArchive(f"{config.source} holds no images{split} (folders are searched "
-                           "recursively for image files); nothing to do")
-    if config.shard_size is None:
-        config = replace(config, shard_size=auto_shard_size(len(frame), config.workers))
-    mapping = map_labels(frame["label_name"], model.class_names, label_map)
-    frame["model_label"] = pd.array(mapping.model_label, dtype="Int32")
-    frame["shard"] = pd.array([i // config.shard_size for i in range(len(frame))], dtype="Int32")
-    table = pa.Table.from_pandas(frame[schemas.MANIFEST.names], schema=schemas.MANIFEST,
-                                 preserve_index=False)
-    return config, table, mapping.report()
+    """The config with its shard size resolved, the manifest table and the label report."""
+    frame, shard_size, labels = manifest_rows(
+        config.source, config.format, config.split, config.images_root, model.class_names,
+        config.label_map, config.shard_size, config.workers)
+    table = pa.Table.from_pandas(frame[tables.MANIFEST.schema.names],
+                                 schema=tables.MANIFEST.schema, preserve_index=False)
+    return replace(config, shard_size=shard_size), table, labels
 
 
 def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
@@ -100,34 +96,24 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
     """
     run = RunFolder(config.root)
     model = model_of(config)
-    if run.exists("run.json"):
-        recorded = run.read_json("run.json")
-        if recorded.get("schema_version") != SCHEMA_VERSION:
-            raise RunMismatch(f"{config.root} was written with table schema "
-                              f"{recorded.get('schema_version')}, this fidoflow writes "
-                              f"{SCHEMA_VERSION}; use another --out")
+    record = runrecord.recorded(run)
+    if record is not None:
         if config.shard_size is None:  # automatic: whatever the first run chose
-            config = replace(config, shard_size=recorded["config"].get("shard_size"))
-        if recorded["config"] != _normalised(config.results_identity()):
-            raise RunMismatch(f"{config.root} holds a run with other settings; "
-                              "use another --out or the same options")
-        if not run.exists("manifest.parquet"):
+            config = replace(config, shard_size=record["config"].get("shard_size"))
+        runrecord.check_same(run, record, config.results_identity())
+        if not run.exists(tables.MANIFEST.path):
             config, table, _ = build_manifest(config, model)
-            run.write_table(table, "manifest.parquet")
+            run.write_table(table, tables.MANIFEST.path)
     else:
         config, table, labels = build_manifest(config, model)
         run.makedirs()
         run.write_json({
-            "schema_version": SCHEMA_VERSION,
-            "config": config.results_identity(),
-            "model": model.describe(),
-            "labels": labels,
-            "code_version": code_version(),
-            "seed": config.seed,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }, "run.json")
-        run.write_table(table, "manifest.parquet")
-    manifest = run.read_table("manifest.parquet")
+            "schema_version": SCHEMA_VERSION, "config": config.results_identity(),
+            "model": model.describe(), "labels": labels, "code_version": code_version(),
+            "seed": config.seed, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }, runrecord.RECORD)
+        run.write_table(table, tables.MANIFEST.path)
+    manifest = run.read_table(tables.MANIFEST.path)
     masks.create_store(
         run.masks_url, manifest.num_rows, config.shard_size, config.mask_size,
         {name: {**spec.to_json(), "maps": spec.map_names} for name, spec in config.methods.items()},
@@ -137,78 +123,160 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
 
 
 def record_analysis(config: RunConfig, analysis: dict) -> None:
-    """Write the analysis settings into run.json on the first analysing run; refuse a later run
-    with other ones, whose parts would mix with the done shards' (``--explain-only`` runs
-    record nothing)."""
-    run = RunFolder(config.root)
-    record = run.read_json("run.json")
-    wanted = _normalised(analysis)
-    if "analysis" not in record:
-        run.write_json({**record, "analysis": wanted}, "run.json")
-    elif record["analysis"] != wanted:
-        raise RunMismatch(f"{config.root} was analysed with other analysis settings; "
-                          "use another --out or the same settings")
+    """The analysis settings into run.json (refused when a first run recorded others)."""
+    runrecord.record_analysis(RunFolder(config.root), analysis)
+
+
+def pending(config: RunConfig, stage: str, n_shards: int) -> list[int]:
+    """Shards of ``stage`` (explain, reclassify, evaluate) still to do."""
+    return parts.pending(RunFolder(config.root), stage, n_shards)
 
 
 def manifest_report(config: RunConfig) -> dict[str, object]:
-    """What the manifest says about refused rows and labels, for the CLI's closing lines."""
+    """Refused rows and labels of the run's manifest, for the CLI's closing lines."""
     run = RunFolder(config.root)
-    frame = run.read_table("manifest.parquet").select(
+    frame = run.read_table(tables.MANIFEST.path).select(
         ["label_name", "model_label", "manifest_error"]).to_pandas()
-    refused = frame["manifest_error"].dropna().value_counts().to_dict()
-    labelled = frame["label_name"].notna()
-    unmapped = frame.loc[labelled & frame["model_label"].isna(), "label_name"]
-    labels = run.read_json("run.json").get("labels", {})
-    return {"rows": len(frame), "refused": {str(k): int(v) for k, v in refused.items()},
-            "labelled": int(labelled.sum()), "mapped": int(frame["model_label"].notna().sum()),
-            "unmapped": len(unmapped),
-            "unmapped_names": {str(k): int(v)
-                               for k, v in unmapped.value_counts().head(10).items()},
-            "label_mode": labels.get("mode")}
+    return summarise_manifest(frame, run.read_json(runrecord.RECORD).get("labels", {}))
 
 
-def _normalised(record: dict) -> dict:
-    """JSON round trip, so a fresh config compares equal to the one read from run.json."""
-    import json
-    return json.loads(json.dumps(record, sort_keys=True))
-
-
-def pending_shards(config: RunConfig, n_shards: int) -> list[int]:
-    done = parts.done_shards(RunFolder(config.root), "predictions")
-    return [s for s in range(n_shards) if s not in done]
-
-
-def shard_rows(run: RunFolder, config: RunConfig, shard: int) -> tuple[int, list[dict]]:
-    """The first mask row of ``shard`` and its manifest records, read without the other shards."""
-    rows = run.read_table("manifest.parquet", filters=[("shard", "==", shard)]).to_pylist()
-    return shard * config.shard_size, rows
-
+# ---- explain --------------------------------------------------------------------------------
 
 def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
     """Masks and predictions of one shard; the predictions part, written last, marks it done.
     ``seconds`` is the shard's whole time on its worker (decode, explain, write)."""
     began, started = time.perf_counter(), time.time()
     run = RunFolder(config.root)
-    start, rows = shard_rows(run, config, shard)
-    model = model_of(config)
-    result = explain_rows(model, config.archive_root, rows, config.methods, config.seed,
-                          config.images_per_step, config.device, config.decode_limits,
-                          config.compile, config.mask_size, config.target)
+    start, rows = shard_rows(run, shard, config.shard_size)
+    result = explain_rows(model_of(config), config.archive_root, rows, config.methods,
+                          config.seed, config.images_per_step, config.device,
+                          config.decode_limits, config.compile, config.mask_size, config.target)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
-    parts.write_part(run, "errors", shard, pa.Table.from_pylist(result.errors, schemas.ERRORS),
-                     schemas.ERRORS)
     if any(kind(spec.kind).method.has_graphs for spec in config.methods.values()):
-        parts.write_part(run, "sag", shard, pa.Table.from_pylist(result.graphs, schemas.SAG),
-                         schemas.SAG)
-    parts.write_part(run, "predictions", shard,
-                     pa.Table.from_pylist(result.predictions, schemas.PREDICTIONS),
-                     schemas.PREDICTIONS)
+        parts.write_part(run, tables.SAG, shard, result.graphs)
+    parts.finish_shard(run, "explain", shard, result.predictions, result.errors)
     return {"shard": shard, "images": len(rows), "errors": len(result.errors),
             "seconds": time.perf_counter() - began, "started": started}
 
 
-def set_worker_threads(workers: int) -> None:
-    """Share the machine's cores between worker processes instead of oversubscribing them."""
-    import torch
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+# ---- re-classify and evaluate ----------------------------------------------------------------
+
+def _batches(todo: Todo, size: int) -> Iterator[Todo]:
+    for b in range(0, len(todo), size):
+        yield todo[b:b + size]
+
+
+def _pictures(config: RunConfig, model: LoadedModel, chunk: Todo, stage: str, min_side: int,
+              errors: list[dict], work_side: int | None = None) -> list[Picture]:
+    """The chunk's pictures; a file that fails is an error row of ``stage``, never fatal."""
+    out = []
+    for index, row in chunk:
+        try:
+            out.append(prepare_picture(index, row, config.archive_root / str(row["path"]),
+                                       config.decode_limits, model.input_size, model.resize,
+                                       min_side, work_side))
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a shard
+            errors.append(exception_record(row, stage, exc))
+    return out
+
+
+def _explained(config: RunConfig, shard: int) -> tuple[RunFolder, ExplainedShard]:
+    run = RunFolder(config.root)
+    return run, read_explained(run, shard, config.shard_size, list(config.methods))
+
+
+def reclassify_shard(config: RunConfig, shard: int,
+                     analysis: AnalysisConfig = DEFAULT_ANALYSIS) -> dict[str, int]:
+    """Re-classify every explained image of the shard with each method's joint map; the
+    ``reclassify/`` part, written last, marks the shard done."""
+    rcfg = analysis.reclassify
+    run, explained = _explained(config, shard)
+    model = model_of(config)
+    device = resolve_device(config.device)
+    module = model.on(device)
+    work_side = rcfg.decode_min_side(model.input_size)
+    todo = explained.todo()
+    records: list[dict] = []
+    errors: list[dict] = []
+    for chunk in _batches(todo, config.images_per_step):
+        began = time.perf_counter()
+        batch = _pictures(config, model, chunk, "reclassify", work_side, errors, work_side)
+        if not batch:
+            continue
+        rows = reclassify_pictures(module, device, model.class_names, rcfg, batch,
+                                   explained.joint)
+        seconds = (time.perf_counter() - began) / len(rows)
+        records += [{**row, "seconds": seconds} for row in rows]
+    parts.finish_shard(run, "reclassify", shard, records, errors)
+    return {"shard": shard, "images": len(todo) - len(errors), "errors": len(errors)}
+
+
+def evaluate_shard(config: RunConfig, shard: int,
+                   analysis: AnalysisConfig = DEFAULT_ANALYSIS) -> dict[str, int]:
+    """Every registered metric of every explained image and method of the shard; the
+    ``metrics/`` part, written last, marks the shard done."""
+    run, explained = _explained(config, shard)
+    targets = explained.targets()
+    model = model_of(config)
+    device = resolve_device(config.device)
+    module = model.on(device)
+    todo = explained.todo()
+    records: list[dict] = []
+    errors: list[dict] = []
+    for chunk in _batches(todo, config.images_per_step):
+        batch = _pictures(config, model, chunk, "evaluate", 2 * max(model.input_size), errors)
+        if batch:
+            records += evaluate_pictures(module, device, batch, explained.joint, targets,
+                                         model.input_size, analysis.evaluate)
+    parts.finish_shard(run, "evaluate", shard, records, errors, metrics_table())
+    return {"shard": shard, "images": len(todo) - len(errors), "errors": len(errors)}
+
+
+# ---- aggregate and report -------------------------------------------------------------------
+
+def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
+                  ) -> dict[str, object]:
+    """``summary.parquet`` and ``report.html`` from every part of the run; returns their URLs
+    and the number of summary rows (for the caller's artifacts)."""
+    run = RunFolder(config.root)
+    manifest = run.read_table(tables.MANIFEST.path).to_pandas()
+    predictions = parts.read_parts(run, tables.PREDICTIONS).to_pandas()
+    reclassified = parts.read_parts(run, tables.RECLASSIFY).to_pandas()
+    metrics = parts.read_parts(run, metrics_table()).to_pandas()
+    errors = parts.read_errors(run).to_pandas()
+    summary = build_summary(manifest, reclassified, metrics, errors,
+                            timings_of(predictions, reclassified, metrics), analysis.bootstrap)
+    run.write_table(pa.Table.from_pandas(summary, schema=tables.SUMMARY.schema,
+                                         preserve_index=False), tables.SUMMARY.path)
+    html = build_report(config, analysis, run, manifest, reclassified, metrics, summary)
+    run.write_bytes_atomic(html.encode("utf-8"), "report.html")
+    return {"summary": run.url(tables.SUMMARY.path), "report": run.url("report.html"),
+            "rows": len(summary)}
+
+
+def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
+                 manifest, reclassified, metrics, summary) -> str:
+    """The report's HTML (self-contained): pictures from the archive, maps from the store."""
+    model = model_of(config)
+    rows_by_id = {r["image_id"]: (i, r) for i, r in enumerate(manifest.to_dict("records"))}
+    names = {method: masks.map_names(run.masks_url, method) for method in config.methods}
+
+    def pictures(row: dict, longest: int):
+        return picture_frame(config.archive_root / str(row["path"]), config.decode_limits,
+                             model.input_size, model.resize, longest)
+
+    def maps_of(method: str, i: int) -> dict:
+        return {name: masks.read_maps(run.masks_url, method, name, slice(i, i + 1))[0]
+                for name in names[method]}
+
+    graphs = parts.read_parts(run, tables.SAG).to_pandas()
+    gallery = gallery_items(list(config.methods), analysis.gallery, analysis.bootstrap.seed,
+                            rows_by_id, reclassified, graphs, pictures, maps_of)
+    flips = flip_items(analysis.flips, rows_by_id, reclassified, pictures)
+    note = (f"At most {analysis.flips} examples per method, variant and direction "
+            "(first image ids); the counts are in the table above.")
+    info = run.read_json(runrecord.RECORD) if run.exists(runrecord.RECORD) else {}
+    return render_report(summary, mean_curves(metrics) if len(metrics) else {}, gallery, flips,
+                         title=f"fidoflow report: {Path(run.root).name}",
+                         meta=report_meta(config, analysis, run.root, info), flips_note=note)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fidoflow.pipeline.training.progress import TrainingBar, epoch_line
 from prefect import flow, get_run_logger
 
-from .train_settings import TrainSettings
+from fidoflow.pipeline.settings import TrainSettings
+from fidoflow.pipeline.training.progress import TrainingBar, epoch_line
+
 from .training_stage import train_model
 
 DEFAULT_SETTINGS = TrainSettings()
@@ -15,7 +16,7 @@ DEFAULT_SETTINGS = TrainSettings()
 def train_classifier(archive: str, out: str, settings: TrainSettings = DEFAULT_SETTINGS,
                      progress: bool = False) -> dict:
     """Train into ``out`` (resuming its last checkpoint). ``settings`` are the training's
-    options (flows/train_settings.py; the CLI's ``--options`` by the same names);
+    options (fidoflow/pipeline/settings.py; the CLI's ``--options`` by the same names);
     ``progress`` draws a bar on the terminal."""
     job = settings.to_job(archive, out)
     logger = get_run_logger()

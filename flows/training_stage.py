@@ -4,41 +4,17 @@ No Prefect inside; flows/train.py wraps it in the ``train-classifier`` flow."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fidoflow.pipeline.archive.readers import archive_root, read_archive
 from fidoflow.pipeline.imaging.decode import DecodeLimits
 from fidoflow.pipeline.models.device import resolve_device
+from fidoflow.pipeline.provenance import code_version
 from fidoflow.pipeline.training.data import load_frame
-from fidoflow.pipeline.training.loop import TrainConfig, check_resume, evaluate, fit
-from fidoflow.pipeline.training.network import architecture_name, build_network, input_size
+from fidoflow.pipeline.training.job import TrainJob, model_card
+from fidoflow.pipeline.training.loop import check_resume, evaluate, fit
+from fidoflow.pipeline.training.network import build_network, input_size
 from fidoflow.storage.modelfolder import CARD, WEIGHTS, ModelFolder
-
-from .stages import code_version
-
-
-@dataclass
-class TrainJob:
-    """One training: the archive, the output folder, the settings and where to run."""
-
-    archive: str
-    out: str
-    config: TrainConfig
-    device: str = "auto"
-    format: str | None = None
-    images_root: str | None = None
-    workers: int = 4
-
-
-def model_card(config: TrainConfig, classes: list[str]) -> dict:
-    return {"name": f"{config.backbone} class maps ({config.loss}"
-                    f"{', diversification block' if config.diversify else ''})",
-            "architecture": architecture_name(config.backbone),
-            "classes": list(classes),
-            "input_size": list(input_size(config.backbone)),
-            "resize": "squash",
-            "source": "fidoflow train"}
 
 
 def train_model(job: TrainJob, report: Callable[[dict], None] | None = None) -> dict:

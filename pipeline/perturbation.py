@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
+
 from fidoflow.pipeline.imaging.filters import resize_maps
 from fidoflow.pipeline.models.inference import class_logits
-from torch import nn
 
 
 def blend(images: torch.Tensor, fill: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

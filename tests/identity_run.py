@@ -44,14 +44,12 @@ def write_source(folder: Path) -> Path:
 def identity_run(folder: Path) -> Path:
     """The fixed run, stage by stage in this process; returns the run folder."""
     import torch
+
     from fidoflow.flows import stages
-    from fidoflow.flows.aggregate_stage import aggregate_run
-    from fidoflow.flows.analysis_config import AnalysisConfig
-    from fidoflow.flows.evaluate_stage import evaluate_shard
-    from fidoflow.flows.reclassify_stage import reclassify_shard
-    from fidoflow.flows.settings import RunSettings
     from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
     from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
+    from fidoflow.pipeline.config import AnalysisConfig
+    from fidoflow.pipeline.settings import RunSettings
 
     torch.set_num_threads(1)
     analysis = AnalysisConfig(evaluate=EvaluateConfig(steps=4),
@@ -63,9 +61,9 @@ def identity_run(folder: Path) -> Path:
     stages.record_analysis(config, analysis.to_json())
     for shard in range(shards):
         stages.explain_shard(config, shard)
-        reclassify_shard(config, shard, analysis)
-        evaluate_shard(config, shard, analysis)
-    aggregate_run(config, analysis)
+        stages.reclassify_shard(config, shard, analysis)
+        stages.evaluate_shard(config, shard, analysis)
+    stages.aggregate_run(config, analysis)
     return Path(config.root)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+
 from fidoflow.pipeline.analysis.aggregate import (
     SUMMARY_COLUMNS,
     BootstrapConfig,
@@ -14,7 +15,7 @@ from fidoflow.pipeline.analysis.aggregate import (
     build_summary,
     class_key,
 )
-from fidoflow.storage import schemas
+from fidoflow.storage import tables
 
 
 def test_bootstrap_matches_a_plain_loop_and_is_deterministic() -> None:
@@ -112,8 +113,8 @@ def pick(frame: pd.DataFrame, **where: object) -> pd.DataFrame:
 
 def test_summary_has_the_schema_columns_and_casts_to_the_arrow_schema() -> None:
     table = summary()
-    assert tuple(table.columns) == SUMMARY_COLUMNS == tuple(schemas.SUMMARY.names)
-    arrow = pa.Table.from_pandas(table, schema=schemas.SUMMARY, preserve_index=False)
+    assert tuple(table.columns) == SUMMARY_COLUMNS == tuple(tables.SUMMARY.schema.names)
+    arrow = pa.Table.from_pandas(table, schema=tables.SUMMARY.schema, preserve_index=False)
     assert arrow.num_rows == len(table)
 
 
@@ -170,31 +171,3 @@ def test_class_key_prefers_names_and_falls_back_to_model_labels() -> None:
     frame = pd.DataFrame({"label_name": ["x", None, None],
                           "model_label": pd.array([1, 2, None], dtype="Int32")})
     assert class_key(frame).tolist()[:2] == ["x", "2"] and pd.isna(class_key(frame)[2])
-
-
-def type_name(kind: pa.DataType) -> str:
-    """An Arrow type as docs/tables.md writes it."""
-    if pa.types.is_list(kind):
-        return f"list<{type_name(kind.value_type)}>"
-    if pa.types.is_struct(kind):
-        fields = ", ".join(f"{f.name}: {type_name(f.type)}" for f in kind)
-        return f"struct<{fields}>"
-    return {"float": "float32", "double": "float64"}.get(str(kind), str(kind))
-
-
-@pytest.mark.parametrize("heading, schema", [
-    ("manifest", schemas.MANIFEST), ("predictions", schemas.PREDICTIONS),
-    ("errors", schemas.ERRORS), ("sag", schemas.SAG), ("reclassify", schemas.RECLASSIFY),
-    ("metrics", schemas.METRICS), ("summary", schemas.SUMMARY)])
-def test_docs_list_every_column_with_its_type(heading: str, schema: pa.Schema) -> None:
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "tables.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    first_table = section[section.index("| column |"):].split("\n\n", 1)[0]
-    documented = {}
-    for line in first_table.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0].startswith("`") and cells[0] != "`column`":
-            documented[cells[0].strip("`")] = cells[1]
-    assert documented == {f.name: type_name(f.type) for f in schema}

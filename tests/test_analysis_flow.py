@@ -17,22 +17,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from fidoflow.flows import stages
-from fidoflow.flows.aggregate_stage import aggregate_run
-from fidoflow.flows.analysis_config import DEFAULT_ANALYSIS, AnalysisConfig
-from fidoflow.flows.analysis_shards import pending
-from fidoflow.flows.config import RunConfig
-from fidoflow.flows.evaluate_stage import evaluate_shard
-from fidoflow.flows.reclassify_stage import reclassify_shard
+from fidoflow.flows.stages import aggregate_run, evaluate_shard, pending, reclassify_shard
 from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
 from fidoflow.pipeline.archive.synthetic import write_archive
+from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.loading import LoadedModel
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
-from fidoflow.storage import masks, parts, schemas
+from fidoflow.storage import masks, parts, tables
 from fidoflow.storage.runfolder import RunFolder
-
+from fidoflow.storage.runrecord import RunMismatch
 from tests.test_report import assert_all_images_loaded, chromium, render_in_browser  # noqa: F401
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -87,9 +84,9 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, P
 
 def test_reclassify_parts_hold_the_baseline_and_every_variant(labelled_run) -> None:
     _, run = labelled_run
-    tables = [pq.read_table(p) for p in sorted((run / "reclassify").glob("part-*.parquet"))]
-    assert len(tables) == 3 and all(t.schema.equals(schemas.RECLASSIFY) for t in tables)
-    frame = pd.concat([t.to_pandas() for t in tables])
+    found = [pq.read_table(p) for p in sorted((run / "reclassify").glob("part-*.parquet"))]
+    assert len(found) == 3 and all(t.schema.equals(tables.RECLASSIFY.schema) for t in found)
+    frame = pd.concat([t.to_pandas() for t in found])
     assert len(frame) == 10 * 4  # global + crop, blend, crop+global
     assert sorted(frame.groupby(["method", "variant"]).size().items()) == [
         (("none", "global"), 10), (("scd", "blend"), 10), (("scd", "crop"), 10),
@@ -120,7 +117,7 @@ def test_metrics_parts_hold_curves_and_box_metrics(labelled_run) -> None:
 def test_summary_and_report_of_a_labelled_run(labelled_run) -> None:
     _, run = labelled_run
     summary = pq.read_table(run / "summary.parquet")
-    assert summary.schema.equals(schemas.SUMMARY)
+    assert summary.schema.equals(tables.SUMMARY.schema)
     frame = summary.to_pandas()
     top1 = frame[(frame.section == "accuracy") & (frame.statistic == "top1")]
     assert set(top1.group_by) == {"overall", "class", "split"}
@@ -200,8 +197,8 @@ def test_rerun_skips_done_shards_and_redoes_a_missing_one(labelled_run) -> None:
     after = pq.read_table(part)
     assert after.drop_columns(["seconds"]).equals(before.drop_columns(["seconds"]))
     # the analysis stages' error parts do not count as explain's
-    assert parts.done_shards(RunFolder(str(run)), "errors") == {0, 1, 2}
-    assert parts.done_shards(RunFolder(str(run)), "errors", "reclassify-part") == {0, 1, 2}
+    assert parts.done_shards(RunFolder(str(run)), tables.ERRORS) == {0, 1, 2}
+    assert parts.done_shards(RunFolder(str(run)), tables.ERRORS, "reclassify-part") == {0, 1, 2}
 
 
 @pytest.mark.slow
@@ -210,12 +207,13 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     """One CLI run (three photos, two shards, both FIDO samplers, tiny settings)."""
     import time
 
-    from fidoflow.flows import explain_archive
-    from fidoflow.flows.cli import main
-    from fidoflow.flows.server import prefect_api
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from fidoflow.flows import explain_archive
+    from fidoflow.flows.cli import main
+    from fidoflow.flows.server import prefect_api
 
     chromium_path = request.getfixturevalue("chromium")
     monkeypatch.setattr(explain_archive, "DEFAULT_ANALYSIS", TINY)
@@ -268,5 +266,5 @@ def test_analysis_settings_are_recorded_once_and_other_ones_refused(tmp_path: Pa
     stages.record_analysis(config, TINY.to_json())
     stages.record_analysis(config, TINY.to_json())  # the same settings again: resumes
     assert folder.read_json("run.json")["analysis"]["gallery"] == TINY.gallery
-    with pytest.raises(stages.RunMismatch, match="other analysis settings"):
+    with pytest.raises(RunMismatch, match="other analysis settings"):
         stages.record_analysis(config, DEFAULT_ANALYSIS.to_json())

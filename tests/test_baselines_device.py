@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from fidoflow.pipeline.analysis.metrics import share_inside
+
 from fidoflow.pipeline.archive.synthetic import make_dataset
 from fidoflow.pipeline.methods.gradcam import GradCam, GradCamConfig
+from fidoflow.pipeline.metrics.box import share_inside
 from fidoflow.pipeline.models.device import prepare_module, resolve_device
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fidoflow.flows.cluster import ClusterPlan, build_runner, plan_cluster
 
 
@@ -62,9 +63,10 @@ def die() -> None:
 @pytest.mark.slow
 def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
     """Workers that die on a task end the flow with an error instead of a hang."""
+    from prefect import flow, task
+
     from fidoflow.flows.explain_archive import workers_ready
     from fidoflow.flows.server import prefect_api
-    from prefect import flow, task
 
     @task(name="dies")
     def dies() -> None:
@@ -85,7 +87,7 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
 ])
 def test_automatic_shards_give_every_worker_work(images: int, workers: int, size: int,
                                                  shards: int) -> None:
-    from fidoflow.flows.stages import LARGEST_AUTO_SHARD, auto_shard_size
+    from fidoflow.pipeline.archive.prepare import LARGEST_AUTO_SHARD, auto_shard_size
 
     got = auto_shard_size(images, workers)
     assert (got, -(-images // got)) == (size, shards)
@@ -96,7 +98,8 @@ def test_gpu_decisions_taken_on_the_cpu() -> None:
     """What a CUDA run decides, checked without a GPU: 8 images per step on a GPU, 1 on a CPU;
     bf16 autocast only on CUDA inputs; a CUDA run's tasks use their worker's own GPU."""
     import torch
-    from fidoflow.flows.config import RunConfig
+
+    from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.methods.fido import FidoConfig, FidoObjective
     from fidoflow.pipeline.models.device import default_batch_size
 
@@ -107,6 +110,6 @@ def test_gpu_decisions_taken_on_the_cpu() -> None:
     images = torch.rand(1, 3, 8, 8)
     objective = FidoObjective(torch.nn.Flatten(), images, torch.tensor([0]),
                               FidoConfig(mask_size=4), [0])
-    assert objective.autocast is False  # a CPU tensor never autocasts, whatever the config
+    assert objective.scene.autocast is False  # a CPU tensor never autocasts, whatever the config
     plan = plan_cluster(4, "auto", None, "/r", 4)
     assert plan.workers == 4 and plan.gpus == (0, 1, 2, 3) and plan.task_device == "cuda"

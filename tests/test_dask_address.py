@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fidoflow.flows.cli import main
 from fidoflow.flows.server import free_port
 

@@ -9,6 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
+from PIL import Image
+
 from fidoflow.pipeline.imaging import decode as images
 from fidoflow.pipeline.imaging.decode import (
     DecodeLimits,
@@ -17,8 +20,6 @@ from fidoflow.pipeline.imaging.decode import (
     shrink_to,
     to_tensor,
 )
-from fixtures_archives import BROKEN, dirty_folder, gradient16, photo, save, write_mode_file
-from PIL import Image
 
 
 def decoded(kind: str, tmp_path: Path) -> np.ndarray:
@@ -199,9 +200,9 @@ def explain_everything(source: Path, run: Path, **options: object) -> tuple[list
     """prepare_run + explain_shard for every shard with the small synthetic CNN: manifest rows,
     predictions and errors."""
     from fidoflow.flows import stages
-    from fidoflow.flows.config import RunConfig
+    from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.methods import parse_methods
-    from fidoflow.storage import parts, schemas
+    from fidoflow.storage import parts, tables
     from fidoflow.storage.runfolder import RunFolder
 
     config = RunConfig(source=str(source), root=str(run), model="synthetic-cnn", shard_size=4,
@@ -214,8 +215,8 @@ def explain_everything(source: Path, run: Path, **options: object) -> tuple[list
         stages.explain_shard(config, shard)
     folder = RunFolder(config.root)
     return (pq.read_table(run / "manifest.parquet").to_pylist(),
-            parts.read_stage(folder, "predictions", schemas.PREDICTIONS).to_pylist(),
-            parts.read_stage(folder, "errors", schemas.ERRORS).to_pylist())
+            parts.read_parts(folder, tables.PREDICTIONS).to_pylist(),
+            parts.read_parts(folder, tables.ERRORS).to_pylist())
 
 
 def assert_nothing_lost(manifest: list, predictions: list, errors: list) -> set[str]:
@@ -235,7 +236,7 @@ def assert_nothing_lost(manifest: list, predictions: list, errors: list) -> set[
 
 def test_every_row_of_a_dirty_folder_ends_in_predictions_or_errors(tmp_path: Path) -> None:
     from fidoflow.flows import stages
-    from fidoflow.flows.config import RunConfig
+    from fidoflow.pipeline.config import RunConfig
 
     expected = dirty_folder(tmp_path / "dirty", outside=tmp_path / "outside")
     save(photo(), tmp_path / "dirty" / "good1.png")  # same stem: ids keep their suffixes

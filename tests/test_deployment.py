@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fidoflow.flows.explain_archive import explain_archive
-from fidoflow.flows.settings import RunSettings, add_cli_options, settings_from_cli
+from fidoflow.flows.settings import add_cli_options, settings_from_cli
+from fidoflow.pipeline.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,10 +93,3 @@ def test_cli_refuses_what_a_deployment_refuses(capsys) -> None:
     assert main(["run", str(ROOT), "--out", "/nonexistent/run", "--iterations", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fidoflow: error: invalid settings: iterations")
-
-
-def test_the_settings_doc_is_generated_from_the_declaration() -> None:
-    from fidoflow.flows.settings import settings_markdown
-
-    assert (ROOT / "docs" / "settings.md").read_text() == settings_markdown(), \
-        "run `python -m fidoflow.flows.settings > docs/settings.md`"

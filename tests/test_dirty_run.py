@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fidoflow.flows.cli import main
-from fidoflow.storage import parts, schemas
-from fidoflow.storage.runfolder import RunFolder
 from fixtures_archives import dirty_folder
+
+from fidoflow.flows.cli import main
+from fidoflow.storage import parts, tables
+from fidoflow.storage.runfolder import RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +32,11 @@ def test_dirty_folder_runs_to_the_end_and_loses_nothing(photo_folder: Path, tmp_
     assert "warning: 1 manifest rows refused before decoding (UnsafePath: 1)" in out
 
     manifest = pq.read_table(run / "manifest.parquet")
-    assert manifest.schema.equals(schemas.MANIFEST)
+    assert manifest.schema.equals(tables.MANIFEST.schema)
     rows = manifest.to_pylist()
     folder = RunFolder(str(run))
-    predictions = parts.read_stage(folder, "predictions", schemas.PREDICTIONS).to_pylist()
-    errors = parts.read_stage(folder, "errors", schemas.ERRORS).to_pylist()
+    predictions = parts.read_parts(folder, tables.PREDICTIONS).to_pylist()
+    errors = parts.read_parts(folder, tables.ERRORS).to_pylist()
     ids = {r["image_id"] for r in rows}
     for method in ("scd", "cd"):
         predicted = [p["image_id"] for p in predictions if p["method"] == method]

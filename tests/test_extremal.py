@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from fidoflow.pipeline.analysis.metrics import share_inside
-from fidoflow.pipeline.methods import parse_methods
-from fidoflow.pipeline.methods.extremal import area_vector
 from torch import nn
 
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.extremal import area_vector
+from fidoflow.pipeline.metrics.box import share_inside
 from tests.test_gradient_methods import AREA, SIZE, ConvSquare, images, square_box
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 
+from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from tests.conftest import SQUARE, square_image
 
 TOY = {"samples": 4, "iterations": 60, "mask_size": 32, "lr": 0.3, "l1": 40.0, "tv": 8.0,
@@ -151,7 +151,7 @@ def test_a_new_stage_starts_from_the_last_ones_logits_upsampled_bilinearly() -> 
 
 
 def test_the_demo_calls_a_mask_failed_when_its_ssr_keeps_under_half_the_probability() -> None:
-    from fidoflow.flows.demo import mask_verdict
+    from fidoflow.pipeline.methods.fido import mask_verdict
 
     assert mask_verdict({"p_ssr": 0.33, "p_sdr": 0.1}, 0.79) == "failed"  # chelsea, old defaults
     assert mask_verdict({"p_ssr": 0.5}, 0.79) == "ok"

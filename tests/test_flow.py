@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
+
 from fidoflow.flows.cli import main
-from fidoflow.storage import schemas
+from fidoflow.storage import tables
 from fidoflow.storage.runfolder import SCHEMA_VERSION
 
 pytestmark = pytest.mark.slow
@@ -37,13 +38,13 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
     assert info["config"]["target"] == "predicted"
 
     manifest = pq.read_table(run / "manifest.parquet")
-    assert manifest.schema.equals(schemas.MANIFEST)
+    assert manifest.schema.equals(tables.MANIFEST.schema)
     assert manifest.column("path").to_pylist() == ["chelsea.png", "coffee.jpg", "sub/rocket.png"]
     assert manifest.column("shard").to_pylist() == [0, 0, 1]
     assert manifest.column("width").to_pylist() == [96, 96, 96]
 
     predictions = [pq.read_table(p) for p in parts_of(run, "predictions")]
-    assert len(predictions) == 2 and all(t.schema.equals(schemas.PREDICTIONS) for t in predictions)
+    assert len(predictions) == 2 and all(t.schema.equals(tables.PREDICTIONS.schema) for t in predictions)
     rows = [r for t in predictions for r in t.to_pylist()]
     assert sorted((r["image_id"], r["method"]) for r in rows) == sorted(
         (i, m) for i in ("chelsea", "coffee", "sub/rocket") for m in ("scd", "cd"))
@@ -52,7 +53,7 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
     assert {(r["method"], r["kind"]) for r in rows} == {("scd", "scd"), ("cd", "cd")}
     assert not (run / "reclassify").exists() and not (run / "report.html").exists()  # explain-only
     errors = [pq.read_table(p) for p in parts_of(run, "errors")]
-    assert all(t.schema.equals(schemas.ERRORS) and t.num_rows == 0 for t in errors)
+    assert all(t.schema.equals(tables.ERRORS.schema) and t.num_rows == 0 for t in errors)
 
     store = zarr.open_group(str(run / "masks.zarr"), mode="r")
     assert list(store["image_id"][:]) == ["chelsea", "coffee", "sub/rocket"]

@@ -4,10 +4,11 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from fidoflow.pipeline.models.device import prepare_module
 from fidoflow.pipeline.models.fusion import fuse_frozen
 from fidoflow.pipeline.models.loading import load_model
-from torch import nn
 
 
 @pytest.fixture(scope="module", params=["efficientnet-lite0", "synthetic-cnn"])

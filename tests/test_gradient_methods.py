@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fidoflow.pipeline.analysis.metrics import share_inside
-from fidoflow.pipeline.methods import parse_methods
-from fidoflow.pipeline.methods.gradcam import find_layer, last_conv_layer
 from torch import nn
 
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.gradcam import find_layer, last_conv_layer
+from fidoflow.pipeline.metrics.box import share_inside
 from tests.conftest import SQUARE
 
 SIZE = 32

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fidoflow.pipeline.analysis.metrics import share_inside
-from fidoflow.pipeline.methods import parse_methods
 from torch import nn
 
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.metrics.box import share_inside
 from tests.test_gradient_methods import AREA, SIZE, ConvSquare, images, square_box
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fidoflow.storage.lease import LOCK_NAME, Lease, RunLocked
 from fidoflow.storage.runfolder import RunFolder
 

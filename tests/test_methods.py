@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fidoflow.pipeline.methods import KINDS, Attribution, Method, MethodSpec, parse_methods
 from fidoflow.pipeline.methods.fido import FidoConfig
-
 from tests.conftest import square_image
 
 

@@ -7,16 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from fidoflow.pipeline.analysis.metrics import (
-    box_iou_fdr,
-    boxes_to_masks,
-    deletion_insertion,
-    igos_blur,
-    pointing_game,
-    share_inside,
-)
-from fidoflow.pipeline.imaging.filters import total_variation
 from torch import nn
+
+from fidoflow.pipeline.imaging.filters import total_variation
+from fidoflow.pipeline.metrics.box import box_iou_fdr, boxes_to_masks, share_inside
+from fidoflow.pipeline.metrics.deletion_insertion import deletion_insertion, igos_blur
+from fidoflow.pipeline.metrics.pointing import pointing_game
 
 WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1])  # of the 4 pixels of a 2x2 image, row-major
 

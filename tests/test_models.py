@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from fidoflow.pipeline.archive.labels import map_labels, read_label_map
 from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
 from fidoflow.pipeline.models.loading import (
@@ -248,9 +249,9 @@ def test_bad_label_maps_are_refused(text: str, message: str, tmp_path: Path) -> 
 
 def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None:
     """ImageFolder labels index sorted folder names; model_label is the model's own index."""
-    from fidoflow.flows.config import RunConfig
     from fidoflow.flows.stages import build_manifest, model_of
     from fidoflow.pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.config import RunConfig
 
     write_archive(tmp_path / "syn", 6, seed=0, size=32, classes=3)
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),
@@ -265,9 +266,10 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
 
 
 def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) -> None:
-    from fidoflow.flows.config import RunConfig
-    from fidoflow.flows.stages import build_manifest, model_of
     from fixtures_archives import cub_tree
+
+    from fidoflow.flows.stages import build_manifest, model_of
+    from fidoflow.pipeline.config import RunConfig
 
     cub_tree(tmp_path / "cub")
     (tmp_path / "map.csv").write_text("label_name,model_class\n001.Black_footed_Albatross,"

@@ -14,6 +14,7 @@ import fsspec
 import numpy as np
 import pytest
 import zarr
+
 from fidoflow.flows.cli import main
 from fidoflow.flows.server import free_port
 

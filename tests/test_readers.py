@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
+from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
+
 from fidoflow.pipeline.archive.readers import (
     COLUMNS,
     ArchiveError,
@@ -19,8 +21,7 @@ from fidoflow.pipeline.archive.readers import (
     read_archive,
 )
 from fidoflow.pipeline.archive.readers.common import check_path, describe_file
-from fidoflow.storage import schemas
-from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree, photo, save
+from fidoflow.storage import tables
 
 
 def values(series: pd.Series) -> list:
@@ -303,8 +304,8 @@ def test_manifest_without_path_column_is_an_archive_error(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("fixture", ["cub", "coco", "csv", "folder"])
 def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> None:
-    from fidoflow.flows.config import RunConfig
     from fidoflow.flows.stages import build_manifest, model_of
+    from fidoflow.pipeline.config import RunConfig
 
     source = {"cub": lambda: cub_tree(tmp_path / "cub"),
               "coco": lambda: coco_archive(tmp_path / "coco"),
@@ -313,11 +314,11 @@ def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> 
     config = RunConfig(source=str(source), root=str(tmp_path / "run"), model="synthetic-cnn",
                        shard_size=3)
     _, table, labels = build_manifest(config, model_of(config))
-    assert table.schema.equals(schemas.MANIFEST)
+    assert table.schema.equals(tables.MANIFEST.schema)
     assert table.column("shard").to_pylist() == [i // 3 for i in range(table.num_rows)]
     assert labels["mode"] == "none" and labels["mapped"] == 0
     if fixture == "cub":
         parts = table.column("parts").to_pylist()[0]
         assert parts[0] == {"name": "back", "x": 10.0, "y": 5.0}
-        assert table.column("parts").type == schemas.MANIFEST.field("parts").type
+        assert table.column("parts").type == tables.MANIFEST.schema.field("parts").type
     assert pa.compute.all(pa.compute.is_null(table.column("model_label"))).as_py()

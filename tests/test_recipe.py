@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from fidoflow.flows.server import free_port
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from fidoflow.pipeline.analysis.reclassify import (
     ReclassifyConfig,
     blend_views,
@@ -13,7 +15,6 @@ from fidoflow.pipeline.analysis.reclassify import (
     salient_box,
 )
 from fidoflow.pipeline.imaging.filters import gaussian_blur
-from torch import nn
 
 # parameters at 224 px, so that a 224 px picture uses them as they are
 PLAIN = ReclassifyConfig(smooth_sigma=0.0)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from fidoflow.pipeline.analysis.report import (
     Curves,
     FlipItem,
@@ -24,8 +26,6 @@ from fidoflow.pipeline.analysis.report import (
     overlay,
     render_report,
 )
-from PIL import Image
-
 from tests.test_aggregate import summary
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

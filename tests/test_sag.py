@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
+
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.methods.base import Attribution
 from fidoflow.pipeline.methods.sag import patch_masks
-from torch import nn
 
 SIZE, GRID = 28, 7
 REGION_A = (slice(0, 8), slice(0, 8))  # patches 0, 1, 7, 8
@@ -134,11 +135,12 @@ def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folde
     has the schema, one root row per root the predictions count, children pointing at roots;
     the report turns an image's rows into one picture per root."""
     import pyarrow.parquet as pq
+
     from fidoflow.flows import stages
-    from fidoflow.flows.config import RunConfig
-    from fidoflow.flows.report_stage import graph_roots
     from fidoflow.pipeline.analysis.report import GalleryItem, gallery_html
-    from fidoflow.storage import schemas
+    from fidoflow.pipeline.analysis.report_items import graph_roots
+    from fidoflow.pipeline.config import RunConfig
+    from fidoflow.storage import tables
 
     config = RunConfig(source=str(photo_folder), root=str(tmp_path / "run"), model="synthetic-cnn",
                        methods=parse_methods("rise:masks=8,sag:grid=4:max_patches=4"),
@@ -147,7 +149,7 @@ def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folde
     assert shards == 1
     stages.explain_shard(config, 0)
     table = pq.read_table(tmp_path / "run" / "sag" / "part-00000.parquet")
-    assert table.schema.equals(schemas.SAG)
+    assert table.schema.equals(tables.SAG.schema)
     nodes = table.to_pandas()
     predictions = pq.read_table(tmp_path / "run" / "predictions").to_pandas()
     counted = {r.image_id: dict(r.scalars)["roots"] for r in predictions.itertuples()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from fidoflow.pipeline.methods.samplers import cd_keep, make_sampler, scd_keep
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fidoflow.pipeline.analysis.metrics import boxes_to_masks
-from fidoflow.pipeline.archive.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
-from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 from PIL import Image
+
+from fidoflow.pipeline.archive.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
+from fidoflow.pipeline.metrics.box import boxes_to_masks
+from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 
 
 def test_same_seed_same_scenes_and_longer_sets_extend_shorter_ones() -> None:

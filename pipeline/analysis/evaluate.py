@@ -1,7 +1,6 @@
-"""Evaluating masks (ALGORITHM.md, "Evaluation protocols") for a batch of images, with the
-metrics of pipeline/metrics.py: deletion/insertion AUCs and curves for every image; pointing
-game, share of saliency inside the box, box IoU and FDR where a ground-truth box exists; the
-map's total variation.
+"""Evaluating masks (ALGORITHM.md, "Evaluation protocols") for a batch of images: every
+registered metric (fidoflow/pipeline/metrics/: deletion/insertion, pointing game, share in the
+box, box IoU and FDR, total variation) on the images that have what it needs.
 
 Everything is measured at the model input's resolution, where the masks were made: boxes given
 in pixels of the original picture are scaled there (``boxes_to_input``), and the pixel
@@ -11,18 +10,20 @@ parameters of the protocols (TorchRay's 15 px tolerance, SCD's smoothing sigma 3
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from fidoflow.pipeline.analysis.metrics import (
-    box_iou_fdr,
-    deletion_insertion,
-    pointing_game,
-    share_inside,
-)
-from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, total_variation
 from torch import nn
+
+from fidoflow.pipeline.analysis.records import metric_record
+from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE
+from fidoflow.pipeline.imaging.views import Picture
+from fidoflow.pipeline.metrics import METRICS, MetricBatch
+
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")  # the manifest's ground-truth box
 
 
 @dataclass(frozen=True)
@@ -65,46 +66,54 @@ def boxes_to_input(boxes: np.ndarray, views: np.ndarray, input_size: tuple[int, 
 def evaluate_masks(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
                    targets: torch.Tensor, boxes: np.ndarray | None = None,
                    config: EvaluateConfig = EvaluateConfig()) -> dict[str, np.ndarray]:
-    """Per-image metrics of maps (N, h, w) for model inputs (N, 3, H, W) and the classes they
-    explain (N,); ``boxes`` (N, 4) in input pixels, NaN rows where an image has none.
-
-    Returns arrays of length N: deletion_auc, insertion_auc, total_variation; pointing_hit
-    (1.0/0.0), share_in_box, box_iou, fdr (NaN without a box); and (N, steps + 1) curves.
-    """
+    """Per-image values of every registered metric's columns for maps (N, h, w) of model inputs
+    (N, 3, H, W) and the classes they explain (N,); ``boxes`` (N, 4) in input pixels, NaN rows
+    where an image has none. Columns of a metric an image lacks the ground truth for are NaN."""
     n = len(images)
+    boxes = (np.full((n, 4), np.nan) if boxes is None
+             else np.asarray(boxes, dtype=np.float64).reshape(n, 4))
+    batch = MetricBatch(model, images, torch.nan_to_num(saliency.float(), nan=0.0)
+                        .to(images.device), targets, boxes)
     was_training = model.training
     model.eval()
     try:
-        sal = torch.nan_to_num(saliency.float(), nan=0.0).to(images.device)
-        di = deletion_insertion(model, images, sal, targets.to(images.device), config.steps,
-                                config.baseline, config.batch_size)
+        return {name: values for metric in METRICS
+                for name, values in metric.evaluate(batch, config).items()}
     finally:
         model.train(was_training)
-    out = {
-        "deletion_auc": di.deletion_auc.cpu().numpy().astype(np.float32),
-        "insertion_auc": di.insertion_auc.cpu().numpy().astype(np.float32),
-        "deletion_curve": di.deletion_curve.cpu().numpy().astype(np.float32),
-        "insertion_curve": di.insertion_curve.cpu().numpy().astype(np.float32),
-        "total_variation": total_variation(sal).cpu().numpy().astype(np.float32),
-    }
-    for key in ("pointing_hit", "share_in_box", "box_iou", "fdr"):
-        out[key] = np.full(n, np.nan, dtype=np.float32)
-    if boxes is None:
-        return out
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(n, 4)
-    has = ~np.isnan(boxes).any(axis=1)
-    if not has.any():
-        return out
-    size = tuple(images.shape[-2:])
-    unit = min(size) / config.reference_size
-    idx = torch.from_numpy(np.nonzero(has)[0])
-    chosen = sal.cpu()[idx]
-    gt = torch.from_numpy(boxes[has]).float()
-    out["pointing_hit"][has] = pointing_game(chosen, gt, config.pointing_tolerance * unit,
-                                             image_size=size).float().numpy()
-    out["share_in_box"][has] = share_inside(chosen, gt, image_size=size).numpy()
-    iou, fdr = box_iou_fdr(chosen, gt, config.smooth_sigma * unit, config.threshold,
-                           image_size=size)
-    out["box_iou"][has] = iou.numpy()
-    out["fdr"][has] = fdr.numpy()
+
+
+def truth_boxes(rows: Sequence[dict]) -> np.ndarray:
+    """(N, 4) ground-truth boxes in original pixels; NaN rows where there is none."""
+    out = np.full((len(rows), 4), np.nan)
+    for i, row in enumerate(rows):
+        values = [row.get(c) for c in BOX_COLUMNS]
+        if all(v is not None for v in values):
+            out[i] = values
     return out
+
+
+def evaluate_pictures(module: nn.Module, device: torch.device, pictures: Sequence[Picture],
+                      joint: Mapping[str, np.ndarray], targets: Mapping[tuple[str, str], int],
+                      input_size: tuple[int, int], config: EvaluateConfig
+                      ) -> list[dict[str, object]]:
+    """``metrics`` rows of a batch of pictures: every method's joint map (row
+    ``picture.index`` of ``joint[method]``) for the class it explained (``targets`` by
+    (image_id, method)); pictures a method did not explain are left out."""
+    x = torch.stack([p.model_input for p in pictures]).to(device)
+    boxes = boxes_to_input(truth_boxes([p.row for p in pictures]),
+                           np.array([p.view for p in pictures]), input_size)
+    records: list[dict[str, object]] = []
+    for method, maps in joint.items():
+        chosen = [j for j, p in enumerate(pictures) if (p.row["image_id"], method) in targets]
+        if not chosen:
+            continue
+        began = time.perf_counter()
+        sal = torch.from_numpy(np.stack([maps[pictures[j].index] for j in chosen])
+                               .astype(np.float32))
+        tgt = torch.tensor([targets[(pictures[j].row["image_id"], method)] for j in chosen])
+        out = evaluate_masks(module, x[chosen], sal, tgt, boxes[chosen], config)
+        seconds = (time.perf_counter() - began) / len(chosen)
+        records += [metric_record(pictures[j].row, method, int(tgt[k]), out, k, seconds)
+                    for k, j in enumerate(chosen)]
+    return records

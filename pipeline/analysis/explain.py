@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fidoflow.pipeline.analysis.records import error_record
 from fidoflow.pipeline.archive.readers.common import check_path
 from fidoflow.pipeline.imaging.decode import DecodeLimits, decode_image, to_tensor
 from fidoflow.pipeline.methods.registry import MethodSpec
@@ -41,11 +43,6 @@ class ShardResult:
     errors: list[dict[str, object]] = field(default_factory=list)
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     graphs: list[dict[str, object]] = field(default_factory=list)
-
-
-def error_record(row: dict, stage: str, error_type: str, message: str) -> dict[str, object]:
-    return {"image_id": row["image_id"], "path": row["path"], "stage": stage,
-            "error_type": error_type, "message": message}
 
 
 def load_batch(

@@ -27,18 +27,27 @@ box (the whole picture when the model squashes it, the centre crop when it crops
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
-from fidoflow.pipeline.models.inference import class_probabilities
-from fidoflow.pipeline.perturbation import blend
 from torch import nn
 
+from fidoflow.pipeline.analysis.records import (
+    BASELINE_METHOD,
+    BASELINE_VARIANT,
+    CropBox,
+    reclassify_record,
+)
+from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
+from fidoflow.pipeline.imaging.views import Picture
+from fidoflow.pipeline.models.inference import class_probabilities
+from fidoflow.pipeline.perturbation import blend
+
 VARIANTS = ("crop", "blend", "crop+global")
-BASELINE = "global"  # the full image, no mask: the variant every other one is compared with
+
 
 
 @dataclass(frozen=True)
@@ -200,7 +209,7 @@ def reclassify(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
         input_size = tuple(images.shape[-2:])
         if global_probs is None:
             global_probs = class_probabilities(model, images, config.batch_size)
-        probs = {BASELINE: global_probs}
+        probs = {BASELINE_VARIANT: global_probs}
         boxes = None
         if config.needs_crop():
             pictures = list(images) if pictures is None else list(pictures)
@@ -222,7 +231,36 @@ def reclassify(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
         model.train(was_training)
 
 
-def top_k(probs: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices and probabilities (N, min(k, K)) of the most probable classes."""
-    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
-    return indices, values
+def reclassify_pictures(module: nn.Module, device: torch.device, class_names: list[str],
+                        config: ReclassifyConfig, pictures: Sequence[Picture],
+                        joint: Mapping[str, np.ndarray]) -> list[dict[str, object]]:
+    """``reclassify`` rows of a batch of pictures: the global baseline once (method ``none``),
+    then every variant of each method's joint map (the global softmax is shared between
+    methods); ``joint`` maps a method to its (rows, h, w) maps, row ``picture.index``."""
+    x = torch.stack([p.model_input for p in pictures]).to(device)
+    global_probs = class_probabilities(module, x, config.batch_size)
+    records = [reclassify_record(p.row, BASELINE_METHOD, BASELINE_VARIANT, global_probs[j],
+                                 class_names, config.topk, None)
+               for j, p in enumerate(pictures)]
+    works = [p.work for p in pictures]
+    views = [p.work_view for p in pictures]
+    for method, maps in joint.items():
+        sal = torch.from_numpy(np.stack([maps[p.index] for p in pictures]).astype(np.float32))
+        out = reclassify(module, x, sal, works, views, config, global_probs)
+        for variant, probs in out.probs.items():
+            if variant == BASELINE_VARIANT:
+                continue
+            for j, picture in enumerate(pictures):
+                box = None
+                if variant != "blend" and out.boxes is not None:
+                    box = original_box(out.boxes[j].tolist(), picture.scale)
+                records.append(reclassify_record(picture.row, method, variant, probs[j],
+                                                 class_names, config.topk, box))
+    return records
+
+
+def original_box(box: list[float], scale: tuple[float, float]) -> CropBox:
+    """A crop box in working pixels, in the original picture's pixels."""
+    sx, sy = scale
+    x0, y0, x1, y1 = box
+    return round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)

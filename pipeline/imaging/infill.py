@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, scaled_sigma
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import torch
-from fidoflow.pipeline.imaging.filters import resize_maps
 from torch import nn
+
+from fidoflow.pipeline.imaging.filters import resize_maps
 
 
 @dataclass

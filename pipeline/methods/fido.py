@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
 from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
@@ -364,3 +365,11 @@ class _Results:
 
     def attribution(self, targets: torch.Tensor) -> Attribution:
         return Attribution(targets, self.maps, self.scalars)
+
+
+def mask_verdict(scalars: dict[str, float], target_prob: float) -> str:
+    """"failed" when the SSR blend keeps less than half the target's clean probability, "ok"
+    when it keeps more, "–" for methods without an SSR."""
+    if "p_ssr" not in scalars:
+        return "–"
+    return "failed" if scalars["p_ssr"] < 0.5 * target_prob else "ok"

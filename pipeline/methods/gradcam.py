@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
 from fidoflow.pipeline.methods.registry import register
-from torch import nn
 
 KNOWN_LAYERS = ("net._conv_head", "_conv_head")  # EfficientNet(-Lite) heads, wrapped or bare
 

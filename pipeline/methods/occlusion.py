@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from fidoflow.pipeline.imaging.filters import gaussian_blur, scaled_sigma
 from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
 from fidoflow.pipeline.methods.registry import register

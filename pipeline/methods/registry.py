@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fidoflow.pipeline.methods.base import Method
 from torch import nn
+
+from fidoflow.pipeline.methods.base import Method
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a Zarr group and a table value: keep it plain
 

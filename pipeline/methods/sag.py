@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
 from fidoflow.pipeline.imaging.filters import gaussian_blur
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators

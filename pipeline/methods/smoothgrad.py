@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
 from fidoflow.pipeline.methods.registry import register
 

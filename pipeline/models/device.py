@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import torch
-from fidoflow.pipeline.models.fusion import fuse_frozen
 from torch import nn
+
+from fidoflow.pipeline.models.fusion import fuse_frozen
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from fidoflow.pipeline.imaging.decode import RESIZE_MODES
 from fidoflow.pipeline.models.device import prepare_module
-from torch import nn
 
 BUILTIN = "efficientnet-lite0"
 SYNTHETIC = "synthetic-cnn"

@@ -9,8 +9,9 @@ from __future__ import annotations
 from importlib import resources
 
 import torch
-from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
 from torch import nn
+
+from fidoflow.pipeline.archive.synthetic import CLASS_NAMES
 
 WEIGHTS = "synthetic_cnn.pt"
 NUM_CLASSES = 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from fidoflow.pipeline.imaging.decode import IMAGE_SUFFIXES
 
 from .coco import coco_json_in, read_coco

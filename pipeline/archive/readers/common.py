@@ -20,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from fidoflow.pipeline.imaging.decode import oriented_size
 from PIL import Image
+
+from fidoflow.pipeline.imaging.decode import oriented_size
 
 # Manifest columns a reader produces, with their pandas dtypes (stages add model_label, shard).
 COLUMNS: dict[str, str] = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from fidoflow.pipeline.imaging.decode import IMAGE_SUFFIXES
 
 from .common import ArchiveError, finish, list_images

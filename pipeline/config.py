@@ -1,10 +1,15 @@
-"""A run's settings: what run.json records and what every shard task reads back."""
+"""A run's resolved settings, JSON-able: what run.json records and what every shard task reads
+back (``RunConfig``), and the analysis stages' settings (``AnalysisConfig``), so that every shard of a
+run re-classifies, evaluates and aggregates with the same values."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
+from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
+from fidoflow.pipeline.analysis.reclassify import ReclassifyConfig
 from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS, DecodeLimits
 from fidoflow.pipeline.methods import MethodSpec, parse_methods
 
@@ -75,3 +80,32 @@ class RunConfig:
                              for name, spec in record["methods"].items()}
         return cls(**record)
 
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Settings of the analysis stages (defaults documented in docs/tables.md and the
+    pipeline modules); ``gallery`` images in the report, ``flips`` examples per (method,
+    variant, direction)."""
+
+    reclassify: ReclassifyConfig = field(default_factory=ReclassifyConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    gallery: int = 8
+    flips: int = 6
+
+    def to_json(self) -> dict[str, object]:
+        return {"reclassify": self.reclassify.as_dict(), "evaluate": self.evaluate.as_dict(),
+                "bootstrap": dict(vars(self.bootstrap)), "gallery": self.gallery,
+                "flips": self.flips}
+
+    @classmethod
+    def from_json(cls, record: dict | None) -> AnalysisConfig:
+        if not record:
+            return cls()
+        return cls(ReclassifyConfig.from_dict(record.get("reclassify", {})),
+                   EvaluateConfig(**record.get("evaluate", {})),
+                   BootstrapConfig(**record.get("bootstrap", {})),
+                   record.get("gallery", 8), record.get("flips", 6))
+
+
+DEFAULT_ANALYSIS = AnalysisConfig()  # what a run uses unless told otherwise

@@ -1,0 +1,123 @@
+"""What a metric is (Quantus' pattern): one class per metric, carrying the columns it writes
+(each with its type, score direction and title), what it needs (a classifier, boxes, parts) and
+a batched evaluation. The evaluate stage, the ``metrics/`` table's schema, the summary and the
+report loop over the registry; a new metric is one declared class (and its test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
+
+Need = Literal["boxes", "parts"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One value a metric writes per image: its ``metrics/`` column, Arrow type, score
+    direction (``higher``/``lower`` is better, None: descriptive), report title, and whether
+    the summary averages it (curves are not)."""
+
+    name: str
+    type: pa.DataType
+    better: Literal["higher", "lower"] | None
+    title: str
+    description: str
+    summarised: bool = True
+
+    def value(self, values: np.ndarray) -> object:
+        """The table value of one image's entry: None for NaN (no box, no part), lists as lists."""
+        if pa.types.is_list(self.type):
+            return np.asarray(values).tolist()
+        if np.isnan(values):
+            return None
+        return bool(values) if pa.types.is_boolean(self.type) else float(values)
+
+
+@dataclass
+class MetricBatch:
+    """N images as the model saw them (N, 3, H, W), their maps (N, h, w; NaN read as 0), the
+    classes the maps explain (N,), and the ground truth in model-input pixels: boxes (N, 4)
+    with NaN rows where an image has none."""
+
+    model: nn.Module
+    images: torch.Tensor
+    saliency: torch.Tensor
+    targets: torch.Tensor
+    boxes: np.ndarray
+
+    def rows_with(self, needs: frozenset[Need]) -> np.ndarray:
+        """Indices of the images that have what a metric needs."""
+        has = np.ones(len(self.images), bool)
+        if "boxes" in needs:
+            has &= ~np.isnan(self.boxes).any(axis=1)
+        return np.nonzero(has)[0]
+
+
+class Metric:
+    """Base of every metric: ``measure`` (the one step a metric writes) gets the images that
+    have what it ``needs`` and returns each column's values for them; the base fills NaN for the
+    others."""
+
+    columns: ClassVar[tuple[Column, ...]]
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    position: ClassVar[int]  # column order in the table
+
+    def evaluate(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
+        n = len(batch.images)
+        rows = batch.rows_with(self.needs)
+        out = {c.name: np.full(n, np.nan, dtype=np.float32) for c in self.columns
+               if not pa.types.is_list(c.type)}
+        if not len(rows):
+            return out
+        measured = self.measure(batch if len(rows) == n and not self.needs else
+                                _subset(batch, rows), config)
+        for column in self.columns:
+            values = measured[column.name]
+            if pa.types.is_list(column.type):
+                out[column.name] = values
+            else:
+                out[column.name][rows] = values
+        return out
+
+    def measure(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def _subset(batch: MetricBatch, rows: np.ndarray) -> MetricBatch:
+    index = torch.from_numpy(rows)
+    return MetricBatch(batch.model, batch.images[index.to(batch.images.device)],
+                       batch.saliency.cpu()[index], batch.targets[index], batch.boxes[rows])
+
+
+METRICS: list[Metric] = []
+
+
+def register(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: evaluate ``cls`` in every run (columns ordered by ``position``)."""
+    names = {c.name for m in METRICS for c in m.columns}
+    clash = names & {c.name for c in cls.columns}
+    if clash:
+        raise ValueError(f"metric column(s) {sorted(clash)} declared twice")
+    METRICS.append(cls())
+    METRICS.sort(key=lambda m: m.position)
+    return cls
+
+
+def columns(select: Callable[[Column], bool] = lambda c: True) -> list[Column]:
+    """Every registered metric's columns, in table order."""
+    return [c for m in METRICS for c in m.columns if select(c)]
+
+
+def fields() -> list[pa.Field]:
+    """The ``metrics/`` table's value columns as Arrow fields."""
+    return [pa.field(c.name, c.type) for c in columns()]

@@ -1,0 +1,231 @@
+"""The settings a person gives fidoflow, declared once: ``RunSettings`` (``fidoflow run``, the
+explain-archive deployments) and ``TrainSettings`` (``fidoflow train``, the train-classifier
+deployment).
+
+Each is the one place an option is named, typed, bounded and explained: the CLI's options and
+docs/settings.md are projected from it (fidoflow/flows/settings.py), a deployment takes it as its
+typed ``settings`` parameter (the Prefect UI draws its form from the same fields), and both are
+validated by the same model, so ``iterations: 0`` fails alike from a shell and from a schedule.
+``RunSettings.to_config`` resolves a run into the ``RunConfig`` that run.json records,
+``TrainSettings.to_job`` a training into its ``TrainJob``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fidoflow.pipeline.archive.readers import FORMATS, SPLITS
+from fidoflow.pipeline.config import RunConfig
+from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
+from fidoflow.pipeline.imaging.infill import INFILLS
+from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.training.diversify import DiversifyConfig
+from fidoflow.pipeline.training.job import TrainJob
+from fidoflow.pipeline.training.loop import TrainConfig
+from fidoflow.pipeline.training.loss import LOSSES
+from fidoflow.pipeline.training.network import BACKBONES
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def known_device(value: str) -> str:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``, or a one-line error."""
+    if not DEVICE.match(value):
+        raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
+    return value
+
+
+Device = Annotated[str, AfterValidator(known_device)]
+# options only a run over an archive has (the demo makes its own archive)
+ARCHIVE_FIELDS = ("format", "split", "images_root", "label_map")
+
+
+def default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+class Settings(BaseModel):
+    """What every settings model shares: no unknown names, immutable, one-line errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> Self:
+        """Validate ``values``; a bad one raises ``ValueError`` with one line naming each field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ValueError(one_line(exc)) from None
+
+
+class RunSettings(Settings):
+    """How to explain an archive: methods, FIDO's budget, sharding, model, device."""
+
+    method: str | list[str] = Field(
+        "scd", description="methods: a comma list of kinds (`fidoflow methods` lists them) or "
+                           "variants NAME=KIND:key=value:key=value, e.g. "
+                           "scd,cd,gradcam,knockoff=scd:infill=knockoff; a list of such strings "
+                           "in a deployment, a repeated --method on the CLI")
+    target: Literal["predicted", "label"] = Field(
+        "predicted", description="the class the maps explain: the top-1 prediction or the "
+                                 "manifest's label where it is one of the model's classes")
+    samples: int | None = Field(None, ge=1, description="samples B per image and step "
+                                                         "(default: the method's, 4)")
+    iterations: int | None = Field(None, ge=1, description="optimisation steps (default 30)")
+    mask_size: int | None = Field(None, ge=1, description="side h = w of every stored map and "
+                                                         "of FIDO's mask (default 28)")
+    infill: Literal[tuple(sorted(INFILLS))] | None = Field(  # type: ignore[valid-type]
+        None, description="what replaces dropped pixels (default blur)")
+    stop_change: float | None = Field(
+        None, ge=0, description="stop an image early once its mask cells moved less than this "
+                                "on average over 5 steps; 0 or unset never stops early")
+    shard_size: int | None = Field(None, ge=1, description="images per task (default: every "
+                                   "worker gets an equal shard in every round, at most 16)")
+    batch_size: int | None = Field(None, ge=1, description="images per optimisation step "
+                                                           "(default: 8 on a GPU, 1 on a CPU)")
+    workers: int = Field(default_factory=default_workers, ge=1,
+                         description="Dask worker processes of a local cluster")
+    device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
+    seed: int = Field(0, description="same inputs and seed give the same masks")
+    model: str = Field("efficientnet-lite0",
+                       description="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript "
+                                   "file, or a state_dict file with a model card")
+    model_card: str | None = Field(None, description="model card (YAML/JSON) of a state_dict "
+                                                     "model (default: <model>.yaml beside it)")
+    trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
+                                                      "runs code from the file)")
+    explain_only: bool = Field(False, description="masks and predictions only: skip "
+                                                  "re-classification, metrics and report")
+    compile: bool = Field(False, description="torch.compile the classifier (GPU runs)")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler "
+                                                       "(tcp://host:port) instead of a local cluster")
+    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
+        None, description="force an archive reader instead of detecting it")
+    split: Literal[SPLITS] = Field("all", description="keep the train or test rows only")  # type: ignore[valid-type]
+    images_root: str | None = Field(None, description="where a COCO JSON's or manifest's image "
+                                                      "paths are relative to")
+    label_map: str | None = Field(None, description="CSV label_name,model_class mapping the "
+                                                    "archive's labels to the model's classes")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
+                            description="decoded images are shrunk under this many pixels")
+    max_image_pixels: int = Field(DEFAULT_BOMB_PIXELS, ge=1,
+                                  description="images above this many pixels are refused as "
+                                              "decompression bombs")
+
+    @field_validator("method")
+    @classmethod
+    def _known_methods(cls, value: str | list[str]) -> str:
+        """One comma string whichever way it came (repeated --method, a list in a deployment)."""
+        text = value if isinstance(value, str) else ",".join(value)
+        parse_methods(text)  # raises on an unknown kind or a malformed variant
+        return text
+
+    def to_config(self, archive: str, out: str) -> RunConfig:
+        """The resolved run: methods built, local paths made absolute, files checked."""
+        from fidoflow.pipeline.models.loading import BUILTINS
+
+        model = self.model
+        if model not in BUILTINS:
+            if not Path(model).is_file():
+                raise ValueError(f"unknown model {model!r}: neither a built-in "
+                                 f"({', '.join(BUILTINS)}) nor a model file")
+            model = absolute(model)
+        for option in ("model_card", "label_map", "images_root"):
+            value = getattr(self, option)
+            if value is not None and not Path(value).exists():
+                raise FileNotFoundError(f"{option.replace('_', '-')} not found: {value}")
+        methods = parse_methods(self.method, {
+            "samples": self.samples, "iterations": self.iterations, "mask_size": self.mask_size,
+            "infill": self.infill, "stop_change": self.stop_change})
+        return RunConfig(
+            source=archive if "://" in archive else absolute(archive), root=out,
+            methods=methods, mask_size=self.mask_size or RunConfig.mask_size,
+            target=self.target, model=model, shard_size=self.shard_size,
+            batch_size=self.batch_size, seed=self.seed, workers=self.workers,
+            device=self.device, compile=self.compile, analyse=not self.explain_only,
+            format=self.format, split=self.split, images_root=absolute(self.images_root),
+            model_card=absolute(self.model_card), trust_model_code=self.trust_model_code,
+            label_map=absolute(self.label_map), max_pixels=self.max_pixels,
+            max_image_pixels=self.max_image_pixels,
+        )
+
+
+
+def one_line(exc: ValidationError) -> str:
+    """``iterations: must be >= 1 (got 0); device: ...`` from pydantic's multi-line report."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        # a check of ours names the problem itself; pydantic's own (bounds, types) get the value
+        given = "" if error["type"] in ("missing", "value_error") else f" (got {error['input']!r})"
+        problems.append(f"{field}: {message}{given}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def absolute(path: str | None) -> str | None:
+    """``path`` resolved (None stays None): a deployment's worker may run elsewhere."""
+    return None if path is None else str(Path(path).resolve())
+
+
+BASE, BLOCK = TrainConfig(), DiversifyConfig()
+
+
+class TrainSettings(Settings):
+    """How to train a class-map classifier: backbone, loss, diversification block, schedule."""
+
+    backbone: Literal[BACKBONES] = Field(  # type: ignore[valid-type]
+        BASE.backbone, description="the network whose pooling and classifier become a 1x1 "
+                                   "convolution to class maps")
+    pretrained: bool = Field(True, description="start efficientnet-lite0 from its ImageNet "
+                                               "weights (--no-pretrained: random weights)")
+    loss: Literal[LOSSES] = Field(  # type: ignore[valid-type]
+        BASE.loss, description="ce, or gce: cross-entropy over the true class and the top-k "
+                               "negatives")
+    top_k: int | None = Field(None, ge=1, description="negatives in gce (default: 15, or all "
+                                                      "when there are fewer)")
+    diversify: bool = Field(True, description="the diversification block (--no-diversify: "
+                                              "train without it)")
+    p_peak: float = Field(BLOCK.p_peak, ge=0, le=1,
+                          description="probability of suppressing a class map's peak")
+    p_patch: float = Field(BLOCK.p_patch, ge=0, le=1,
+                           description="probability of suppressing each patch")
+    patch_size: int = Field(BLOCK.patch, ge=1, description="patch side in class-map cells")
+    alpha: float = Field(BLOCK.alpha, ge=0, le=1, description="scale of suppressed activations")
+    epochs: int = Field(BASE.epochs, ge=1, description="passes over the training images")
+    lr: float = Field(BASE.lr, gt=0, description="peak learning rate (AdamW, one cycle)")
+    weight_decay: float = Field(BASE.weight_decay, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(BASE.batch_size, ge=1, description="images per training step")
+    crop_scale: float = Field(BASE.crop_scale, gt=0, le=1,
+                              description="random crops keep this fraction of the side or more; "
+                                          "1: no crop")
+    flip: bool = Field(True, description="random horizontal flips (--no-flip: none)")
+    val_fraction: float = Field(BASE.val_fraction, gt=0, lt=1,
+                                description="share of the training images held out for "
+                                            "validation")
+    seed: int = Field(BASE.seed, description="same data and seed give the same model (CPU)")
+    device: Device = Field("auto", description="auto (a GPU with bf16 autocast when there is "
+                                               "one), cpu, cuda, cuda:0")
+    workers: int = Field(4, ge=1, description="threads decoding the images")
+    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
+        None, description="force an archive reader instead of detecting it")
+    images_root: str | None = Field(None, description="where a COCO JSON's or manifest's image "
+                                                      "paths are relative to")
+
+    def to_job(self, archive: str, out: str) -> TrainJob:
+        """The training these settings describe, on ``archive`` into ``out``."""
+        block = (DiversifyConfig(self.p_peak, self.p_patch, self.patch_size, self.alpha)
+                 if self.diversify else None)
+        config = TrainConfig(
+            backbone=self.backbone, pretrained=self.pretrained, loss=self.loss,
+            top_k=self.top_k, diversify=block, epochs=self.epochs, lr=self.lr,
+            weight_decay=self.weight_decay, batch_size=self.batch_size,
+            crop_scale=self.crop_scale, flip=self.flip, val_fraction=self.val_fraction,
+            seed=self.seed)
+        return TrainJob(archive, out, config, device=self.device, format=self.format,
+                        images_root=absolute(self.images_root), workers=self.workers)

@@ -1,0 +1,196 @@
+"""Every table of a run folder, declared once: where it lies, its Arrow schema with a sentence
+per column, its key, and which stage writes it. The stages write and resume by these
+declarations, the aggregate reads by them, and docs/tables.md's column tables are generated
+from them (``python -m fidoflow.flows.docs``; tests/test_docs.py checks the page is current).
+
+A table is either one file (``manifest.parquet``, ``summary.parquet``) or one part per shard
+in a folder (``predictions/part-00042.parquet``); a stage's part is written last, so its
+presence marks the shard done for that stage. ``errors/`` holds the parts of several stages,
+told apart by a name prefix. The ``metrics`` table's value columns are the registered metrics'
+(fidoflow/pipeline/metrics/): storage declares the rest and ``with_columns`` adds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import pyarrow as pa
+
+Stage = Literal["prepare", "explain", "reclassify", "evaluate", "aggregate"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a run-folder table and what it means."""
+
+    name: str
+    type: pa.DataType
+    doc: str
+
+    @property
+    def field(self) -> pa.Field:
+        return pa.field(self.name, self.type)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One run-folder table: ``path`` is its file, or its folder of per-shard parts when
+    ``sharded``; ``keys`` identify a row; ``stage`` writes it (``errors`` is written by every
+    stage, each under its own ``error_prefix``)."""
+
+    name: str
+    path: str
+    stage: Stage | tuple[Stage, ...]
+    keys: tuple[str, ...]
+    columns: tuple[Column, ...]
+    doc: str
+    sharded: bool = True
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([c.field for c in self.columns])
+
+    def with_columns(self, extra: tuple[Column, ...], before: str = "seconds") -> Table:
+        """The table with ``extra`` columns inserted before the column ``before``."""
+        names = [c.name for c in self.columns]
+        at = names.index(before) if before in names else len(names)
+        return replace(self, columns=(*self.columns[:at], *extra, *self.columns[at:]))
+
+
+def _c(name: str, kind: pa.DataType, doc: str) -> Column:
+    return Column(name, kind, doc)
+
+
+S, I32, F32, F64, B = pa.string(), pa.int32(), pa.float32(), pa.float64(), pa.bool_()
+PART = pa.struct([("name", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
+
+MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
+    _c("image_id", S, "unique key of the row"),
+    _c("path", S, "the image, relative to the archive root"),
+    _c("width", I32, "width as displayed (EXIF orientation applied); null when unreadable"),
+    _c("height", I32, "height as displayed; null when unreadable"),
+    _c("sha256", S, "hash of the file's bytes; null for refused rows"),
+    _c("label", I32, "the archive's class index"),
+    _c("label_name", S, "the archive's class name"),
+    _c("split", S, "`train`, `test`, ... as the archive names it"),
+    _c("shard", I32, "the shard (task) the row belongs to: row index // shard size"),
+    _c("box_x0", F32, "object box, left edge, pixels of the original image"),
+    _c("box_y0", F32, "object box, top edge"),
+    _c("box_x1", F32, "object box, right edge (x0 + width)"),
+    _c("box_y1", F32, "object box, bottom edge"),
+    _c("parts", pa.list_(PART), "visible part locations, pixels of the original image"),
+    _c("empty", B, "camera traps: an empty frame"),
+    _c("seq_id", S, "camera-trap sequence"),
+    _c("location", S, "camera-trap site"),
+    _c("datetime", S, "time stamp as given"),
+    _c("n_annotations", I32, "COCO: the image's number of annotations"),
+    _c("model_label", I32, "the label in the model's class space; null where no mapping "
+                           "exists. Accuracy is measured against this column only"),
+    _c("manifest_error", S, "why the row was refused before decoding; null otherwise"),
+    _c("manifest_message", S, "the details"),
+), "One row per input image, in the order of the mask rows (row i of `masks.zarr` = row i "
+   "here).", sharded=False)
+
+PREDICTIONS = Table("predictions", "predictions", "explain", ("image_id", "method"), (
+    _c("image_id", S, "manifest id"),
+    _c("method", S, "the method instance's name in the run (`scd`, `gradcam`, or a variant's "
+                    "own name such as `knockoff`)"),
+    _c("kind", S, "the registered method it runs (`fidoflow methods` lists them)"),
+    _c("target", I32, "the class explained: the top-1 prediction, or the manifest label with "
+                      "`--target label`"),
+    _c("target_source", S, "`predicted` or `label` (with `--target label`, unlabelled images "
+                           "fall back to `predicted`)"),
+    _c("target_name", S, "its class name"),
+    _c("target_prob", F32, "its softmax probability on the whole image"),
+    _c("top5", pa.list_(I32), "the five most probable classes"),
+    _c("top5_prob", pa.list_(F32), "their probabilities"),
+    _c("scalars", pa.map_(S, F64), "the method's own per-image numbers by name; FIDO (`scd`, "
+       "`cd`, `fido-public`): `p_ssr` (target probability under the deterministic SSR blend, "
+       "high: SSR sufficient), `p_sdr` (under the SDR blend, low: SDR destroys it), "
+       "`iterations` (steps the image took; fewer than `--iterations` when `--stop-change` "
+       "stopped it early); empty for the gradient methods"),
+    _c("seconds", F32, "the method's compute time per image (the shard's time for the method "
+                       "/ its images)"),
+), "One row per (image, method) the explain stage explained.")
+
+SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
+    _c("image_id", S, "manifest id"),
+    _c("method", S, "the method instance's name in the run"),
+    _c("node", I32, "node id, unique within (image, method)"),
+    _c("patches", pa.list_(I32), "the patches kept, row-major indices over the grid (patch `k` "
+                                 "is row `k // grid`, column `k % grid` of the model input)"),
+    _c("probability", F32, "the target's probability with only these patches kept (the rest "
+                           "blurred)"),
+    _c("parent", I32, "the root's `node` for a child; null for a root"),
+    _c("root", B, "true for a root"),
+    _c("grid", I32, "patches per side (7 by default)"),
+), "Graph nodes of the methods that explain with a graph (`sag`), written by the explain "
+   "stage beside `predictions`.")
+
+ERRORS = Table("errors", "errors", ("explain", "reclassify", "evaluate"), ("image_id", "stage"), (
+    _c("image_id", S, "manifest id"),
+    _c("path", S, "path relative to the archive root"),
+    _c("stage", S, "`manifest`, `decode` (explain), `reclassify` or `evaluate`"),
+    _c("error_type", S, "exception class (`CorruptImage`, `MissingFile`, ...)"),
+    _c("message", S, "what went wrong"),
+), "One row per image a stage could not use.")
+
+RECLASSIFY = Table("reclassify", "reclassify", "reclassify", ("image_id", "method", "variant"), (
+    _c("image_id", S, "manifest id"),
+    _c("method", S, "the mask's method instance (`scd`, `gradcam`, ...), or `none` for the "
+                    "baseline"),
+    _c("variant", S, "`global` (baseline), `crop`, `blend` or `crop+global`"),
+    _c("top1", I32, "predicted class (index into the model's class names)"),
+    _c("top1_name", S, "its name"),
+    _c("top1_prob", F32, "its probability (for `crop+global`: of the averaged softmax)"),
+    _c("top5", pa.list_(I32), "the five most probable classes"),
+    _c("top5_prob", pa.list_(F32), "their probabilities"),
+    _c("label", I32, "the manifest's `label` (archive class index)"),
+    _c("label_name", S, "the manifest's `label_name`"),
+    _c("model_label", I32, "the manifest's `model_label` (the label in the model's class "
+                           "space)"),
+    _c("correct", B, "`top1 == model_label`; null without a `model_label`"),
+    _c("correct_top5", B, "`model_label` among `top5`; null without a `model_label`"),
+    _c("crop_x0", I32, "crop box, left edge, pixels of the original image; null for `global` "
+                       "and `blend`"),
+    _c("crop_y0", I32, "crop box, top edge"),
+    _c("crop_x1", I32, "crop box, right edge (exclusive)"),
+    _c("crop_y1", I32, "crop box, bottom edge (exclusive)"),
+    _c("seconds", F32, "the shard's re-classification time spread over its rows"),
+), "One baseline row per explained image (`none`/`global`) and one row per (method, variant).")
+
+METRICS = Table("metrics", "metrics", "evaluate", ("image_id", "method"), (
+    _c("image_id", S, "manifest id"),
+    _c("method", S, "the method instance (`scd`, `gradcam`, ...)"),
+    _c("target", I32, "the class the mask explains (`predictions.target`)"),
+    _c("seconds", F32, "evaluation time per image"),
+), "One row per (image, method); between `target` and `seconds`, one column per value of "
+   "each registered metric.")
+
+SUMMARY = Table("summary", "summary.parquet", "aggregate",
+                ("section", "group_by", "group_value", "method", "variant", "statistic"), (
+    _c("section", S, "`run`, `accuracy`, `accuracy_gain`, `metric`, `errors` or `timing` "
+                     "(below)"),
+    _c("group_by", S, "`overall`, or the grouping: `class`, `split` (`accuracy`, "
+                      "`accuracy_gain`, `metric`), `stage` or `error_type` (`errors`, "
+                      "`timing`)"),
+    _c("group_value", S, "`all` for `overall`; else the class (`label_name`, else "
+                         "`model_label`), split, stage, or `stage/error_type`"),
+    _c("method", S, "`none` for the baseline, else a method instance; null where not "
+                    "applicable"),
+    _c("variant", S, "`global`, `crop`, `blend`, `crop+global`; null where not applicable"),
+    _c("statistic", S, "what `value` is (below)"),
+    _c("value", F64, "the statistic"),
+    _c("ci_low", F64, "lower bound of its 95 % confidence interval; null for counts and "
+                      "timings"),
+    _c("ci_high", F64, "upper bound"),
+    _c("n", pa.int64(), "images behind the value (for `errors` and `run`: images in the run)"),
+), "Every aggregate of the run in one tidy long table.", sharded=False)
+
+TABLES = (MANIFEST, PREDICTIONS, SAG, ERRORS, RECLASSIFY, METRICS, SUMMARY)
+
+# The table whose part marks a shard done for each stage, and the name prefix of the stage's
+# own parts in errors/ (explain's are plain ``part-XXXXX``).
+DONE_BY = {"explain": PREDICTIONS, "reclassify": RECLASSIFY, "evaluate": METRICS}
+ERROR_PREFIX = {"explain": "part", "reclassify": "reclassify-part", "evaluate": "evaluate-part"}
