@@ -27,10 +27,10 @@ from fidoflow.pipeline.archive.synthetic import CROWN, WING, make_dataset
 from fidoflow.pipeline.imaging.filters import resize_maps
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from fidoflow.pipeline.metrics.box import share_inside
+from fidoflow.pipeline.models.class_maps import build_network
 from fidoflow.pipeline.training.data import ImageTensors, TrainData
 from fidoflow.pipeline.training.diversify import DiversifyConfig
 from fidoflow.pipeline.training.loop import TrainConfig, evaluate, fit
-from fidoflow.pipeline.training.network import build_network
 
 VARIANTS = {
     "CE": {"loss": "ce", "diversify": None},

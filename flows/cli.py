@@ -210,13 +210,16 @@ def fail(exc: BaseException) -> int:
 
 
 def print_methods() -> None:
-    """Every registered method kind: its description and default settings."""
+    """Every registered method kind: its description, default settings and the run-wide
+    options that reach it."""
     from fidoflow.pipeline.methods.registry import describe
 
     for entry in describe():
         print(f"{entry['kind']:<11} {entry['description']}")
         defaults = ", ".join(f"{k}={v}" for k, v in entry["defaults"].items())
         print(f"{'':<11} defaults: {defaults or '(no settings)'}")
+        taken = ", ".join(f"--{o.replace('_', '-')}" for o in entry["run_options"])
+        print(f"{'':<11} run-wide options: {taken or 'none (set its own: NAME=KIND:key=value)'}")
     print("\nuse: --method KIND[,KIND...]; a variant: --method NAME=KIND:key=value:key=value")
 
 

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 from fidoflow.pipeline.archive.readers import archive_root, read_archive
 from fidoflow.pipeline.imaging.decode import DecodeLimits
+from fidoflow.pipeline.models.class_maps import build_network, input_size
 from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.provenance import code_version
 from fidoflow.pipeline.training.data import load_frame
 from fidoflow.pipeline.training.job import TrainJob, model_card
 from fidoflow.pipeline.training.loop import check_resume, evaluate, fit
-from fidoflow.pipeline.training.network import build_network, input_size
 from fidoflow.storage.modelfolder import CARD, WEIGHTS, ModelFolder
 
 

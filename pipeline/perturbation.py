@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fidoflow.pipeline.imaging.filters import resize_maps
+from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.models.inference import class_logits
 
 
@@ -53,6 +54,14 @@ class Perturbation:
     targets: torch.Tensor
     chunk: int | None = None
     autocast: bool = False
+
+    @classmethod
+    def infilled(cls, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                 infill: str, generators: list[torch.Generator], **options: object
+                 ) -> Perturbation:
+        """The perturbation of ``images`` with their ``infill`` (imaging/infill.py), drawn
+        from each image's own random stream."""
+        return cls(model, images, make_infill(images, infill, generators), targets, **options)
 
     def select(self, rows: torch.Tensor) -> Perturbation:
         """The same perturbation of the images ``rows`` (indices, repeats allowed)."""

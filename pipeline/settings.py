@@ -24,12 +24,15 @@ from fidoflow.pipeline.config import RunConfig
 from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
 from fidoflow.pipeline.imaging.infill import INFILLS
 from fidoflow.pipeline.methods import parse_methods
+from fidoflow.pipeline.methods.registry import kinds_taking
+from fidoflow.pipeline.models.class_maps import BACKBONES
 from fidoflow.pipeline.training.diversify import DiversifyConfig
 from fidoflow.pipeline.training.job import TrainJob
 from fidoflow.pipeline.training.loop import TrainConfig
 from fidoflow.pipeline.training.loss import LOSSES
-from fidoflow.pipeline.training.network import BACKBONES
 
+FIDO_ONLY = (f"; reaches {', '.join(kinds_taking('iterations'))} only, other methods take "
+             "NAME=KIND:key=value")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -75,15 +78,18 @@ class RunSettings(Settings):
         "predicted", description="the class the maps explain: the top-1 prediction or the "
                                  "manifest's label where it is one of the model's classes")
     samples: int | None = Field(None, ge=1, description="samples B per image and step "
-                                                         "(default: the method's, 4)")
-    iterations: int | None = Field(None, ge=1, description="optimisation steps (default 30)")
-    mask_size: int | None = Field(None, ge=1, description="side h = w of every stored map and "
-                                                         "of FIDO's mask (default 28)")
+                                f"(default 4){FIDO_ONLY}")
+    iterations: int | None = Field(None, ge=1, description="optimisation steps (default 30)"
+                                                           f"{FIDO_ONLY}")
+    mask_size: int | None = Field(None, ge=1, description="side h = w of every stored map "
+                                  "(default 28), and of the FIDO kinds' mask (" +
+                                  ", ".join(kinds_taking("mask_size")) + ")")
     infill: Literal[tuple(sorted(INFILLS))] | None = Field(  # type: ignore[valid-type]
-        None, description="what replaces dropped pixels (default blur)")
+        None, description=f"what replaces dropped pixels (default blur){FIDO_ONLY}")
     stop_change: float | None = Field(
         None, ge=0, description="stop an image early once its mask cells moved less than this "
-                                "on average over 5 steps; 0 or unset never stops early")
+                                "on average over 5 steps; 0 or unset never stops early"
+                                f"{FIDO_ONLY}")
     shard_size: int | None = Field(None, ge=1, description="images per task (default: every "
                                    "worker gets an equal shard in every round, at most 16)")
     batch_size: int | None = Field(None, ge=1, description="images per optimisation step "

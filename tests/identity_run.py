@@ -19,10 +19,13 @@ import pandas as pd
 import pyarrow as pa
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "identity.json.gz"
+# mask_size=8 of extremal, igos and igospp came from the run-wide --mask-size when the
+# reference was written; run-wide options reach the FIDO kinds only since (issue 21, item 6)
 METHODS = ("scd:iterations=4:samples=2,cd:iterations=3:samples=2,"
            "gradcam,ig:steps=4,saliency,smoothgrad:samples=2,occlusion:window=32:stride=32,"
-           "extremal:iterations=3,igos:iterations=2:integration_steps=2,"
-           "igospp:iterations=1:integration_steps=2,rise:masks=16:batch=8,sag:batch=32")
+           "extremal:iterations=3:mask_size=8,igos:iterations=2:integration_steps=2:mask_size=8,"
+           "igospp:iterations=1:integration_steps=2:mask_size=8,rise:masks=16:batch=8,"
+           "sag:batch=32")
 IMAGES, SHARD, SIZE, MASK = 6, 4, 96, 8
 TIMING = {"seconds", "started"}  # columns that hold wall-clock time
 

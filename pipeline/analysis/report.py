@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from fidoflow.pipeline.metrics import columns
+
 BOX_COLOUR = (0, 255, 120)
 MAP_SIDE = 150  # gallery heat maps, pixels (the original picture is shown at full thumbnail size)
 
@@ -316,10 +318,6 @@ def gain_table(summary: pd.DataFrame) -> str:
                    "wrong→right", "right→wrong", "top-1 changed", "images"], out, "num")
 
 
-METRIC_TITLES = {"deletion_auc": "deletion AUC ↓", "insertion_auc": "insertion AUC ↑",
-                 "pointing_hit": "pointing ↑", "share_in_box": "share in box ↑",
-                 "box_iou": "box IoU ↑", "fdr": "FDR ↓", "total_variation": "TV"}
-
 
 def metric_table(summary: pd.DataFrame) -> str:
     """Every method side by side: its mask-quality means (95 % CI) and the seconds per image
@@ -339,7 +337,8 @@ def metric_table(summary: pd.DataFrame) -> str:
         out.append([f"<b>{html.escape(method)}</b>"]
                    + [_ci(s[k], percent=False) if k in s else "–" for k in stats]
                    + [_fmt(seconds.get(method), False), str(n)])
-    header = ["method", *(METRIC_TITLES.get(k, k) for k in stats), "seconds / image", "images"]
+    titles = {c.name: c.title for c in columns()}
+    header = ["method", *(titles.get(k, k) for k in stats), "seconds / image", "images"]
     return _table(header, out, "num")
 
 

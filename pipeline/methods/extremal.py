@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from fidoflow.pipeline.imaging.filters import gaussian_blur
-from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
 from fidoflow.pipeline.perturbation import Perturbation
@@ -75,9 +74,9 @@ class Extremal(Method):
         cfg = self.config
         fractions = parse_areas(cfg.areas)
         n, areas, s = len(images), len(fractions), cfg.mask_size
-        fill = make_infill(images, cfg.infill, image_generators(seeds))
         # rows: image-major, one per (image, area)
-        scene = Perturbation(self.model, images, fill, targets).select(
+        scene = Perturbation.infilled(self.model, images, targets, cfg.infill,
+                                      image_generators(seeds)).select(
             torch.arange(n, device=images.device).repeat_interleave(areas))
         ref = torch.stack([area_vector(a, s * s) for a in fractions]).repeat(n, 1).to(images)
         param = torch.full((n * areas, s, s), 0.5, device=images.device, requires_grad=True)

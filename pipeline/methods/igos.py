@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from fidoflow.pipeline.imaging.filters import total_variation
-from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.registry import register
 from fidoflow.pipeline.perturbation import Perturbation
@@ -96,8 +95,7 @@ class Igos(Method):
                 seeds: list[int]) -> Attribution:
         cfg = self.config
         generators = image_generators(seeds)
-        scene = Perturbation(self.model, images, make_infill(images, cfg.infill, generators),
-                             targets)
+        scene = Perturbation.infilled(self.model, images, targets, cfg.infill, generators)
 
         def data(masks: Masks) -> torch.Tensor:
             return scene.probability(masks[0])

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from fidoflow.pipeline.imaging.filters import resize_maps
-from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
 from fidoflow.pipeline.methods.igos import IgosConfig, Masks, descend
 from fidoflow.pipeline.methods.registry import register
@@ -56,8 +55,7 @@ class Igospp(Method):
                 seeds: list[int]) -> Attribution:
         cfg = self.config
         generators = image_generators(seeds)
-        scene = Perturbation(self.model, images, make_infill(images, cfg.infill, generators),
-                             targets)
+        scene = Perturbation.infilled(self.model, images, targets, cfg.infill, generators)
         weights = edge_weights(images, cfg.mask_size, cfg.bilateral)
         deleted, inserted = scene.probability, scene.swapped().probability
 

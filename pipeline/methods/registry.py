@@ -5,6 +5,11 @@ kinds (``name -> kind + config``), so two settings of one kind run side by side.
 One syntax serves a shell and a deployment parameter: a comma list of entries, each
 ``kind`` or ``name=kind:key=value:key=value`` (e.g. ``scd,cd,knockoff=scd:infill=knockoff``),
 given as one string or as a list of such strings.
+
+Run-wide options (``--samples``, ``--iterations``, ``--mask-size``, ``--infill``,
+``--stop-change``) reach only the kinds that declare them in ``run_options`` (FIDO's ``scd`` and
+``cd``); every other kind keeps its own defaults and takes ``name=kind:key=value``, so that a
+value meant for FIDO never silently replaces, say, I-GOS's 15 steps or RISE's in-fill.
 """
 
 from __future__ import annotations
@@ -24,16 +29,21 @@ from fidoflow.pipeline.methods.base import Method
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a Zarr group and a table value: keep it plain
 
 
+RUN_OPTIONS = ("samples", "iterations", "mask_size", "infill", "stop_change")
+
+
 @dataclass(frozen=True)
 class Kind:
-    """A registered kind of method: its class, config dataclass, description and the config
-    values that differ from the dataclass defaults for this kind (e.g. ``cd``'s sampler)."""
+    """A registered kind of method: its class, config dataclass, description, the config
+    values that differ from the dataclass defaults for this kind (e.g. ``cd``'s sampler) and
+    the run-wide options that reach it."""
 
     name: str
     method: type[Method]
     config: type
     description: str
     defaults: Mapping[str, Any]
+    run_options: tuple[str, ...] = ()
 
     def make_config(self, settings: Mapping[str, Any] | None = None) -> Any:
         """The kind's config with ``settings`` (field -> value, checked and coerced) applied."""
@@ -51,15 +61,25 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 
-def register(name: str, config: type, description: str,
+def register(name: str, config: type, description: str, run_options: tuple[str, ...] = (),
              **defaults: Any) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make ``name`` a method kind run by the decorated class."""
+    """Class decorator: make ``name`` a method kind run by the decorated class; the run-wide
+    options in ``run_options`` (of ``RUN_OPTIONS``) set its config fields of the same names."""
+    unknown = set(run_options) - set(RUN_OPTIONS)
+    if unknown:
+        raise ValueError(f"{name}: no run-wide option {', '.join(sorted(unknown))}")
+
     def add(cls: type[Method]) -> type[Method]:
         if name in KINDS:
             raise ValueError(f"method kind {name!r} registered twice")
-        KINDS[name] = Kind(name, cls, config, description, dict(defaults))
+        KINDS[name] = Kind(name, cls, config, description, dict(defaults), tuple(run_options))
         return cls
     return add
+
+
+def kinds_taking(option: str) -> list[str]:
+    """The kinds a run-wide option reaches (for ``--help`` and ``fidoflow methods``)."""
+    return sorted(k.name for k in KINDS.values() if option in k.run_options)
 
 
 def kind(name: str) -> Kind:
@@ -96,8 +116,8 @@ class MethodSpec:
 def parse_methods(entries: str | Iterable[str],
                   overrides: Mapping[str, Any] | None = None) -> dict[str, MethodSpec]:
     """Method instances from ``"scd,cd,knockoff=scd:infill=knockoff"`` (or a list of such
-    strings). ``overrides`` (e.g. the CLI's ``--iterations``) apply to every instance whose
-    config has that field; an entry's own settings win over them."""
+    strings). ``overrides`` (the run-wide options, e.g. the CLI's ``--iterations``) apply to
+    the instances whose kind takes them (``run_options``); an entry's own settings win."""
     if isinstance(entries, str):
         entries = [entries]
     methods: dict[str, MethodSpec] = {}
@@ -112,8 +132,8 @@ def parse_methods(entries: str | Iterable[str],
         if name in methods:
             raise ValueError(f"method {name!r} given twice; name a variant: other={kind_name}:...")
         spec = kind(kind_name)
-        fields = {f.name for f in dataclasses.fields(spec.config)}
-        settings = {k: v for k, v in (overrides or {}).items() if v is not None and k in fields}
+        settings = {k: v for k, v in (overrides or {}).items()
+                    if v is not None and k in spec.run_options}
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep:
@@ -164,7 +184,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Every registered kind: name, description and default config (for ``fidoflow methods``)."""
-    return [{"kind": k.name, "description": k.description,
+    """Every registered kind: name, description, default config and the run-wide options that
+    reach it (for ``fidoflow methods``)."""
+    return [{"kind": k.name, "description": k.description, "run_options": list(k.run_options),
              "defaults": dataclasses.asdict(k.make_config())} for k in sorted(
                  KINDS.values(), key=lambda k: k.name)]

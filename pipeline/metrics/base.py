@@ -55,6 +55,19 @@ class MetricBatch:
     targets: torch.Tensor
     boxes: np.ndarray
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """The model input's (H, W): where maps are compared with pixels."""
+        return tuple(self.images.shape[-2:])
+
+    def pixels(self, at_reference: float, config: EvaluateConfig) -> float:
+        """A pixel length given at ``config.reference_size`` (224), at this input's size."""
+        return at_reference * (min(self.size) / config.reference_size)
+
+    def truth(self) -> torch.Tensor:
+        """The ground-truth boxes (N, 4) as a float tensor."""
+        return torch.from_numpy(self.boxes).float()
+
     def rows_with(self, needs: frozenset[Need]) -> np.ndarray:
         """Indices of the images that have what a metric needs."""
         has = np.ones(len(self.images), bool)

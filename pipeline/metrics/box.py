@@ -105,9 +105,8 @@ class ShareInBox(Metric):
     position = 30
 
     def measure(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
-        size = tuple(batch.images.shape[-2:])
-        gt = torch.from_numpy(batch.boxes).float()
-        return {"share_in_box": share_inside(batch.saliency, gt, image_size=size).numpy()}
+        return {"share_in_box": share_inside(batch.saliency, batch.truth(),
+                                             image_size=batch.size).numpy()}
 
 
 @register
@@ -123,9 +122,7 @@ class BoxOverlap(Metric):
     position = 40
 
     def measure(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
-        size = tuple(batch.images.shape[-2:])
-        unit = min(size) / config.reference_size
-        gt = torch.from_numpy(batch.boxes).float()
-        iou, fdr = box_iou_fdr(batch.saliency, gt, config.smooth_sigma * unit, config.threshold,
-                               image_size=size)
+        iou, fdr = box_iou_fdr(batch.saliency, batch.truth(),
+                               batch.pixels(config.smooth_sigma, config), config.threshold,
+                               image_size=batch.size)
         return {"box_iou": iou.numpy(), "fdr": fdr.numpy()}

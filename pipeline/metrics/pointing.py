@@ -1,10 +1,6 @@
 """The pointing game (TorchRay): the map's maximum within a tolerance of the ground truth.
 
-Saliency maps (N, h, w) of any resolution are upsampled bilinearly to the image size before
-they are compared with pixels. Boxes are (N, 4) = x0, y0, x1, y1 in pixel edges of the image:
-pixel (row i, column j) lies inside when its centre (j + 0.5, i + 0.5) does, so an integer box
-covers columns x0 .. x1 - 1 and rows y0 .. y1 - 1. Where a box is given and the map is not at
-image resolution, pass ``image_size`` (default: the map's own size).
+Maps, boxes and masks follow the conventions of box.py.
 """
 
 from __future__ import annotations
@@ -51,8 +47,6 @@ class PointingGame(Metric):
     position = 20
 
     def measure(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
-        size = tuple(batch.images.shape[-2:])
-        unit = min(size) / config.reference_size
-        gt = torch.from_numpy(batch.boxes).float()
-        hit = pointing_game(batch.saliency, gt, config.pointing_tolerance * unit, image_size=size)
+        hit = pointing_game(batch.saliency, batch.truth(),
+                            batch.pixels(config.pointing_tolerance, config), image_size=batch.size)
         return {"pointing_hit": hit.float().numpy()}

@@ -264,8 +264,8 @@ def build_architecture(name: str, num_classes: int | None) -> Architecture:
 
 
 def _class_map_architecture(name: str, backbone: str, num_classes: int | None) -> Architecture:
-    """A class-map network trained by ``fidoflow train`` (pipeline/training/network.py)."""
-    from ..training.network import BACKBONES, build_network
+    """A class-map network trained by ``fidoflow train`` (class_maps.py)."""
+    from .class_maps import BACKBONES, build_network
 
     if backbone not in BACKBONES:
         raise ModelError(f"unknown architecture {name!r}; class-map networks exist for "

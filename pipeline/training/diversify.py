@@ -55,3 +55,8 @@ class Diversification(nn.Module):
         if not self.training:
             return maps
         return torch.where(self.suppression(maps), maps * self.config.alpha, maps)
+
+
+def block_of(config: DiversifyConfig | None) -> Diversification | None:
+    """The block a class-map network trains with (None: trained without one)."""
+    return Diversification(config) if config is not None else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fidoflow.pipeline.models.class_maps import architecture_name, input_size
 from fidoflow.pipeline.training.loop import TrainConfig
-from fidoflow.pipeline.training.network import architecture_name, input_size
 
 
 @dataclass

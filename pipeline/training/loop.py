@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fidoflow.pipeline.models.class_maps import BACKBONES, ClassMapNet, build_network
+
 from .data import ImageTensors, TrainData, augment
-from .diversify import DiversifyConfig
+from .diversify import DiversifyConfig, block_of
 from .loss import LOSSES, default_top_k, training_loss
-from .network import BACKBONES, ClassMapNet, build_network
 
 BACKBONE_LR = 0.1  # a pretrained backbone learns at a tenth of the class maps' rate
 
@@ -130,7 +131,7 @@ def fit(config: TrainConfig, data: TrainData, device: torch.device,
     report = report or (lambda event: None)
     k = len(data.class_names)
     torch.manual_seed(config.seed)
-    net = build_network(config.backbone, k, config.diversify, config.pretrained).to(device)
+    net = build_network(config.backbone, k, block_of(config.diversify), config.pretrained).to(device)
     steps = max(1, len(data.train) // config.batch_size)
     opt, sched = _optimiser(net, config, config.epochs * steps)
     history: list[dict] = []

@@ -1,7 +1,8 @@
 """Class-map networks: a backbone's feature maps -> 1x1 convolution to one map per class ->
-(diversification in training) -> global average pooling to logits.
+(a training-time block, e.g. the diversification block of pipeline/training) -> global average
+pooling to logits. ``fidoflow train`` trains them; the loader (loading.py) loads them.
 
-Architectures (model-card names, loadable by pipeline/models.py)::
+Architectures (model-card names)::
 
     fidoflow:synthetic-cnn-maps       the synthetic birds' CNN's conv blocks (stride 8, 96 px)
     fidoflow:efficientnet-lite0-maps  EfficientNet-Lite0's features (stride 32, 224 px)
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .diversify import Diversification, DiversifyConfig
 
 BACKBONES = ("efficientnet-lite0", "synthetic-cnn")
 MAPS_SUFFIX = "-maps"
@@ -34,7 +33,7 @@ class SyntheticBackbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from ..models.synthetic_cnn import SyntheticCNN
+        from .synthetic_cnn import SyntheticCNN
 
         cnn = SyntheticCNN()
         self.features = cnn.features
@@ -76,14 +75,15 @@ class LiteBackbone(nn.Module):
 
 
 class ClassMapNet(nn.Module):
-    """Backbone -> 1x1 conv to K class maps -> diversification (training only) -> mean pooling."""
+    """Backbone -> 1x1 conv to K class maps -> ``diversify`` (a block acting in training only;
+    identity by default) -> mean pooling."""
 
     def __init__(self, backbone: nn.Module, num_classes: int,
-                 diversify: DiversifyConfig | None = None) -> None:
+                 diversify: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.class_maps = nn.Conv2d(backbone.channels, num_classes, kernel_size=1)
-        self.diversify = Diversification(diversify) if diversify is not None else nn.Identity()
+        self.diversify = diversify if diversify is not None else nn.Identity()
         self.gradcam_layer = f"backbone.{backbone.gradcam_layer}"
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +106,10 @@ def _unknown(backbone: str):
 _BODIES = {"synthetic-cnn": SyntheticBackbone, "efficientnet-lite0": LiteBackbone}
 
 
-def build_network(backbone: str, num_classes: int, diversify: DiversifyConfig | None = None,
+def build_network(backbone: str, num_classes: int, diversify: nn.Module | None = None,
                   pretrained: bool = False) -> ClassMapNet:
-    """A class-map network on ``backbone`` (one of BACKBONES); ``pretrained`` applies to Lite0."""
+    """A class-map network on ``backbone`` (one of BACKBONES) with the training-time block
+    ``diversify``; ``pretrained`` applies to Lite0."""
     if backbone == "synthetic-cnn":
         body: nn.Module = SyntheticBackbone()
     elif backbone == "efficientnet-lite0":
