@@ -43,7 +43,7 @@ def scheduler() -> str:
             process.terminate()
         for process in started:
             try:
-                process.wait(15)
+                process.wait(3)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

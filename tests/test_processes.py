@@ -34,10 +34,14 @@ def started() -> Iterator[list[subprocess.Popen]]:
             all_gone(family, timeout=5)
 
 
-def start_run(photo_folder: Path, run: Path, home: Path,
+def start_run(photo_folder: Path, run: Path, home: Path | None,
               started: list[subprocess.Popen]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    """The CLI in the background: with its own API server in a fresh ``home``, or (None) on
+    the session's server."""
+    env = dict(os.environ)
+    if home is not None:
+        env = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cli = subprocess.Popen([sys.executable, "-m", "fidoflow.flows.cli", "run", str(photo_folder),
                             "--out", str(run), *SLOW], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -74,6 +78,7 @@ def all_gone(processes: list[psutil.Process], timeout: float = 30) -> list[str]:
     return left
 
 
+@pytest.mark.own_server
 def test_sigkill_of_the_cli_leaves_no_process_of_the_run(photo_folder: Path, tmp_path: Path,
                                                        started: list) -> None:
     cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home", started)
@@ -85,7 +90,7 @@ def test_sigkill_of_the_cli_leaves_no_process_of_the_run(photo_folder: Path, tmp
 
 
 def test_sigterm_ends_the_run_cleanly(photo_folder: Path, tmp_path: Path, started: list) -> None:
-    cli = start_run(photo_folder, tmp_path / "run", tmp_path / "home", started)
+    cli = start_run(photo_folder, tmp_path / "run", None, started)
     family = busy_workers(cli, tmp_path / "run")
     cli.send_signal(signal.SIGTERM)
     cli.communicate(timeout=60)

@@ -45,6 +45,7 @@ def stop_by_pid(pids: list[int]) -> None:
     psutil.wait_procs(found, timeout=10)
 
 
+@pytest.mark.own_server
 def test_the_readme_recipe_deploys_and_runs_to_completion(photo_folder: Path,
                                                          tmp_path: Path) -> None:
     home, run = tmp_path / "prefect", tmp_path / "adhoc"
