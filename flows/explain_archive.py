@@ -121,7 +121,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     config_json = config.to_json()
     if config.analyse:
         stages.record_analysis(config, analysis_json)
-    todo = stages.pending(config, "explain", n_shards)
+    # shards not explained yet, and those whose files changed since they were
+    todo = sorted(set(stages.pending(config, "explain", n_shards)) | stages.changed_shards(config))
     later = set(todo)
     downstream = {
         stage: [s for s in stages.pending(config, stage, n_shards) if s not in later]

@@ -31,7 +31,8 @@ from fidoflow.pipeline.analysis.report_items import (
     picture_frame,
     report_meta,
 )
-from fidoflow.pipeline.archive.prepare import manifest_rows, summarise_manifest
+from fidoflow.pipeline.archive.prepare import auto_shard_size, changed_files, summarise_manifest
+from fidoflow.pipeline.archive.stream import EmptyArchive, open_manifest
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.pipeline.imaging.views import Picture, prepare_picture
 from fidoflow.pipeline.methods.registry import kind
@@ -42,6 +43,8 @@ from fidoflow.pipeline.provenance import code_version
 from fidoflow.storage import masks, parts, runrecord, tables
 from fidoflow.storage.runfolder import SCHEMA_VERSION, RunFolder
 from fidoflow.storage.shards import ExplainedShard, Todo, read_explained, shard_rows
+
+ROW_GROUP_ROWS = 8192  # manifest rows per row group, rounded to whole shards
 
 
 @functools.cache
@@ -76,23 +79,34 @@ def metrics_table() -> tables.Table:
 
 # ---- prepare --------------------------------------------------------------------------------
 
-def build_manifest(config: RunConfig, model: LoadedModel) -> tuple[RunConfig, pa.Table, dict]:
-    """The config with its shard size resolved, the manifest table and the label report."""
-    frame, shard_size, labels = manifest_rows(
-        config.source, config.format, config.split, config.images_root, model.class_names,
-        config.label_map, config.shard_size, config.workers)
-    table = pa.Table.from_pandas(frame[tables.MANIFEST.schema.names],
-                                 schema=tables.MANIFEST.schema, preserve_index=False)
-    return replace(config, shard_size=shard_size), table, labels
+def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel) -> tuple[RunConfig, dict]:
+    """Stream the archive's rows into manifest.parquet (row groups of whole shards); returns
+    the config with its shard size resolved and the label report. Nothing is written when the
+    archive itself is refused."""
+    stream = open_manifest(config.source, config.format, config.split, config.images_root,
+                           model.class_names, config.label_map)
+    try:
+        if stream.rows == 0:
+            where = "" if config.split == "all" else f" in the {config.split} split"
+            raise EmptyArchive(f"{config.source} holds no images{where} (folders are searched "
+                               "recursively for image files); nothing to do")
+        shard_size = config.shard_size or auto_shard_size(stream.rows, config.workers)
+        group = max(1, ROW_GROUP_ROWS // shard_size) * shard_size
+        run.makedirs()
+        run.write_batches(stream.batches(shard_size, group), tables.MANIFEST.schema,
+                          tables.MANIFEST.path, row_group_size=group)
+        return replace(config, shard_size=shard_size), stream.mapper.report()
+    finally:
+        stream.close()
 
 
 def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
-    """Create or reopen the run folder: run.json, manifest.parquet, masks.zarr. Returns the
+    """Create or reopen the run folder: manifest.parquet, run.json, masks.zarr. Returns the
     config with its shard size resolved (chosen now, or the one the folder was made with) and
     the number of shards.
 
-    The archive is read before anything is written, so a source or option the readers refuse
-    leaves no half-made run folder behind.
+    The manifest is streamed before run.json is written: a source or option the readers refuse
+    leaves no run behind (a rerun without run.json starts afresh).
     """
     run = RunFolder(config.root)
     model = model_of(config)
@@ -102,24 +116,37 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
             config = replace(config, shard_size=record["config"].get("shard_size"))
         runrecord.check_same(run, record, config.results_identity())
         if not run.exists(tables.MANIFEST.path):
-            config, table, _ = build_manifest(config, model)
-            run.write_table(table, tables.MANIFEST.path)
+            config, _ = write_manifest(run, config, model)
     else:
-        config, table, labels = build_manifest(config, model)
-        run.makedirs()
+        config, labels = write_manifest(run, config, model)
         run.write_json({
             "schema_version": SCHEMA_VERSION, "config": config.results_identity(),
             "model": model.describe(), "labels": labels, "code_version": code_version(),
             "seed": config.seed, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }, runrecord.RECORD)
-        run.write_table(table, tables.MANIFEST.path)
-    manifest = run.read_table(tables.MANIFEST.path)
+    rows = run.row_count(tables.MANIFEST.path)
     masks.create_store(
-        run.masks_url, manifest.num_rows, config.shard_size, config.mask_size,
+        run.masks_url, rows, config.shard_size, config.mask_size,
         {name: {**spec.to_json(), "maps": spec.map_names} for name, spec in config.methods.items()},
-        manifest.column("image_id").to_pylist(),
+        run.read_table(tables.MANIFEST.path, columns=["image_id"]).column(0).to_pylist(),
     )
-    return config, -(-manifest.num_rows // config.shard_size)
+    return config, -(-rows // config.shard_size)
+
+
+def changed_shards(config: RunConfig) -> set[int]:
+    """Shards explained before whose files changed since (size or modification time), or
+    whose missing files exist now: a rerun redoes them."""
+    run = RunFolder(config.root)
+    images = parts.read_parts(run, tables.IMAGES).select(["image_id", "path", "bytes",
+                                                          "mtime_ns"]).to_pylist()
+    errors = parts.read_errors(run).to_pylist()
+    missing = [e for e in errors if e["error_type"] == "MissingFile"]
+    changed = changed_files(config.archive_root, images, missing)
+    if not changed:
+        return set()
+    manifest = run.read_table(tables.MANIFEST.path, columns=["image_id", "shard"])
+    ids, shards = manifest.column("image_id").to_pylist(), manifest.column("shard").to_pylist()
+    return {s for i, s in zip(ids, shards, strict=True) if i in changed}
 
 
 def record_analysis(config: RunConfig, analysis: dict) -> None:
@@ -155,6 +182,7 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
         masks.write_region(run.masks_url, method, start, maps)
     if any(kind(spec.kind).method.has_graphs for spec in config.methods.values()):
         parts.write_part(run, tables.SAG, shard, result.graphs)
+    parts.write_part(run, tables.IMAGES, shard, result.images)
     parts.finish_shard(run, "explain", shard, result.predictions, result.errors)
     return {"shard": shard, "images": len(rows), "errors": len(result.errors),
             "seconds": time.perf_counter() - began, "started": started}

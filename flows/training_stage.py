@@ -26,7 +26,7 @@ def train_model(job: TrainJob, report: Callable[[dict], None] | None = None) -> 
         raise ValueError(f"{job.out} holds a training with other settings; use another --out "
                          "or the same options")
     device = resolve_device(job.device)
-    frame = read_archive(job.archive, job.format, "all", job.images_root, job.workers)
+    frame = read_archive(job.archive, job.format, "all", job.images_root)
     data = load_frame(frame, archive_root(job.archive, job.images_root), input_size(config.backbone),
                       config.val_fraction, limits=DecodeLimits(), workers=job.workers)
     if resume is not None:

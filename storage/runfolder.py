@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass
@@ -81,10 +82,53 @@ class RunFolder:
         pq.write_table(table, sink)
         self.write_bytes_atomic(sink.getvalue(), *parts)
 
-    def read_table(self, *parts: str, filters: list[tuple] | None = None) -> pa.Table:
-        """A Parquet file, or only the row groups and rows matching ``filters`` (pyarrow's)."""
+    def write_batches(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, *parts: str,
+                      row_group_size: int | None = None) -> int:
+        """Stream record batches into one Parquet file, ``row_group_size`` rows per row group,
+        never holding the file in memory; as atomic as ``write_bytes_atomic`` (a hidden
+        temporary file renamed on a local disk, one streamed object elsewhere). Returns the
+        number of rows written."""
+        *folder, name = parts
+        self.makedirs(*folder)
+        rows = 0
+
+        def write(fh: Any) -> None:
+            nonlocal rows
+            with pq.ParquetWriter(fh, schema) as writer:
+                for batch in batches:
+                    if batch.schema != schema:  # the declared columns, in their order and types
+                        batch = batch.select(schema.names).cast(schema)
+                    writer.write_batch(batch, row_group_size=row_group_size)
+                    rows += batch.num_rows
+
+        if not self.is_local:
+            with self.fs.open(self.local(*parts), "wb") as fh:
+                write(fh)
+            return rows
+        tmp = self.local(*folder, f".{name}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.local(*parts))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return rows
+
+    def read_table(self, *parts: str, filters: list[tuple] | None = None,
+                   columns: list[str] | None = None) -> pa.Table:
+        """A Parquet file, or only the row groups and rows matching ``filters`` (pyarrow's),
+        or only ``columns``."""
         with self.fs.open(self.local(*parts), "rb") as fh:
-            return pq.read_table(fh, filters=filters)
+            return pq.read_table(fh, filters=filters, columns=columns)
+
+    def row_count(self, *parts: str) -> int:
+        """Rows of a Parquet file, from its footer."""
+        with self.fs.open(self.local(*parts), "rb") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
 
     def write_json(self, obj: dict[str, Any], *parts: str) -> None:
         self.write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)

@@ -68,9 +68,6 @@ PART = pa.struct([("name", pa.string()), ("x", pa.float32()), ("y", pa.float32()
 MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
     _c("image_id", S, "unique key of the row"),
     _c("path", S, "the image, relative to the archive root"),
-    _c("width", I32, "width as displayed (EXIF orientation applied); null when unreadable"),
-    _c("height", I32, "height as displayed; null when unreadable"),
-    _c("sha256", S, "hash of the file's bytes; null for refused rows"),
     _c("label", I32, "the archive's class index"),
     _c("label_name", S, "the archive's class name"),
     _c("split", S, "`train`, `test`, ... as the archive names it"),
@@ -90,7 +87,20 @@ MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
     _c("manifest_error", S, "why the row was refused before decoding; null otherwise"),
     _c("manifest_message", S, "the details"),
 ), "One row per input image, in the order of the mask rows (row i of `masks.zarr` = row i "
-   "here).", sharded=False)
+   "here), written in row groups; no file is opened to make it (`images` records the files).",
+   sharded=False)
+
+IMAGES = Table("images", "images", "explain", ("image_id",), (
+    _c("image_id", S, "manifest id"),
+    _c("path", S, "the file, relative to the archive root"),
+    _c("bytes", pa.int64(), "its size when the explain stage read it"),
+    _c("mtime_ns", pa.int64(), "its modification time then (nanoseconds since the epoch)"),
+    _c("sha256", S, "hash of the bytes it read"),
+    _c("width", I32, "width as displayed (EXIF orientation applied); null when it did not "
+                     "decode"),
+    _c("height", I32, "height as displayed; null when it did not decode"),
+), "One row per file the explain stage read (refused and missing files have none): what a "
+   "rerun compares with the file to redo the shards whose files changed.")
 
 PREDICTIONS = Table("predictions", "predictions", "explain", ("image_id", "method"), (
     _c("image_id", S, "manifest id"),
@@ -188,7 +198,7 @@ SUMMARY = Table("summary", "summary.parquet", "aggregate",
     _c("n", pa.int64(), "images behind the value (for `errors` and `run`: images in the run)"),
 ), "Every aggregate of the run in one tidy long table.", sharded=False)
 
-TABLES = (MANIFEST, PREDICTIONS, SAG, ERRORS, RECLASSIFY, METRICS, SUMMARY)
+TABLES = (MANIFEST, IMAGES, PREDICTIONS, SAG, ERRORS, RECLASSIFY, METRICS, SUMMARY)
 
 # The table whose part marks a shard done for each stage, and the name prefix of the stage's
 # own parts in errors/ (explain's are plain ``part-XXXXX``).

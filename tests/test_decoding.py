@@ -216,7 +216,8 @@ def explain_everything(source: Path, run: Path, **options: object) -> tuple[list
     folder = RunFolder(config.root)
     return (pq.read_table(run / "manifest.parquet").to_pylist(),
             parts.read_parts(folder, tables.PREDICTIONS).to_pylist(),
-            parts.read_parts(folder, tables.ERRORS).to_pylist())
+            parts.read_parts(folder, tables.ERRORS).to_pylist(),
+            parts.read_parts(folder, tables.IMAGES).to_pylist())
 
 
 def assert_nothing_lost(manifest: list, predictions: list, errors: list) -> set[str]:
@@ -240,20 +241,21 @@ def test_every_row_of_a_dirty_folder_ends_in_predictions_or_errors(tmp_path: Pat
 
     expected = dirty_folder(tmp_path / "dirty", outside=tmp_path / "outside")
     save(photo(), tmp_path / "dirty" / "good1.png")  # same stem: ids keep their suffixes
-    manifest, predictions, errors = explain_everything(tmp_path / "dirty", tmp_path / "run",
-                                                       max_pixels=2000)
+    manifest, predictions, errors, images = explain_everything(
+        tmp_path / "dirty", tmp_path / "run", max_pixels=2000)
     assert len(manifest) == 15
     assert len(assert_nothing_lost(manifest, predictions, errors)) == 15 - len(expected)
-    by_path = {r["path"]: r for r in manifest}
     assert {e["path"]: e["error_type"] for e in errors} == expected
     stage_of = {e["path"]: e["stage"] for e in errors}
     assert stage_of["link-out.jpg"] == "manifest" and stage_of["broken/notes.jpg"] == "decode"
-    assert by_path["link-out.jpg"]["sha256"] is None  # never opened
-    assert by_path["sub/rotated.jpg"]["width"] == 20 and by_path["sub/rotated.jpg"]["height"] == 40
+    read = {r["path"]: r for r in images}
+    assert "link-out.jpg" not in read  # never opened
+    assert (read["sub/rotated.jpg"]["width"], read["sub/rotated.jpg"]["height"]) == (20, 40)
+    assert read["broken/notes.jpg"]["width"] is None and read["broken/notes.jpg"]["bytes"] > 0
     ids = {r["image_id"] for r in manifest}
     assert {"good1.jpg", "good1.png", "broken/truncated.jpg", "anim"} <= ids
     config = RunConfig(source=str(tmp_path / "dirty"), root=str(tmp_path / "run"))
-    assert stages.manifest_report(config)["refused"] == {"UnsafePath": 1}
+    assert stages.manifest_report(config)["refused"] == {}  # the link: refused by the worker
 
 
 @pytest.mark.parametrize("kind", ["csv", "coco", "cub"])
@@ -271,7 +273,7 @@ def test_every_reader_loses_nothing_between_the_stages(kind: str, tmp_path: Path
         (tmp_path / "cub" / "images" / "002.Laysan_Albatross" / "Laysan_Albatross_0001.jpg"
          ).write_bytes(b"")
         refused = {"4"}
-    manifest, predictions, errors = explain_everything(source, tmp_path / "run")
+    manifest, predictions, errors, _ = explain_everything(source, tmp_path / "run")
     explained = assert_nothing_lost(manifest, predictions, errors)
     assert {e["image_id"] for e in errors} == refused
     assert explained == {r["image_id"] for r in manifest} - refused

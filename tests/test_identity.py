@@ -14,6 +14,8 @@ import pytest
 
 from tests.identity_run import REFERENCE, cpu_capability, fingerprint, identity_run
 
+MOVED_TO_IMAGES = ("width", "height", "sha256")  # manifest columns the images table holds now
+
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -23,6 +25,11 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return json.loads(gzip.decompress(REFERENCE.read_bytes()))
+
+
+def null(value: object) -> object:
+    """A missing value as None, whether pandas read it as None or NaN."""
+    return None if value == "nan" else value
 
 
 def as_float(value: object) -> object:
@@ -63,6 +70,10 @@ def test_every_map_is_the_one_stored_before(fresh: dict, reference: dict) -> Non
 def test_every_table_row_is_the_one_written_before(fresh: dict, reference: dict,
                                                    table: str) -> None:
     old, new = reference["tables"][table], fresh["tables"][table]
+    if table == "manifest":  # the worker that reads a file records these now (issue 18); the
+        # manifest is streamed from Arrow, so pandas reads its empty text as NaN, not None
+        old = [{k: null(v) for k, v in row.items() if k not in MOVED_TO_IMAGES} for row in old]
+        new = [{k: null(v) for k, v in row.items()} for row in new]
     assert len(new) == len(old)
     if cpu_capability() == reference["cpu_capability"]:
         assert new == old

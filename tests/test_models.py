@@ -247,16 +247,26 @@ def test_bad_label_maps_are_refused(text: str, message: str, tmp_path: Path) -> 
         read_label_map(tmp_path / "map.csv", MODEL_CLASSES)
 
 
+def manifest_of(config) -> tuple:
+    """The run's manifest table, as prepare_run writes it, and the label report."""
+    from fidoflow.flows.stages import model_of, write_manifest
+    from fidoflow.storage import tables
+    from fidoflow.storage.runfolder import RunFolder
+
+    run = RunFolder(config.root)
+    _, labels = write_manifest(run, config, model_of(config))
+    return run.read_table(tables.MANIFEST.path), labels
+
+
 def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None:
     """ImageFolder labels index sorted folder names; model_label is the model's own index."""
-    from fidoflow.flows.stages import build_manifest, model_of
     from fidoflow.pipeline.archive.synthetic import write_archive
     from fidoflow.pipeline.config import RunConfig
 
     write_archive(tmp_path / "syn", 6, seed=0, size=32, classes=3)
     config = RunConfig(source=str(tmp_path / "syn"), root=str(tmp_path / "run"),
                        model="synthetic-cnn")
-    _, table, labels = build_manifest(config, model_of(config))
+    table, labels = manifest_of(config)
     rows = table.to_pylist()
     assert labels["mode"] == "name-match" and labels["mapped"] == 6
     for row in rows:
@@ -268,7 +278,6 @@ def test_synthetic_archive_maps_onto_the_synthetic_model(tmp_path: Path) -> None
 def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) -> None:
     from fixtures_archives import cub_tree
 
-    from fidoflow.flows.stages import build_manifest, model_of
     from fidoflow.pipeline.config import RunConfig
 
     cub_tree(tmp_path / "cub")
@@ -276,7 +285,7 @@ def test_label_map_through_the_manifest_reports_unknown_names(tmp_path: Path) ->
                                       "blue_barred\n")
     config = RunConfig(source=str(tmp_path / "cub"), root=str(tmp_path / "run"),
                        model="synthetic-cnn", label_map=str(tmp_path / "map.csv"))
-    _, table, labels = build_manifest(config, model_of(config))
+    table, labels = manifest_of(config)
     assert table.column("model_label").to_pylist() == [NAMES.index("blue_barred")] * 2 + [None] * 2
     assert labels["unknown_names"] == {"002.Laysan_Albatross": 2} and labels["mapped"] == 2
 

@@ -16,11 +16,11 @@ from fixtures_archives import CUB_CLASSES, coco_archive, csv_manifest, cub_tree,
 from fidoflow.pipeline.archive.readers import (
     COLUMNS,
     ArchiveError,
-    content_sha256,
+    archive_root,
     detect_format,
     read_archive,
 )
-from fidoflow.pipeline.archive.readers.common import check_path, describe_file
+from fidoflow.pipeline.archive.readers.common import check_path
 from fidoflow.storage import tables
 
 
@@ -91,25 +91,35 @@ def test_missing_source_and_bad_options(tmp_path: Path) -> None:
         read_archive(tmp_path, split="val")
     with pytest.raises(ArchiveError, match="no train/test split"):
         read_archive(tmp_path, split="train")
-    with pytest.raises(ArchiveError, match="neither a manifest"):
+    with pytest.raises(ArchiveError, match="of no format fidoflow reads"):
         detect_format(tmp_path / "a.png")
 
 
 # --- folders ----------------------------------------------------------------------------------
 
-def test_folder_rows_are_sorted_hashed_and_typed(tmp_path: Path) -> None:
+def test_folder_rows_are_sorted_typed_and_no_file_is_opened(tmp_path: Path, monkeypatch) -> None:
     save(photo(30, 20), tmp_path / "b.JPG")
     save(photo(22, 11), tmp_path / "a" / "z.png")
     (tmp_path / "skip.txt").write_text("x")
+    import builtins
+
+    real_open = builtins.open
+    opened: list[str] = []
+
+    def watched(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watched)
     frame = read_archive(tmp_path)
+    monkeypatch.undo()
+    assert not [f for f in opened if f.endswith((".JPG", ".png"))]  # the worker reads them
     assert list(frame.columns) == list(COLUMNS)
     assert {c: str(t) for c, t in frame.dtypes.items()} == COLUMNS
     assert frame["path"].tolist() == ["a/z.png", "b.JPG"]
     assert frame["image_id"].tolist() == ["a/z", "b"]
-    assert frame["width"].tolist() == [22, 30] and frame["height"].tolist() == [11, 20]
-    assert frame["sha256"][1] == hashlib.sha256((tmp_path / "b.JPG").read_bytes()).hexdigest()
     assert frame["label"].isna().all() and frame["manifest_error"].isna().all()
-    pd.testing.assert_frame_equal(frame, read_archive(tmp_path, workers=1))  # deterministic
+    pd.testing.assert_frame_equal(frame, read_archive(tmp_path))  # deterministic
 
 
 def test_imagefolder_labels_follow_sorted_class_names(tmp_path: Path) -> None:
@@ -146,12 +156,13 @@ def test_links_out_of_the_root_are_refused_but_listed(tmp_path: Path) -> None:
     os.symlink(root, root / "loop")  # a loop is cut, not followed forever
     rows = by_id(read_archive(root))
     assert set(rows) == {"in", "file-link", "dir-link", "inner-link"}  # dir-link: not walked
-    for rid in ("file-link", "dir-link"):
-        assert rows[rid]["manifest_error"] == "UnsafePath"
-        assert "outside the archive root" in rows[rid]["manifest_message"]
-        assert pd.isna(rows[rid]["sha256"])
+    assert rows["dir-link"]["manifest_error"] == "UnsafePath"  # the listing saw the link
+    assert "outside the archive root" in rows["dir-link"]["manifest_message"]
+    # a file link is a file to the listing: the worker that opens it refuses it
+    assert pd.isna(rows["file-link"]["manifest_error"])
+    assert check_path(os.path.realpath(root), "file-link.png")[0] == "UnsafePath"
     assert pd.isna(rows["inner-link"]["manifest_error"])
-    assert rows["inner-link"]["sha256"] == rows["in"]["sha256"]
+    assert check_path(os.path.realpath(root), "inner-link.png")[0] is None
 
 
 @pytest.mark.parametrize("relative, error", [
@@ -168,13 +179,23 @@ def test_check_path(relative, error, tmp_path: Path) -> None:
     assert (real is None) == (error is not None) and (message is None) == (error is None)
 
 
-def test_hashes_stream_in_blocks(tmp_path: Path) -> None:
-    data = os.urandom(3 * (1 << 20) + 17)
-    (tmp_path / "big.bin").write_bytes(data)
-    expected = hashlib.sha256(data).hexdigest()
-    assert content_sha256(tmp_path / "big.bin") == expected
-    assert describe_file(str(tmp_path / "big.bin")) == {"sha256": expected, "width": None,
-                                                        "height": None}
+def test_the_worker_records_what_it_read(tmp_path: Path) -> None:
+    from fidoflow.pipeline.analysis.explain import ShardResult, load_batch
+
+    save(photo(30, 20), tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not a picture")
+    rows = [{"image_id": "a", "path": "a.png"}, {"image_id": "b", "path": "b.png"},
+            {"image_id": "c", "path": "c.png"}]
+    result = ShardResult()
+    ok, images = load_batch(tmp_path, rows, (16, 16), result)
+    assert ok == [0] and images.shape == (1, 3, 16, 16)
+    a, b = result.images
+    assert (a["width"], a["height"], a["bytes"]) == (30, 20, (tmp_path / "a.png").stat().st_size)
+    assert a["sha256"] == hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()
+    assert a["mtime_ns"] == (tmp_path / "a.png").stat().st_mtime_ns
+    assert b["width"] is None and b["sha256"] == hashlib.sha256(b"not a picture").hexdigest()
+    assert {e["image_id"]: e["error_type"] for e in result.errors} == {
+        "b": "NotAnImage", "c": "MissingFile"}
 
 
 # --- CUB ------------------------------------------------------------------------------------
@@ -192,7 +213,7 @@ def test_cub_labels_splits_boxes_and_parts(tmp_path: Path) -> None:
                            {"name": "beak", "x": 20.0, "y": 10.0},
                            {"name": "left eye", "x": 30.0, "y": 15.0}]
     assert [p["name"] for p in frame.iloc[1].parts] == ["back", "beak"]  # invisible: left out
-    assert frame["width"].tolist() == [60] * 4 and frame["manifest_error"].isna().all()
+    assert frame["manifest_error"].isna().all()
 
 
 @pytest.mark.parametrize("split, ids", [("train", ["1", "3"]), ("test", ["2", "4"]),
@@ -210,7 +231,10 @@ def test_cub_without_optional_files_and_with_a_missing_image(tmp_path: Path) -> 
     frame = read_archive(root)
     assert frame["box_x0"].isna().all() and frame["split"].isna().all()
     assert frame["parts"].tolist() == [None] * 4
-    assert values(frame["manifest_error"]) == [None, "MissingFile", None, "MissingFile"]
+    # missing images are listed; the worker that would open them reports them
+    assert frame["manifest_error"].isna().all()
+    assert [check_path(os.path.realpath(root), p)[0] for p in frame["path"]] == [
+        None, "MissingFile", None, "MissingFile"]
 
 
 def test_malformed_cub_metadata_names_file_and_line(tmp_path: Path) -> None:
@@ -239,8 +263,7 @@ def test_coco_camera_traps(tmp_path: Path) -> None:
     assert pd.isna(b["box_x0"])
     c = rows["c"]
     assert pd.isna(c["label"]) and pd.isna(c["empty"]) and c["n_annotations"] == 0
-    assert rows["d"]["manifest_error"] == "MissingFile"
-    assert frame["width"].tolist()[:3] == [50, 50, 50]
+    assert pd.isna(rows["d"]["manifest_error"])  # missing: the worker reports it
     pd.testing.assert_frame_equal(frame, read_archive(tmp_path))  # the folder holding it
 
 
@@ -249,9 +272,10 @@ def test_coco_images_root_and_bad_json(tmp_path: Path) -> None:
     moved = tmp_path / "meta" / "traps.json"
     moved.parent.mkdir()
     path.rename(moved)
-    assert read_archive(moved)["manifest_error"].tolist() == ["MissingFile"] * 4
     frame = read_archive(moved, images_root=tmp_path / "imgs")
-    assert frame["manifest_error"].notna().tolist() == [False, False, False, True]
+    assert archive_root(moved) == moved.parent
+    root = archive_root(moved, tmp_path / "imgs")
+    assert [(root / p).exists() for p in frame["path"]] == [True, True, True, False]
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ArchiveError, match="cannot read"):
         read_archive(tmp_path / "bad.json")
@@ -267,15 +291,13 @@ def test_csv_manifest_refuses_unsafe_and_duplicate_rows(tmp_path: Path) -> None:
     frame = read_archive(path)
     assert frame["image_id"].tolist() == ["A", "B", "up", "abs", "A2", "A#2", "gone"]
     assert values(frame["manifest_error"]) == [
-        None, None, "UnsafePath", "UnsafePath", "DuplicatePath", "DuplicateImageId",
-        "MissingFile"]
+        None, None, "UnsafePath", "UnsafePath", "DuplicatePath", "DuplicateImageId", None]
     assert "renamed 'A#2'" in frame["manifest_message"][5]
     assert frame["label_name"].tolist() == ["cat", "dog", "cat", "cat", "cat", "dog", "dog"]
     assert frame["label"].tolist() == [0, 1, 0, 0, 0, 1, 1]  # sorted names when no label column
     assert values(frame["split"])[:3] == ["train", "test", None]
     assert (frame.box_x0[0], frame.box_y0[0], frame.box_x1[0], frame.box_y1[0]) == (1, 2, 11, 7)
     assert frame["box_x0"].isna().tolist() == [False] + [True] * 6
-    assert frame["sha256"].isna().tolist() == [False, False, True, True, False, False, True]
     assert read_archive(path, split="test")["image_id"].tolist() == ["B"]
 
 
@@ -304,8 +326,9 @@ def test_manifest_without_path_column_is_an_archive_error(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("fixture", ["cub", "coco", "csv", "folder"])
 def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> None:
-    from fidoflow.flows.stages import build_manifest, model_of
+    from fidoflow.flows.stages import model_of, write_manifest
     from fidoflow.pipeline.config import RunConfig
+    from fidoflow.storage.runfolder import RunFolder
 
     source = {"cub": lambda: cub_tree(tmp_path / "cub"),
               "coco": lambda: coco_archive(tmp_path / "coco"),
@@ -313,7 +336,9 @@ def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> 
               "folder": lambda: imagefolder(tmp_path / "folder")}[fixture]()
     config = RunConfig(source=str(source), root=str(tmp_path / "run"), model="synthetic-cnn",
                        shard_size=3)
-    _, table, labels = build_manifest(config, model_of(config))
+    run = RunFolder(str(tmp_path / "run"))
+    _, labels = write_manifest(run, config, model_of(config))
+    table = run.read_table(tables.MANIFEST.path)
     assert table.schema.equals(tables.MANIFEST.schema)
     assert table.column("shard").to_pylist() == [i // 3 for i in range(table.num_rows)]
     assert labels["mode"] == "none" and labels["mapped"] == 0

@@ -37,10 +37,12 @@ def image_seed(run_seed: int, image_id: str) -> int:
 @dataclass
 class ShardResult:
     """Per method: prediction records and (n_rows, h, w) maps with NaN rows for failed images;
-    graph rows of the methods that explain with a graph (``has_graphs``, e.g. SAG)."""
+    graph rows of the methods that explain with a graph (``has_graphs``, e.g. SAG); and what
+    each file read was (``images`` rows: size, modification time, hash, dimensions)."""
 
     predictions: list[dict[str, object]] = field(default_factory=list)
     errors: list[dict[str, object]] = field(default_factory=list)
+    images: list[dict[str, object]] = field(default_factory=list)
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     graphs: list[dict[str, object]] = field(default_factory=list)
 
@@ -52,8 +54,10 @@ def load_batch(
     """Decode ``rows``; failures become error records. Returns the indices that decoded.
 
     Rows the manifest refused (``manifest_error``) are reported with stage "manifest" and
-    never opened; every other failure, of any kind, is a "decode" error of that image alone.
-    JPEGs decode at a reduced DCT scale while both sides stay at least twice the model input.
+    never opened, as are paths that lead out of the archive root (links); every other
+    failure, of any kind, is a "decode" error of that image alone. Each file is read once:
+    its bytes are hashed and decoded, and its ``images`` row records them. JPEGs decode at a
+    reduced DCT scale while both sides stay at least twice the model input.
     """
     ok, tensors = [], []
     root_real = os.path.realpath(root)
@@ -69,12 +73,31 @@ def load_batch(
             result.errors.append(error_record(row, stage, str(unsafe), str(message)))
             continue
         try:
-            img = decode_image(Path(real), limits, min_size=(2 * size[0], 2 * size[1]))
+            data, record = read_file(row, real)
+        except OSError as exc:
+            result.errors.append(error_record(row, "decode", "MissingFile", str(exc)))
+            continue
+        result.images.append(record)
+        try:
+            img = decode_image(Path(real), limits, min_size=(2 * size[0], 2 * size[1]),
+                               data=data)
+            record["width"], record["height"] = img.info["original_size"]
             tensors.append(to_tensor(img, size, resize))
             ok.append(i)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a shard
             result.errors.append(error_record(row, "decode", type(exc).__name__, str(exc)))
     return ok, (torch.stack(tensors) if tensors else None)
+
+
+def read_file(row: dict, real: str) -> tuple[bytes, dict[str, object]]:
+    """The bytes of ``row``'s file and its ``images`` row (size, modification time, hash;
+    the dimensions are filled once it decodes)."""
+    with open(real, "rb") as fh:
+        stat = os.fstat(fh.fileno())
+        data = fh.read()
+    return data, {"image_id": row["image_id"], "path": row["path"], "bytes": len(data),
+                  "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(data).hexdigest(),
+                  "width": None, "height": None}
 
 
 def explain_rows(

@@ -78,34 +78,53 @@ def read_label_map(path: str | Path, class_names: Sequence[str]) -> dict[str, in
     return mapping
 
 
+class LabelMapper:
+    """Maps label names into the model's class space one row at a time, counting what happened.
+
+    The mode is decided from the archive's distinct ``names``: a label map when one is given,
+    else exact class-name match when at least one name coincides, else nothing maps."""
+
+    def __init__(self, names: Iterable[str], class_names: Sequence[str],
+                 label_map: dict[str, int | None] | None = None) -> None:
+        index = {name: i for i, name in enumerate(class_names)}
+        if label_map is not None:
+            self.mode, self.table = "label-map", label_map
+        elif any(n in index for n in names):
+            self.mode, self.table = "name-match", index
+        else:
+            self.mode, self.table = "none", {}
+        self.result = LabelMapping([], self.mode)
+
+    def map(self, name: object) -> int | None:
+        """The model-space label of one row's ``label_name`` (None: unmapped)."""
+        out = self.result
+        if name is None or name is _NA or (isinstance(name, float) and math.isnan(name)):
+            out.unlabelled += 1
+            return None
+        name = str(name)
+        if name in self.table:
+            value = self.table[name]
+            if value is None:
+                out.excluded += 1
+            else:
+                out.mapped += 1
+            return value
+        if self.mode != "none":
+            out.unknown[name] += 1
+        return None
+
+    def report(self) -> dict[str, object]:
+        return self.result.report()
+
+
 def map_labels(label_names: Iterable[object], class_names: Sequence[str],
                label_map: dict[str, int | None] | None = None) -> LabelMapping:
     """The model-space label of each row's ``label_name``; never raises on unknown names."""
     names = [None if n is None or n is _NA or (isinstance(n, float) and math.isnan(n)) else str(n)
              for n in label_names]
-    index = {name: i for i, name in enumerate(class_names)}
-    if label_map is None:
-        if any(n in index for n in names if n is not None):
-            mode, table = "name-match", index
-        else:
-            mode, table = "none", {}
-    else:
-        mode, table = "label-map", label_map
-    out = LabelMapping([], mode)
-    for name in names:
-        value = None
-        if name is None:
-            out.unlabelled += 1
-        elif name in table:
-            value = table[name]
-            if value is None:
-                out.excluded += 1
-            else:
-                out.mapped += 1
-        elif mode != "none":
-            out.unknown[name] += 1
-        out.model_label.append(value)
-    return out
+    mapper = LabelMapper({n for n in names if n is not None}, class_names, label_map)
+    mapper.result.model_label = [mapper.map(n) for n in names]
+    return mapper.result
 
 
 try:  # pandas' missing value, so frames can be passed as they are

@@ -1,18 +1,15 @@
-"""The run's manifest rows from an archive: the reader's rows, labels mapped into the model's
-classes, and each row's shard (the unit of resume)."""
+"""Deciding about a run's manifest: the shard size when the user gives none, what the
+manifest says for the closing lines, and which files changed since they were read."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
 import pandas as pd
 
-from fidoflow.pipeline.archive.labels import map_labels, read_label_map
-from fidoflow.pipeline.archive.readers import read_archive
-
 LARGEST_AUTO_SHARD = 16
-
-
-class EmptyArchive(ValueError):
-    """The source has no image rows at all."""
 
 
 def auto_shard_size(images: int, workers: int, largest: int = LARGEST_AUTO_SHARD) -> int:
@@ -22,25 +19,6 @@ def auto_shard_size(images: int, workers: int, largest: int = LARGEST_AUTO_SHARD
     workers = max(workers, 1)
     rounds = -(-images // (workers * largest))
     return max(1, -(-images // (workers * rounds)))
-
-
-def manifest_rows(source: str, format: str | None, split: str, images_root: str | None,
-                  class_names: list[str], label_map: str | None, shard_size: int | None,
-                  workers: int) -> tuple[pd.DataFrame, int, dict]:
-    """The manifest rows (``model_label`` and ``shard`` filled), the shard size (chosen when
-    None) and the label-mapping report. Raises on archive-level problems only."""
-    mapping_file = read_label_map(label_map, class_names) if label_map else None
-    frame = read_archive(source, format, split, images_root)
-    if frame.empty:
-        where = "" if split == "all" else f" in the {split} split"
-        raise EmptyArchive(f"{source} holds no images{where} (folders are searched "
-                           "recursively for image files); nothing to do")
-    if shard_size is None:
-        shard_size = auto_shard_size(len(frame), workers)
-    mapping = map_labels(frame["label_name"], class_names, mapping_file)
-    frame["model_label"] = pd.array(mapping.model_label, dtype="Int32")
-    frame["shard"] = pd.array([i // shard_size for i in range(len(frame))], dtype="Int32")
-    return frame, shard_size, mapping.report()
 
 
 def summarise_manifest(frame: pd.DataFrame, labels: dict) -> dict[str, object]:
@@ -56,3 +34,21 @@ def summarise_manifest(frame: pd.DataFrame, labels: dict) -> dict[str, object]:
             "unmapped_names": {str(k): int(v)
                                for k, v in unmapped.value_counts().head(10).items()},
             "label_mode": labels.get("mode")}
+
+
+def changed_files(root: Path, images: Iterable[dict], missing: Iterable[dict]) -> set[str]:
+    """Image ids whose file (below ``root``) differs in size or modification time from its
+    ``images`` record, is gone, or, for a ``missing`` error row, exists now."""
+    changed: set[str] = set()
+    for record in images:
+        try:
+            stat = os.stat(root / record["path"])
+        except OSError:
+            changed.add(record["image_id"])
+            continue
+        if stat.st_size != record["bytes"] or stat.st_mtime_ns != record["mtime_ns"]:
+            changed.add(record["image_id"])
+    for record in missing:
+        if record["path"] and (root / str(record["path"])).exists():
+            changed.add(record["image_id"])
+    return changed

@@ -11,6 +11,7 @@ type written to the errors table.
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -189,18 +190,20 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
 
 def decode_image(path: Path, limits: DecodeLimits | None = None,
                  min_size: tuple[int, int] | None = None,
-                 background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+                 background: tuple[int, int, int] = BACKGROUND,
+                 data: bytes | None = None) -> Image.Image:
     """Open ``path`` as an 8-bit RGB picture, oriented as displayed, at most ``max_pixels``.
 
     ``min_size`` (height, width), when given, lets JPEGs decode at 1/2, 1/4 or 1/8 scale as
     long as both sides stay at least that large (e.g. twice a model's input: much faster).
     ``img.info["original_size"]`` holds the (width, height) before shrinking, orientation applied,
-    so boxes given in original pixels can be scaled. Raises a ``DecodeError`` subclass.
+    so boxes given in original pixels can be scaled. ``data``: the file's bytes, already read
+    (the caller hashed them); ``path`` then only names it. Raises a ``DecodeError`` subclass.
     """
     limits = limits or DecodeLimits()
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise EmptyFile("the file has zero bytes")
     except OSError as exc:
         raise MissingFile(f"{type(exc).__name__}: {exc}") from exc
@@ -208,7 +211,7 @@ def decode_image(path: Path, limits: DecodeLimits | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bomb, palette and EXIF warnings: handled here
         try:
-            img = Image.open(path)
+            img = Image.open(path if data is None else io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise DecompressionBomb(str(exc)) from exc
         except Image.UnidentifiedImageError as exc:

@@ -14,9 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-
-from .common import ArchiveError, finish
+from .registry import ArchiveError, Entries, reader
 
 EMPTY_NAMES = {"empty", "blank"}
 PEEK_BYTES = 4 << 20
@@ -45,10 +43,17 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def read_coco(source: Path, images_root: Path | None = None, split: str = "all",
-              workers: int = 4) -> pd.DataFrame:
+def _is_coco(source: Path) -> bool:
+    if source.is_file():
+        return source.suffix.lower() == ".json"
+    return source.is_dir() and coco_json_in(source) is not None
+
+
+@reader("coco", detect=_is_coco, order=20, images_root=True, label="COCO")
+def coco_entries(source: Path, images_root: Path | None = None) -> Entries:
     """``source``: the JSON file, or a folder holding exactly one. Image paths (``file_name``)
-    are relative to ``images_root``, by default the JSON file's folder."""
+    are relative to ``images_root``, by default the JSON file's folder. The file is read whole
+    (a LILA file of a million images is a few hundred MB of JSON)."""
     source = Path(source)
     json_path = source
     if source.is_dir():
@@ -71,11 +76,12 @@ def read_coco(source: Path, images_root: Path | None = None, split: str = "all",
     for ann in data.get("annotations") or []:
         if isinstance(ann, dict) and "image_id" in ann:
             by_image.setdefault(ann["image_id"], []).append(ann)
-    entries = []
-    for i, image in enumerate(data["images"]):
+    images = data.pop("images")
+    for i, image in enumerate(images):
+        images[i] = None  # each entry is freed as its row is made
         if not isinstance(image, dict):
-            entries.append({"image_id": f"row-{i}", "path": None, "manifest_error": "BadEntry",
-                            "manifest_message": f"images[{i}] is not an object"})
+            yield {"image_id": f"row-{i}", "path": None, "manifest_error": "BadEntry",
+                   "manifest_message": f"images[{i}] is not an object"}
             continue
         entry = {
             "image_id": _text(image.get("id")),
@@ -86,9 +92,7 @@ def read_coco(source: Path, images_root: Path | None = None, split: str = "all",
             "split": _text(image.get("split")),
         }
         entry.update(_label(by_image.get(image.get("id"), []), categories))
-        entries.append(entry)
-    root = Path(images_root) if images_root is not None else json_path.parent
-    return finish(entries, root, split, "COCO", workers)
+        yield entry
 
 
 def _label(annotations: list[dict], categories: dict) -> dict[str, object]:

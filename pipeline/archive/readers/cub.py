@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
-from .common import ArchiveError, finish
+from .registry import ArchiveError, Entries, reader
 
 REQUIRED = ("images.txt", "classes.txt", "image_class_labels.txt")
 
@@ -48,7 +46,8 @@ def _float(path: Path, number: int, text: str) -> float:
         raise ArchiveError(f"{path.name} line {number}: {text!r} is not a number") from None
 
 
-def read_cub(root: Path, split: str = "all", workers: int = 4) -> pd.DataFrame:
+@reader("cub", detect=is_cub, order=10, folder=True, label="CUB")
+def cub_entries(root: Path, images_root: Path | None = None) -> Entries:
     """One row per line of images.txt, in its order; paths ``images/<class>/<file>``."""
     root = Path(root)
     missing = [name for name in REQUIRED if not (root / name).is_file()]
@@ -72,11 +71,10 @@ def read_cub(root: Path, split: str = "all", workers: int = 4) -> pd.DataFrame:
             x, y, w, h = (_float(path, n, v) for v in f[1:])
             boxes[_int(path, n, f[0])] = (x, y, x + w, y + h)
     parts = _read_parts(root)
-    entries = []
     for image_id, relative in images:
         class_id = labels.get(image_id)
         box = boxes.get(image_id, (None,) * 4)
-        entries.append({
+        yield {
             "image_id": str(image_id),
             "path": f"images/{relative}",
             "label": None if class_id is None else class_id - 1,
@@ -84,8 +82,7 @@ def read_cub(root: Path, split: str = "all", workers: int = 4) -> pd.DataFrame:
             "split": splits.get(image_id),
             "box_x0": box[0], "box_y0": box[1], "box_x1": box[2], "box_y1": box[3],
             "parts": parts.get(image_id, []) if parts is not None else None,
-        })
-    return finish(entries, root, split, "CUB", workers)
+        }
 
 
 def _read_parts(root: Path) -> dict[int, list[dict]] | None:

@@ -5,29 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from fidoflow.pipeline.imaging.decode import IMAGE_SUFFIXES
 
-from .common import ArchiveError, finish, list_images
+from .common import list_images
+from .registry import ArchiveError, Entries, reader
+
+OUTSIDE = {"manifest_error": "UnsafePath"}  # a link to a folder outside the root
 
 
-def _require_dir(root: Path) -> None:
-    if not root.is_dir():
-        raise FileNotFoundError(f"source folder not found: {root}")
-
-
-def read_folder(root: Path, split: str = "all", workers: int = 4) -> pd.DataFrame:
-    """Every image file below ``root`` (recursive, sorted by relative path), no labels."""
-    root = Path(root)
-    _require_dir(root)
+def _listing(root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(images, links to folders outside the root) below ``root``, sorted."""
     links: list[str] = []
     files = list_images(root, IMAGE_SUFFIXES, links)
-    entries = [{"path": rel} for rel in sorted(files + links)]
-    return finish(entries, root, split, "folder", workers)
+    return tuple(files), tuple(sorted(links))
 
 
-def looks_like_imagefolder(files: list[str]) -> bool:
+def _outside(rel: str) -> dict:
+    return {"path": rel, **OUTSIDE,
+            "manifest_message": f"{rel!r} is a link to a folder outside the archive root"}
+
+
+def looks_like_imagefolder(files: tuple[str, ...] | list[str]) -> bool:
     """Every image exactly one folder below the root, in at least two folders."""
     if not files:
         return False
@@ -35,22 +33,33 @@ def looks_like_imagefolder(files: list[str]) -> bool:
     return depths == {1} and len({f.split("/", 1)[0] for f in files}) >= 2
 
 
-def read_imagefolder(root: Path, split: str = "all", workers: int = 4) -> pd.DataFrame:
+def _is_imagefolder(source: Path) -> bool:
+    return source.is_dir() and looks_like_imagefolder(_listing(source)[0])
+
+
+@reader("folder", detect=Path.is_dir, order=50, folder=True)
+def folder_entries(root: Path, images_root: Path | None = None) -> Entries:
+    """Every image file below ``root`` (recursive, sorted by relative path), no labels."""
+    files, links = _listing(Path(root))
+    outside = set(links)
+    for rel in sorted((*files, *links)):
+        yield _outside(rel) if rel in outside else {"path": rel}
+
+
+@reader("imagefolder", detect=_is_imagefolder, order=40, folder=True)
+def imagefolder_entries(root: Path, images_root: Path | None = None) -> Entries:
     """``root/<class>/.../<image>``: the first folder below the root names the class.
 
     Classes are the first-level folders holding at least one image, indexed in sorted order
     (torchvision's ImageFolder convention). Images lying directly in the root get no label.
     """
-    root = Path(root)
-    _require_dir(root)
-    links: list[str] = []
-    files = list_images(root, IMAGE_SUFFIXES, links)
+    files, links = _listing(Path(root))
     classes = sorted({f.split("/", 1)[0] for f in files if "/" in f})
     if not classes:
         raise ArchiveError(f"{root} has no class sub-folders holding images")
     index = {name: i for i, name in enumerate(classes)}
-    entries = []
-    for rel in sorted(files + links):
+    outside = set(links)
+    for rel in sorted((*files, *links)):
         name = rel.split("/", 1)[0] if "/" in rel else None
-        entries.append({"path": rel, "label": index.get(name), "label_name": name})
-    return finish(entries, root, split, "imagefolder", workers)
+        entry = _outside(rel) if rel in outside else {"path": rel}
+        yield {**entry, "label": index.get(name), "label_name": name}
