@@ -113,6 +113,31 @@ class LabelMapper:
             out.unknown[name] += 1
         return None
 
+    def map_array(self, names: object) -> object:
+        """``map`` over an Arrow string array at once (the manifest's batches): an int32 array,
+        null where unmapped."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        out = self.result
+        out.unlabelled += names.null_count
+        for entry in pc.value_counts(names).to_pylist():
+            name, count = entry["values"], entry["counts"]
+            if name is None:
+                continue
+            if name in self.table:
+                if self.table[name] is None:
+                    out.excluded += count
+                else:
+                    out.mapped += count
+            elif self.mode != "none":
+                out.unknown[name] += count
+        if not self.table:
+            return pa.nulls(len(names), pa.int32())
+        keys = list(self.table)
+        values = pa.array([self.table[key] for key in keys], pa.int32())
+        return pc.take(values, pc.index_in(names, value_set=pa.array(keys, pa.string())))
+
     def report(self) -> dict[str, object]:
         return self.result.report()
 

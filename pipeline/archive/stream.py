@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import posixpath
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fidoflow.pipeline.archive.labels import LabelMapper, read_label_map
 from fidoflow.pipeline.archive.readers.common import (
@@ -75,22 +76,31 @@ class _Pass:
     labelled: bool = False
     with_split: bool = False
 
-    def add(self, rows: list[dict]) -> None:
-        paths = [r["path"] for r in rows]
-        self.has_path.append(np.array([p is not None for p in paths]))
-        self.refused.append(np.array([r["manifest_error"] is not None for r in rows]))
-        ids = [r.get("image_id") for r in rows]
-        self.has_id.append(np.array([i is not None for i in ids]))
+    def add(self, columns: dict[str, list]) -> None:
+        paths, ids = columns["path"], columns["image_id"]
+        has_id = np.array([i is not None for i in ids], dtype=bool)
+        self.has_path.append(np.array([p is not None for p in paths], dtype=bool))
+        self.refused.append(np.array([e is not None for e in columns["manifest_error"]],
+                                     dtype=bool))
+        self.has_id.append(has_id)
         self.path_key.append(_hashes([posixpath.normpath(p) if p else None for p in paths]))
-        self.raw_path.append(_hashes(paths))
         self.given_id.append(_hashes(ids))
-        self.stem.append(_hashes([image_id_from_path(p) if p else None for p in paths]))
+        # rows without an id take it from their path: kept for those rows only
+        derived = [p for p, i in zip(paths, ids, strict=True) if i is None]
+        self.raw_path.append(_hashes(derived))
+        self.stem.append(_hashes([image_id_from_path(p) if p else None for p in derived]))
 
     def done(self) -> dict[str, np.ndarray]:
-        return {name: np.concatenate(getattr(self, name)) if getattr(self, name)
-                else np.zeros(0, np.uint64)
-                for name in ("has_path", "refused", "has_id", "path_key", "raw_path",
-                             "given_id", "stem")}
+        out = {name: np.concatenate(getattr(self, name)) if getattr(self, name)
+               else np.zeros(0, np.uint64)
+               for name in ("has_path", "refused", "has_id", "path_key", "raw_path",
+                            "given_id", "stem")}
+        # raw_path and stem hold the rows without an id, in row order: spread them out
+        for name in ("raw_path", "stem"):
+            full = np.zeros(len(out["has_id"]), np.uint64)
+            full[~out["has_id"].astype(bool)] = out[name]
+            out[name] = full
+        return out
 
 
 def _first_rows(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -101,6 +111,50 @@ def _first_rows(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
         _, index, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
         first[rows] = rows[index][inverse]
     return first
+
+
+@dataclass
+class _Decisions:
+    """The row-by-row decisions of the second pass: derived ids, duplicate paths and ids. A hash
+    match counts only once the strings of the two rows agree."""
+
+    path_first: np.ndarray
+    id_first: np.ndarray
+    shared_stem: np.ndarray
+    taken: np.ndarray  # every id's hash, sorted: what a renamed id must avoid
+    path_heads: set[int]  # rows first to name a file a later row names again
+    id_heads: set[int]  # rows first to use an id a later row uses again
+    first_path_of: dict[int, tuple[str, str]] = field(default_factory=dict)  # (path, id)
+    first_id_of: dict[int, tuple[str, str]] = field(default_factory=dict)  # (id, path)
+
+    def row(self, i: int, record: dict, free: Callable[[str, np.ndarray], str]) -> None:
+        """Decide row ``i``'s id and duplicate state (``record`` is edited in place)."""
+        path = record["path"]
+        if record["image_id"] is None:
+            if path:
+                record["image_id"] = path if self.shared_stem[i] else image_id_from_path(path)
+            else:
+                record["image_id"] = f"row-{i}"
+        key = posixpath.normpath(path) if path else None
+        j = int(self.path_first[i])
+        if j >= 0 and j != i and record["manifest_error"] is None:
+            seen = self.first_path_of.get(j)
+            if seen is not None and seen[0] == key:
+                record["manifest_error"] = "DuplicatePath"
+                record["manifest_message"] = f"the same file as row {j} (image id {seen[1]!r})"
+        original = str(record["image_id"])
+        j = int(self.id_first[i])
+        if j != i and j in self.first_id_of and self.first_id_of[j][0] == original:
+            name = free(original, self.taken)
+            record["image_id"] = name
+            if record["manifest_error"] is None:
+                record["manifest_error"] = "DuplicateImageId"
+                record["manifest_message"] = (f"image id {original!r} is already used by row {j}"
+                                              f" ({self.first_id_of[j][1]!r}); renamed {name!r}")
+        if i in self.path_heads:
+            self.first_path_of[i] = (key, record["image_id"])
+        if i in self.id_heads:
+            self.first_id_of[i] = (original, path)
 
 
 @dataclass
@@ -116,6 +170,7 @@ class ManifestStream:
     mapper: LabelMapper
     rank: dict[str, int] | None
     _cleanup: tempfile.TemporaryDirectory | None = None
+    _renamed: set[int] = field(default_factory=set)
 
     def close(self) -> None:
         if self._cleanup is not None:
@@ -124,9 +179,10 @@ class ManifestStream:
 
     def batches(self, shard_size: int, rows_per_batch: int = BATCH_ROWS
                 ) -> Iterator[pa.RecordBatch]:
-        """The manifest rows (``ROWS`` schema) in batches of ``rows_per_batch``."""
-        k = self.keys
-        n = self.rows
+        """The manifest rows (``ROWS`` schema) in batches of ``rows_per_batch``: the columns
+        vectorised, the rare rows that need a decision (a derived id, a duplicate or the first
+        row of one) one by one, in row order."""
+        k, n = self.keys, self.rows
         derived = ~k["has_id"] & k["has_path"]
         shared_stem = np.zeros(n, bool)  # a stem two files share: both keep their suffix
         rows = np.nonzero(derived)[0]
@@ -138,85 +194,83 @@ class ManifestStream:
                        np.where(shared_stem, k["raw_path"], k["stem"]))
         nameless = np.nonzero(~k["has_id"] & ~k["has_path"])[0]
         ids[nameless] = _hashes([f"row-{i}" for i in nameless])
+        index = np.arange(n)
         path_first = _first_rows(k["path_key"], k["has_path"] & ~k["refused"])
         id_first = _first_rows(ids, np.ones(n, bool))
-        taken = np.unique(ids)
-        renamed: set[int] = set()
-        wanted_paths = set(path_first[(path_first >= 0) & (path_first != np.arange(n))].tolist())
-        wanted_ids = set(id_first[id_first != np.arange(n)].tolist())
-        first_path_of: dict[int, tuple[str, str]] = {}  # row -> (normalised path, image id)
-        first_id_of: dict[int, tuple[str, str]] = {}  # row -> (image id, path)
-        row = 0
-        pending: list[dict] = []
+        path_dup = (path_first >= 0) & (path_first != index)
+        id_dup = id_first != index
+        special = ~k["has_id"] | path_dup | id_dup
+        special[path_first[path_dup]] = True  # first rows of a duplicate: remembered
+        special[id_first[id_dup]] = True
+        decide = _Decisions(path_first, id_first, shared_stem, np.unique(ids),
+                            set(path_first[path_dup].tolist()), set(id_first[id_dup].tolist()))
+        del derived, ids, index, path_dup, id_dup
+        start = 0
         with pa.ipc.open_file(self.spill) as spilled:
             for b in range(spilled.num_record_batches):
-                for record in spilled.get_batch(b).to_pylist():
-                    i = row
-                    row += 1
-                    path = record["path"]
-                    if record["image_id"] is None:
-                        if path:
-                            stem = image_id_from_path(path)
-                            record["image_id"] = path if shared_stem[i] else stem
-                        else:
-                            record["image_id"] = f"row-{i}"
-                    key = posixpath.normpath(path) if path else None
-                    j = path_first[i]
-                    if j >= 0 and j != i and record["manifest_error"] is None:
-                        seen = first_path_of.get(int(j))
-                        if seen is not None and seen[0] == key:
-                            record["manifest_error"] = "DuplicatePath"
-                            record["manifest_message"] = (f"the same file as row {j} (image id "
-                                                          f"{seen[1]!r})")
-                    original = str(record["image_id"])
-                    j = id_first[i]
-                    if j != i and int(j) in first_id_of and first_id_of[int(j)][0] == original:
-                        name = self._free(original, taken, renamed)
-                        record["image_id"] = name
-                        if record["manifest_error"] is None:
-                            record["manifest_error"] = "DuplicateImageId"
-                            record["manifest_message"] = (
-                                f"image id {original!r} is already used by row {j} "
-                                f"({first_id_of[int(j)][1]!r}); renamed {name!r}")
-                    if i in wanted_paths:
-                        first_path_of[i] = (key, record["image_id"])
-                    if i in wanted_ids:
-                        first_id_of[i] = (original, path)
-                    name = record["label_name"]
-                    if record["label"] is None and self.rank is not None and name is not None:
-                        record["label"] = self.rank.get(name)
-                    record["model_label"] = self.mapper.map(name)
-                    record["shard"] = i // shard_size
-                    pending.append(record)
-                    if len(pending) == rows_per_batch:
-                        yield pa.RecordBatch.from_pylist(pending, ROWS)
-                        pending = []
-        if pending:
-            yield pa.RecordBatch.from_pylist(pending, ROWS)
+                batch = spilled.get_batch(b)
+                stop = start + batch.num_rows
+                table = self._finish(batch, start, special[start:stop], decide, shard_size)
+                for piece in table.to_batches(max_chunksize=rows_per_batch):
+                    yield piece
+                start = stop
 
-    @staticmethod
-    def _free(original: str, taken: np.ndarray, renamed: set[int]) -> str:
-        """``original#k`` for the smallest k ≥ 2 that no row uses."""
+    def _finish(self, batch: pa.RecordBatch, start: int, special: np.ndarray,
+                decide: _Decisions, shard_size: int) -> pa.Table:
+        """One spill batch as manifest rows."""
+        columns = {name: batch.column(name) for name in SPILL.names}
+        rows = np.nonzero(special)[0]
+        if len(rows):
+            edited = {name: columns[name].to_numpy(zero_copy_only=False).copy()
+                      for name in ("image_id", "manifest_error", "manifest_message")}
+            for r, record in zip(rows.tolist(), batch.take(pa.array(rows)).to_pylist(),
+                                 strict=True):
+                decide.row(start + r, record, self._free)
+                for name, values in edited.items():
+                    values[r] = record[name]
+            for name, values in edited.items():
+                columns[name] = pa.array(values, pa.string())
+        names = columns["label_name"]
+        if self.rank is not None:
+            ranked = pc.index_in(names, value_set=pa.array(self.names, pa.string()))
+            columns["label"] = pc.coalesce(columns["label"], ranked.cast(pa.int32()))
+        columns["model_label"] = self.mapper.map_array(names)
+        columns["shard"] = pa.array((np.arange(start, start + batch.num_rows) // shard_size)
+                                    .astype(np.int32))
+        return pa.Table.from_pydict(columns, ROWS)
+
+    def _free(self, original: str, taken: np.ndarray) -> str:
+        """``original#k`` for the smallest k ≥ 2 that no row uses (nor an earlier renaming)."""
         k = 2
         while True:
             name = f"{original}#{k}"
             h = int(_hashes([name])[0])
             at = np.searchsorted(taken, h)
-            if h not in renamed and not (at < len(taken) and taken[at] == h):
-                renamed.add(h)
+            if h not in self._renamed and not (at < len(taken) and taken[at] == h):
+                self._renamed.add(h)
                 return name
             k += 1
 
 
-def _entry_row(entry: dict) -> dict:
-    """The reader's entry as a spill row: its known columns, the path as text."""
-    row = {name: entry.get(name) for name in COLUMNS}
-    path = row["path"]
+def _add_entry(columns: dict[str, list], entry: dict, keys: _Pass) -> None:
+    """Append the reader's entry to the spill's columns: its known columns, the path as text,
+    the lexical path check, the label name as text."""
+    path = entry.get("path")
     if path is not None and not isinstance(path, str):
-        row["path"] = None if isinstance(path, float) and math.isnan(path) else str(path)
-    if row["manifest_error"] is None:
-        row["manifest_error"], row["manifest_message"] = lexical_check(row["path"])
-    return row
+        path = None if isinstance(path, float) and math.isnan(path) else str(path)
+    error, message = entry.get("manifest_error"), entry.get("manifest_message")
+    if error is None:
+        error, message = lexical_check(path)
+    name = entry.get("label_name")
+    if name is not None:
+        name = str(name)
+        keys.names.add(name)
+    if entry.get("label") is not None:
+        keys.labelled = True
+    for column, values in columns.items():
+        values.append(entry.get(column))
+    columns["path"][-1], columns["label_name"][-1] = path, name
+    columns["manifest_error"][-1], columns["manifest_message"][-1] = error, message
 
 
 def open_manifest(source: str | Path, format: str | None, split: str,
@@ -234,30 +288,29 @@ def open_manifest(source: str | Path, format: str | None, split: str,
     folder = tempfile.TemporaryDirectory(prefix="fidoflow-manifest-")
     spill = Path(folder.name) / "rows.arrow"
     keys = _Pass()
-    rows = 0
     try:
         with pa.OSFile(str(spill), "wb") as sink, pa.ipc.new_file(sink, SPILL) as writer:
-            batch: list[dict] = []
+            columns: dict[str, list] = {name: [] for name in COLUMNS}
+            count = 0
+
+            def flush() -> None:
+                keys.add(columns)
+                writer.write_batch(pa.RecordBatch.from_pydict(columns, SPILL))
+                for values in columns.values():
+                    values.clear()
+
             for entry in chosen.entries(source, root_override):
                 if entry.get("split"):
                     keys.with_split = True
                 if split != "all" and entry.get("split") != split:
                     continue
-                row = _entry_row(entry)
-                if row["label_name"] is not None:
-                    row["label_name"] = str(row["label_name"])
-                    keys.names.add(row["label_name"])
-                keys.labelled |= row["label"] is not None
-                batch.append(row)
-                if len(batch) == BATCH_ROWS:
-                    keys.add(batch)
-                    writer.write_batch(pa.RecordBatch.from_pylist(batch, SPILL))
-                    rows += len(batch)
-                    batch = []
-            if batch:
-                keys.add(batch)
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, SPILL))
-                rows += len(batch)
+                _add_entry(columns, entry, keys)
+                count += 1
+                if count % BATCH_ROWS == 0:
+                    flush()
+            if count % BATCH_ROWS:
+                flush()
+            rows = count
         if split != "all" and not keys.with_split:
             raise ArchiveError(f"this {chosen.label} archive carries no train/test split; "
                                "use --split all")

@@ -36,9 +36,17 @@ SPLITS = ("all", "train", "test")
 
 
 def image_id_from_path(relative: str) -> str:
-    """``a/b.jpg`` -> ``a/b``: the relative path without its suffix."""
-    p = PurePosixPath(relative)
-    return str(p.with_suffix("")) if p.suffix else relative
+    """``a/b.jpg`` -> ``a/b``: the relative path without its suffix (as ``PurePosixPath``
+    would say, on plain string operations for the common, already normal path)."""
+    if "//" in relative or relative.startswith("./") or "/./" in relative \
+            or relative.endswith(("/", "/.")):
+        p = PurePosixPath(relative)
+        return str(p.with_suffix("")) if p.suffix else relative
+    head, _, name = relative.rpartition("/")
+    dot = name.rfind(".")
+    if dot <= 0 or dot == len(name) - 1:
+        return relative
+    return f"{head}/{name[:dot]}" if head else name[:dot]
 
 
 def lexical_check(relative: object) -> tuple[str | None, str | None]:
