@@ -211,8 +211,7 @@ class ManifestStream:
                 batch = spilled.get_batch(b)
                 stop = start + batch.num_rows
                 table = self._finish(batch, start, special[start:stop], decide, shard_size)
-                for piece in table.to_batches(max_chunksize=rows_per_batch):
-                    yield piece
+                yield from table.to_batches(max_chunksize=rows_per_batch)
                 start = stop
 
     def _finish(self, batch: pa.RecordBatch, start: int, special: np.ndarray,
