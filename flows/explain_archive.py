@@ -8,13 +8,19 @@ import math
 import time
 from dataclasses import replace
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
-from rich.progress import Progress
+from rich.progress import Progress as RichProgress
 
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
+from fidoflow.pipeline.plan import needing, tasks
 from fidoflow.pipeline.settings import RunSettings
 from fidoflow.storage import tables
 from fidoflow.storage.lease import Lease
@@ -25,6 +31,8 @@ from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
 from .reaper import guard_children
 
 SUMMARY_ARTIFACT = "fidoflow-summary"
+PROGRESS_ARTIFACT = "fidoflow-progress"
+WINDOW = 2  # tasks in flight per worker
 REPORT_ARTIFACT = "fidoflow-report"
 DEFAULT_SETTINGS = RunSettings()
 WORKER_CHECK_SECONDS = 180.0  # a remote cluster may still be starting its workers
@@ -49,31 +57,29 @@ def workers_ready(probe: PrefectFuture) -> None:
         raise RuntimeError(f"the Dask workers cannot run fidoflow's tasks ({cause})") from exc
 
 
-@task(name="explain-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def explain_shard_task(config_json: dict, shard: int, busy_workers: int) -> dict[str, float]:
-    """One shard; its worker's torch threads are the cores shared among the busy workers
-    (a lone shard gets every core)."""
+@task(name="explain-shards", cache_policy=NO_CACHE, persist_result=False, retries=1,
+      task_run_name="shards {first}-{last}")
+def run_task(config_json: dict, analysis_json: dict, first: int, last: int,
+             todo: dict[str, list[int]], busy_workers: int) -> dict[str, object]:
+    """One task of whole shards (stages.run_task); its worker's torch threads are the cores
+    shared among the busy workers (a lone task gets every core). One log line says what it
+    did."""
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(busy_workers)
-    return stages.explain_shard(config, shard)
+    out = stages.run_task(config, AnalysisConfig.from_json(analysis_json),
+                          list(range(first, last + 1)), todo)
+    seconds = ", ".join(f"{stage} {value:.1f} s" for stage, value in out["seconds"].items()
+                        if value)
+    get_run_logger().info("shards %d-%d: %d images explained, %d errors, %d analysis errors "
+                          "(%s)", first, last, out["images"], out["errors"],
+                          out["analysis_errors"], seconds or "nothing to do")
+    return out
 
 
-@task(name="reclassify-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def reclassify_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, float]:
-    config = RunConfig.from_json(config_json)
-    stages.set_worker_threads(config.workers)
-    began = time.perf_counter()
-    outcome = stages.reclassify_shard(config, shard, AnalysisConfig.from_json(analysis_json))
-    return {**outcome, "seconds": time.perf_counter() - began}
-
-
-@task(name="evaluate-shard", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def evaluate_shard_task(config_json: dict, analysis_json: dict, shard: int) -> dict[str, float]:
-    config = RunConfig.from_json(config_json)
-    stages.set_worker_threads(config.workers)
-    began = time.perf_counter()
-    outcome = stages.evaluate_shard(config, shard, AnalysisConfig.from_json(analysis_json))
-    return {**outcome, "seconds": time.perf_counter() - began}
+@task(name="compact-run", cache_policy=NO_CACHE, persist_result=False)
+def compact_task(config_json: dict, n_shards: int) -> int:
+    """The finished run's parts merged into few large files."""
+    return stages.compact_run(RunConfig.from_json(config_json), n_shards)
 
 
 @task(name="aggregate-run", cache_policy=NO_CACHE, persist_result=False)
@@ -107,71 +113,91 @@ def publish_artifacts(outcome: dict[str, object]) -> None:
                              description="where the run's report.html lies")
 
 
+class Progress:
+    """The run's progress as a Prefect progress artifact (and a terminal bar): images done,
+    errors, images per second, updated as each task ends."""
+
+    def __init__(self, tasks: int, images: int, bar: RichProgress) -> None:
+        self.tasks, self.images, self.bar = tasks, images, bar
+        self.done = self.images_done = self.errors = 0
+        self.began = time.perf_counter()
+        self.line = bar.add_task("explaining", total=tasks)
+        self.artifact = create_progress_artifact(0.0, key=PROGRESS_ARTIFACT,
+                                                 description=self.describe())
+
+    def describe(self) -> str:
+        rate = self.images_done / max(time.perf_counter() - self.began, 1e-9)
+        return (f"{self.done} of {self.tasks} tasks, {self.images_done} of {self.images} images "
+                f"explained, {self.errors} errors, {rate:.1f} images/s")
+
+    def advance(self, outcome: dict) -> None:
+        self.done += 1
+        self.images_done += outcome["images"]
+        self.errors += outcome["errors"] + outcome["analysis_errors"]
+        self.bar.update(self.line, advance=1,
+                        description=f"shards {outcome['first']}-{outcome['last']} done")
+        update_progress_artifact(self.artifact, 100.0 * self.done / max(self.tasks, 1),
+                                 self.describe())
+
+
 @flow(name="explain-run")
 def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[str, object]:
-    """Explain every pending shard of the run described by ``config_json`` (a RunConfig), then
-    re-classify and evaluate each shard as soon as it is explained (shards explained in this
-    run are redone downstream, others only where their part is missing), then aggregate.
+    """Explain, re-classify and evaluate every shard of the run described by ``config_json``
+    (a RunConfig) that still needs it, in tasks of whole shards (pipeline/plan.py), at most
+    ``WINDOW`` × workers of them in flight, so that the flow's memory and the Prefect database
+    grow with the window, not the archive; then compact the run's parts and aggregate.
     ``analysis_json`` (an AnalysisConfig; default: its defaults) sets the analysis stages."""
     config = RunConfig.from_json(config_json)
-    analysis_json = (AnalysisConfig.from_json(analysis_json) if analysis_json
-                     else DEFAULT_ANALYSIS).to_json()
+    analysis = AnalysisConfig.from_json(analysis_json) if analysis_json else DEFAULT_ANALYSIS
+    analysis_json = analysis.to_json()
     probe = check_worker_task.submit()  # workers start while the run folder is prepared
-    config, n_shards = stages.prepare_run(config)
+    config, n_shards = stages.prepare_run(config, analysis if config.analyse else None)
     config_json = config.to_json()
     if config.analyse:
         stages.record_analysis(config, analysis_json)
     # shards not explained yet, and those whose files changed since they were
-    todo = sorted(set(stages.pending(config, "explain", n_shards)) | stages.changed_shards(config))
-    later = set(todo)
-    downstream = {
-        stage: [s for s in stages.pending(config, stage, n_shards) if s not in later]
-        for stage in ("reclassify", "evaluate")} if config.analyse else {}
-    tasks = ({"reclassify": reclassify_shard_task, "evaluate": evaluate_shard_task}
-             if config.analyse else {})
-    totals = {stage: len(shards) + len(todo) for stage, shards in downstream.items()}
-    futures = []
+    explain = set(stages.pending(config, "explain", n_shards)) | stages.changed_shards(config)
+    todo = {"explain": explain}
+    if config.analyse:
+        todo |= {stage: set(stages.pending(config, stage, n_shards)) | explain
+                 for stage in ("reclassify", "evaluate")}
+    wanted = set().union(*todo.values())
+    groups = needing(tasks(n_shards, config.task_size // config.shard_size), wanted)
     workers_ready(probe)
-
-    def submit_downstream(shard: int, stage: str) -> None:
-        futures.append((stage, tasks[stage].submit(config_json, analysis_json, shard)))
-
-    for stage, shards in downstream.items():
-        for shard in shards:
-            submit_downstream(shard, stage)
-    busy = min(config.workers, max(len(todo), 1))
-    explain_futures = [explain_shard_task.submit(config_json, shard, busy) for shard in todo]
-    images = errors = analysis_errors = 0
-    shard_seconds, analysis_seconds, first_start = 0.0, 0.0, float("inf")
-    with Progress(transient=False) as progress:
-        bar = progress.add_task("explaining", total=len(todo))
-        bars = {stage: progress.add_task(stage, total=total) for stage, total in totals.items()}
-        for future in as_completed(explain_futures):
-            outcome = future.result()
-            images += outcome["images"]
-            shard_seconds += outcome["seconds"]
-            first_start = min(first_start, outcome["started"])
-            errors += outcome["errors"]
-            progress.update(bar, advance=1, description=f"shard {outcome['shard']} explained")
-            for stage in tasks:
-                submit_downstream(outcome["shard"], stage)
-        by_future = {id(f): stage for stage, f in futures}
-        for future in as_completed([f for _, f in futures]):
-            outcome = future.result()
-            analysis_errors += outcome["errors"]
-            analysis_seconds += outcome["seconds"]
-            stage = by_future[id(future)]
-            progress.update(bars[stage], advance=1,
-                            description=f"{stage}: shard {outcome['shard']} done")
+    busy = min(config.workers, max(len(groups), 1))
+    outcomes: list[dict] = []
+    rows = stages.manifest_rows(config)
+    images = sum(min(config.shard_size, rows - s * config.shard_size) for s in explain)
+    with RichProgress(transient=False) as bar:
+        progress = Progress(len(groups), images, bar)
+        waiting, running = list(groups), []
+        while waiting or running:
+            while waiting and len(running) < WINDOW * config.workers:
+                group = waiting.pop(0)
+                running.append(run_task.submit(
+                    config_json, analysis_json, group.start, group.stop - 1,
+                    {stage: [s for s in group if s in shards] for stage, shards in todo.items()},
+                    busy))
+            finished = next(as_completed(running))
+            running.remove(finished)
+            outcomes.append(finished.result())
+            progress.advance(outcomes[-1])
+        parts_left = compact_task.submit(config_json, n_shards).result()
         summary = (aggregate_task.submit(config_json, analysis_json).result() if config.analyse
                    else {"summary": None, "report": None})
     if config.analyse:
         publish_artifacts(summary)
-    return {"shards": n_shards, "shards_run": len(todo), "images_run": images, "errors": errors,
-            "shard_seconds": shard_seconds, "analysis_seconds": analysis_seconds,
-            "first_shard_started": first_start,
-            "analysis_errors": analysis_errors, "reclassified": totals.get("reclassify", 0),
-            "evaluated": totals.get("evaluate", 0),
+    seconds = {stage: sum(o["seconds"][stage] for o in outcomes)
+               for stage in ("explain", "reclassify", "evaluate")}
+    return {"shards": n_shards, "shards_run": len(explain), "tasks": len(groups),
+            "images_run": sum(o["images"] for o in outcomes),
+            "errors": sum(o["errors"] for o in outcomes),
+            "shard_seconds": seconds["explain"],
+            "analysis_seconds": seconds["reclassify"] + seconds["evaluate"],
+            "first_shard_started": min((o["started"] for o in outcomes), default=float("inf")),
+            "analysis_errors": sum(o["analysis_errors"] for o in outcomes),
+            "reclassified": len(todo.get("reclassify", ())),
+            "evaluated": len(todo.get("evaluate", ())), "parts": parts_left,
             "summary": summary["summary"], "report": summary["report"]}
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from fidoflow.pipeline.analysis.aggregate import build_summary, timings_of
 from fidoflow.pipeline.analysis.evaluate import evaluate_pictures
@@ -31,20 +32,29 @@ from fidoflow.pipeline.analysis.report_items import (
     picture_frame,
     report_meta,
 )
-from fidoflow.pipeline.archive.prepare import auto_shard_size, changed_files, summarise_manifest
+from fidoflow.pipeline.archive.prepare import changed_files, summarise_manifest
 from fidoflow.pipeline.archive.stream import EmptyArchive, open_manifest
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.pipeline.imaging.views import Picture, prepare_picture
-from fidoflow.pipeline.methods.registry import kind
 from fidoflow.pipeline.metrics import METRICS
 from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.loading import LoadedModel, load_model
+from fidoflow.pipeline.plan import (
+    GPU_SPEEDUP,
+    LARGEST_SHARD,
+    Cost,
+    analysis_passes,
+    auto_shard_size,
+    forward_seconds,
+    task_size,
+)
 from fidoflow.pipeline.provenance import code_version
 from fidoflow.storage import masks, parts, runrecord, tables
 from fidoflow.storage.runfolder import SCHEMA_VERSION, RunFolder
 from fidoflow.storage.shards import ExplainedShard, Todo, read_explained, shard_rows
 
-ROW_GROUP_ROWS = 8192  # manifest rows per row group, rounded to whole shards
+ROW_GROUP_ROWS = 8192  # manifest rows per row group, rounded to whole tasks
+COMPACT_ROWS = 100_000  # manifest rows behind one part of a compacted run
 
 
 @functools.cache
@@ -79,10 +89,36 @@ def metrics_table() -> tables.Table:
 
 # ---- prepare --------------------------------------------------------------------------------
 
-def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel) -> tuple[RunConfig, dict]:
+def plan_run(config: RunConfig, model: LoadedModel, images: int,
+             analysis: AnalysisConfig | None) -> RunConfig:
+    """The config with its shard and task sizes resolved (those given are kept, a task size
+    rounded up to whole shards): pipeline/plan.py's rules, from the methods' cost and one
+    forward pass timed here."""
+    gpu = config.device.startswith("cuda") or (config.device == "auto" and visible_gpu())
+    shard = config.shard_size or auto_shard_size(images, config.workers,
+                                                 LARGEST_SHARD["cuda" if gpu else "cpu"])
+    if config.task_size is not None:
+        return replace(config, shard_size=shard, task_size=-(-config.task_size // shard) * shard)
+    methods = list(config.methods.values())
+    cost = Cost(sum(spec.passes for spec in methods),
+                analysis_passes(len(methods), analysis.evaluate.steps)
+                if config.analyse and analysis is not None else 0.0)
+    seconds = forward_seconds(model.on(resolve_device("cpu")), model.input_size)
+    per_image = cost.passes * seconds / (GPU_SPEEDUP if gpu else 1.0)
+    return replace(config, shard_size=shard,
+                   task_size=task_size(images, config.workers, shard, per_image))
+
+
+def visible_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
+                   analysis: AnalysisConfig | None = None) -> tuple[RunConfig, dict]:
     """Stream the archive's rows into manifest.parquet (row groups of whole shards); returns
-    the config with its shard size resolved and the label report. Nothing is written when the
-    archive itself is refused."""
+    the config with its shard and task sizes resolved and the label report. Nothing is
+    written when the archive itself is refused."""
     stream = open_manifest(config.source, config.format, config.split, config.images_root,
                            model.class_names, config.label_map)
     try:
@@ -90,20 +126,22 @@ def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel) -> tup
             where = "" if config.split == "all" else f" in the {config.split} split"
             raise EmptyArchive(f"{config.source} holds no images{where} (folders are searched "
                                "recursively for image files); nothing to do")
-        shard_size = config.shard_size or auto_shard_size(stream.rows, config.workers)
-        group = max(1, ROW_GROUP_ROWS // shard_size) * shard_size
+        config = plan_run(config, model, stream.rows, analysis)
+        group = max(1, ROW_GROUP_ROWS // config.task_size) * config.task_size
         run.makedirs()
-        run.write_batches(stream.batches(shard_size, group), tables.MANIFEST.schema,
+        run.write_batches(stream.batches(config.shard_size, group), tables.MANIFEST.schema,
                           tables.MANIFEST.path, row_group_size=group)
-        return replace(config, shard_size=shard_size), stream.mapper.report()
+        return config, stream.mapper.report()
     finally:
         stream.close()
 
 
-def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
+def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None
+                ) -> tuple[RunConfig, int]:
     """Create or reopen the run folder: manifest.parquet, run.json, masks.zarr. Returns the
-    config with its shard size resolved (chosen now, or the one the folder was made with) and
-    the number of shards.
+    config with its shard and task sizes resolved (chosen now, or those the folder was made
+    with) and the number of shards; ``analysis`` (when the run analyses) counts in the tasks'
+    cost.
 
     The manifest is streamed before run.json is written: a source or option the readers refuse
     leaves no run behind (a rerun without run.json starts afresh).
@@ -112,24 +150,32 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, int]:
     model = model_of(config)
     record = runrecord.recorded(run)
     if record is not None:
+        recorded = record["config"]
         if config.shard_size is None:  # automatic: whatever the first run chose
-            config = replace(config, shard_size=record["config"].get("shard_size"))
+            config = replace(config, shard_size=recorded.get("shard_size"))
+        if config.task_size is None:
+            config = replace(config, task_size=recorded.get("task_size"))
         runrecord.check_same(run, record, config.results_identity())
         if not run.exists(tables.MANIFEST.path):
-            config, _ = write_manifest(run, config, model)
+            config, _ = write_manifest(run, config, model, analysis)
     else:
-        config, labels = write_manifest(run, config, model)
+        config, labels = write_manifest(run, config, model, analysis)
         run.write_json({
             "schema_version": SCHEMA_VERSION, "config": config.results_identity(),
             "model": model.describe(), "labels": labels, "code_version": code_version(),
             "seed": config.seed, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }, runrecord.RECORD)
     rows = run.row_count(tables.MANIFEST.path)
+
+    def image_ids() -> Iterable[list[str]]:
+        with run.fs.open(run.local(tables.MANIFEST.path), "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(65536, columns=["image_id"]):
+                yield batch.column(0).to_pylist()
+
     masks.create_store(
-        run.masks_url, rows, config.shard_size, config.mask_size,
+        run.masks_url, rows, config.shard_size, config.task_size, config.mask_size,
         {name: {**spec.to_json(), "maps": spec.map_names} for name, spec in config.methods.items()},
-        run.read_table(tables.MANIFEST.path, columns=["image_id"]).column(0).to_pylist(),
-    )
+        image_ids)
     return config, -(-rows // config.shard_size)
 
 
@@ -152,6 +198,11 @@ def changed_shards(config: RunConfig) -> set[int]:
 def record_analysis(config: RunConfig, analysis: dict) -> None:
     """The analysis settings into run.json (refused when a first run recorded others)."""
     runrecord.record_analysis(RunFolder(config.root), analysis)
+
+
+def manifest_rows(config: RunConfig) -> int:
+    """The run's images (manifest rows)."""
+    return RunFolder(config.root).row_count(tables.MANIFEST.path)
 
 
 def pending(config: RunConfig, stage: str, n_shards: int) -> list[int]:
@@ -180,9 +231,10 @@ def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
                           config.decode_limits, config.compile, config.mask_size, config.target)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
-    if any(kind(spec.kind).method.has_graphs for spec in config.methods.values()):
+    if result.graphs:
         parts.write_part(run, tables.SAG, shard, result.graphs)
-    parts.write_part(run, tables.IMAGES, shard, result.images)
+    if result.images:
+        parts.write_part(run, tables.IMAGES, shard, result.images)
     parts.finish_shard(run, "explain", shard, result.predictions, result.errors)
     return {"shard": shard, "images": len(rows), "errors": len(result.errors),
             "seconds": time.perf_counter() - began, "started": started}
@@ -308,3 +360,52 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
     return render_report(summary, mean_curves(metrics) if len(metrics) else {}, gallery, flips,
                          title=f"fidoflow report: {Path(run.root).name}",
                          meta=report_meta(config, analysis, run.root, info), flips_note=note)
+
+
+# ---- tasks ----------------------------------------------------------------------------------
+
+def sharded_tables() -> list[tuple[tables.Table, str]]:
+    """Every sharded table with each of its writers' name prefixes."""
+    out = [(t, parts.DEFAULT_PREFIX) for t in (tables.IMAGES, tables.PREDICTIONS, tables.SAG,
+                                               tables.RECLASSIFY, metrics_table())]
+    return out + [(tables.ERRORS, prefix) for prefix in tables.ERROR_PREFIX.values()]
+
+
+def run_task(config: RunConfig, analysis: AnalysisConfig, shards: list[int],
+             todo: dict[str, list[int]]) -> dict[str, object]:
+    """One task: the stages each of its ``shards`` still needs (``todo``: stage -> shards),
+    shard by shard (each shard's parts written as it finishes: a task that dies loses only its
+    unfinished shard), then the task's parts merged into one per table."""
+    began, started = time.perf_counter(), time.time()
+    wanted = {stage: set(shards_) for stage, shards_ in todo.items()}
+    out: dict[str, object] = {"first": shards[0], "last": shards[-1], "images": 0,
+                              "errors": 0, "analysis_errors": 0, "started": started,
+                              "seconds": {stage: 0.0 for stage in ("explain", "reclassify",
+                                                                   "evaluate")}}
+    for shard in shards:
+        if shard in wanted.get("explain", ()):
+            done = explain_shard(config, shard)
+            out["images"] += done["images"]
+            out["errors"] += done["errors"]
+            out["seconds"]["explain"] += done["seconds"]
+        for stage, work in (("reclassify", reclassify_shard), ("evaluate", evaluate_shard)):
+            if shard in wanted.get(stage, ()):
+                tick = time.perf_counter()
+                done = work(config, shard, analysis)
+                out["analysis_errors"] += done["errors"]
+                out["seconds"][stage] += time.perf_counter() - tick
+    run = RunFolder(config.root)
+    for table, prefix in sharded_tables():
+        parts.merge(run, table, shards[0], shards[-1], prefix)
+    out["wall"] = time.perf_counter() - began
+    return out
+
+
+def compact_run(config: RunConfig, n_shards: int, rows_per_file: int = COMPACT_ROWS) -> int:
+    """The finished run's parts merged into few large ones (ranges of whole tasks holding about
+    ``rows_per_file`` manifest rows each); returns the parts left."""
+    run = RunFolder(config.root)
+    per_task = config.task_size // config.shard_size
+    tasks_per_file = max(1, rows_per_file // config.task_size)
+    return sum(parts.compact(run, table, tasks_per_file * per_task, n_shards, prefix)
+               for table, prefix in sharded_tables())

@@ -30,6 +30,7 @@ class RunConfig:
     target: str = "predicted"  # or "label": explain the manifest's label where there is one
     model: str = "efficientnet-lite0"
     shard_size: int | None = None  # None: chosen from the image count and the workers
+    task_size: int | None = None  # images per task (whole shards); None: sized by the work
     batch_size: int | None = None  # None: pipeline.models.device.default_batch_size
     seed: int = 0
     workers: int = 2

@@ -90,8 +90,12 @@ class RunSettings(Settings):
         None, ge=0, description="stop an image early once its mask cells moved less than this "
                                 "on average over 5 steps; 0 or unset never stops early"
                                 f"{FIDO_ONLY}")
-    shard_size: int | None = Field(None, ge=1, description="images per task (default: every "
-                                   "worker gets an equal shard in every round, at most 16)")
+    shard_size: int | None = Field(None, ge=1, description="images per shard, the unit of "
+                                   "resume (default: every worker gets an equal shard in every "
+                                   "round, at most 16 on a CPU, 256 on a GPU)")
+    task_size: int | None = Field(None, ge=1, description="images per task, rounded up to whole "
+                                  "shards (default: about 30 s of work, from the methods' cost "
+                                  "and the device; at most 2000 tasks a run)")
     batch_size: int | None = Field(None, ge=1, description="images per optimisation step "
                                                            "(default: 8 on a GPU, 1 on a CPU)")
     workers: int = Field(default_factory=default_workers, ge=1,
@@ -152,6 +156,7 @@ class RunSettings(Settings):
             source=archive if "://" in archive else absolute(archive), root=out,
             methods=methods, mask_size=self.mask_size or RunConfig.mask_size,
             target=self.target, model=model, shard_size=self.shard_size,
+            task_size=self.task_size,
             batch_size=self.batch_size, seed=self.seed, workers=self.workers,
             device=self.device, compile=self.compile, analyse=not self.explain_only,
             format=self.format, split=self.split, images_root=absolute(self.images_root),

@@ -1,39 +1,65 @@
 """The Zarr v3 mask store: per method instance a group of float16 (N, h, w) arrays (the maps
-its kind returns: ``joint`` always, plus its own), chunked by shard.
+its kind returns: ``joint`` always, plus its own), labelled the way xarray reads them.
 
-Each shard owns exactly one chunk along N, so concurrent writers never share a chunk (unaligned
-concurrent writes were measured to lose rows); the writer refuses any region that breaks this.
+Layout: each array's chunks are one shard's rows (the unit of resume) and, when a task holds
+several shards, the sharding codec stores a task's chunks in one object (a million images in a
+thousand objects per map, not sixty thousand). A task owns its object, so concurrent writers
+never share one (unaligned concurrent writes were measured to lose rows); the writer refuses
+any region that is not a run of whole shards inside one task's object. Arrays carry
+``dimension_names`` (image, y, x) and each group its ``image_id`` coordinate, so
+``xarray.open_zarr(RUN/masks.zarr, group=METHOD)`` is a labelled dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import zarr
 
 from .runfolder import SCHEMA_VERSION
 
+DIMS = ("image", "y", "x")
+
 
 class MisalignedRegion(ValueError):
-    """A write that would share a Zarr chunk with another shard."""
+    """A write that would share a Zarr chunk or storage object with another writer."""
+
+
+def _ids(group: zarr.Group, n_images: int, chunk: int,
+         image_ids: Iterable[Sequence[str]]) -> None:
+    """The ``image_id`` coordinate of ``group``, written piece by piece."""
+    ids = group.create_array("image_id", shape=(n_images,), dtype=str,
+                             chunks=(max(min(n_images, chunk), 1),), dimension_names=DIMS[:1])
+    start = 0
+    for piece in image_ids:
+        values = np.asarray(list(piece), dtype=object)
+        ids[start:start + len(values)] = values
+        start += len(values)
+    if start != n_images:
+        raise ValueError(f"{n_images} mask rows but {start} image ids")
 
 
 def create_store(
-    url: str, n_images: int, shard_size: int, mask_size: int,
-    methods: Mapping[str, dict], image_ids: Sequence[str],
+    url: str, n_images: int, shard_size: int, task_size: int, mask_size: int,
+    methods: Mapping[str, dict], image_ids: Callable[[], Iterable[Sequence[str]]],
 ) -> zarr.Group:
     """Create (or reopen, if it matches) the store for ``methods``: instance name -> its
-    record (``kind``, ``config``, ``maps``: the names of the arrays it writes)."""
+    record (``kind``, ``config``, ``maps``: the names of the arrays it writes).
+    ``image_ids()`` yields the ids in row order, in pieces, each time it is called."""
     root = zarr.open_group(url, mode="a")
-    root.attrs.update({"schema_version": SCHEMA_VERSION, "rows": "manifest.parquet row order"})
+    root.attrs.update({"schema_version": SCHEMA_VERSION, "rows": "manifest.parquet row order",
+                       "shard_size": shard_size, "task_size": task_size})
+    ids_chunk = max(task_size, 65536)
     if "image_id" not in root:
-        ids = root.create_array("image_id", shape=(n_images,), dtype=str, chunks=(max(n_images, 1),))
-        ids[:] = np.asarray(image_ids, dtype=object)
+        _ids(root, n_images, ids_chunk, image_ids())
+    sharded = task_size > shard_size
     for method, params in methods.items():
         group = root.require_group(method)
         group.attrs.update({"method": method, "kind": params["kind"], "params": params["config"],
                             "maps": list(params["maps"])})
+        if "image_id" not in group:
+            _ids(group, n_images, ids_chunk, image_ids())
         for name in params["maps"]:
             if name in group:
                 existing = group[name]
@@ -43,23 +69,28 @@ def create_store(
                 continue
             group.create_array(
                 name, shape=(n_images, mask_size, mask_size), dtype="float16",
-                chunks=(shard_size, mask_size, mask_size), fill_value=np.nan,
+                chunks=(shard_size, mask_size, mask_size),
+                shards=(task_size, mask_size, mask_size) if sharded else None,
+                fill_value=np.nan, dimension_names=DIMS, attributes={"coordinates": "image_id"},
             )
     return root
 
 
 def write_region(url: str, method: str, start: int, maps: Mapping[str, np.ndarray]) -> None:
-    """Write rows [start, start + n) of each map of ``method``, refusing chunk-unaligned regions."""
+    """Write rows [start, start + n) of each map of ``method``: whole chunks (shards) of one
+    storage object (task), or the last rows of the array."""
     group = zarr.open_group(url, mode="r+")[method]
     for name, values in maps.items():
         array = group[name]
         stop = start + len(values)
         chunk = array.chunks[0]
-        if start % chunk or (stop % chunk and stop != array.shape[0]) or stop > array.shape[0]:
+        outer = (array.shards or array.chunks)[0]
+        end = array.shape[0]
+        if (start % chunk or (stop % chunk and stop != end) or stop > end
+                or (stop > start and start // outer != (stop - 1) // outer)):
             raise MisalignedRegion(
-                f"rows [{start}, {stop}) of {method}/{name} do not align with chunks of {chunk} "
-                f"rows (array of {array.shape[0]}): two writers could share a chunk"
-            )
+                f"rows [{start}, {stop}) of {method}/{name} are not whole chunks of {chunk} rows "
+                f"inside one object of {outer} (array of {end}): two writers could share one")
         array[start:stop] = values.astype(np.float16)
 
 

@@ -3,9 +3,10 @@ per column, its key, and which stage writes it. The stages write and resume by t
 declarations, the aggregate reads by them, and docs/tables.md's column tables are generated
 from them (``python -m fidoflow.flows.docs``; tests/test_docs.py checks the page is current).
 
-A table is either one file (``manifest.parquet``, ``summary.parquet``) or one part per shard
-in a folder (``predictions/part-00042.parquet``); a stage's part is written last, so its
-presence marks the shard done for that stage. ``errors/`` holds the parts of several stages,
+A table is either one file (``manifest.parquet``, ``summary.parquet``) or parts in a folder
+(``predictions/part-00042.parquet``, merged into ``part-00000-00063.parquet``: storage/parts.py),
+whose rows carry their ``shard``; a stage's part is written last, so its presence marks the
+shard done for that stage. ``errors/`` holds the parts of several stages,
 told apart by a name prefix. The ``metrics`` table's value columns are the registered metrics'
 (fidoflow/pipeline/metrics/): storage declares the rest and ``with_columns`` adds them.
 """
@@ -71,7 +72,8 @@ MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
     _c("label", I32, "the archive's class index"),
     _c("label_name", S, "the archive's class name"),
     _c("split", S, "`train`, `test`, ... as the archive names it"),
-    _c("shard", I32, "the shard (task) the row belongs to: row index // shard size"),
+    _c("shard", I32, "the shard the row belongs to (the unit of resume; a task holds whole "
+                     "shards): row index // shard size"),
     _c("box_x0", F32, "object box, left edge, pixels of the original image"),
     _c("box_y0", F32, "object box, top edge"),
     _c("box_x1", F32, "object box, right edge (x0 + width)"),
@@ -99,6 +101,7 @@ IMAGES = Table("images", "images", "explain", ("image_id",), (
     _c("width", I32, "width as displayed (EXIF orientation applied); null when it did not "
                      "decode"),
     _c("height", I32, "height as displayed; null when it did not decode"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
 ), "One row per file the explain stage read (refused and missing files have none): what a "
    "rerun compares with the file to redo the shards whose files changed.")
 
@@ -122,6 +125,7 @@ PREDICTIONS = Table("predictions", "predictions", "explain", ("image_id", "metho
        "stopped it early); empty for the gradient methods"),
     _c("seconds", F32, "the method's compute time per image (the shard's time for the method "
                        "/ its images)"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
 ), "One row per (image, method) the explain stage explained.")
 
 SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
@@ -135,6 +139,7 @@ SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
     _c("parent", I32, "the root's `node` for a child; null for a root"),
     _c("root", B, "true for a root"),
     _c("grid", I32, "patches per side (7 by default)"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
 ), "Graph nodes of the methods that explain with a graph (`sag`), written by the explain "
    "stage beside `predictions`.")
 
@@ -144,6 +149,7 @@ ERRORS = Table("errors", "errors", ("explain", "reclassify", "evaluate"), ("imag
     _c("stage", S, "`manifest`, `decode` (explain), `reclassify` or `evaluate`"),
     _c("error_type", S, "exception class (`CorruptImage`, `MissingFile`, ...)"),
     _c("message", S, "what went wrong"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
 ), "One row per image a stage could not use.")
 
 RECLASSIFY = Table("reclassify", "reclassify", "reclassify", ("image_id", "method", "variant"), (
@@ -168,6 +174,7 @@ RECLASSIFY = Table("reclassify", "reclassify", "reclassify", ("image_id", "metho
     _c("crop_x1", I32, "crop box, right edge (exclusive)"),
     _c("crop_y1", I32, "crop box, bottom edge (exclusive)"),
     _c("seconds", F32, "the shard's re-classification time spread over its rows"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
 ), "One baseline row per explained image (`none`/`global`) and one row per (method, variant).")
 
 METRICS = Table("metrics", "metrics", "evaluate", ("image_id", "method"), (
@@ -175,6 +182,7 @@ METRICS = Table("metrics", "metrics", "evaluate", ("image_id", "method"), (
     _c("method", S, "the method instance (`scd`, `gradcam`, ...)"),
     _c("target", I32, "the class the mask explains (`predictions.target`)"),
     _c("seconds", F32, "evaluation time per image"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
 ), "One row per (image, method); between `target` and `seconds`, one column per value of "
    "each registered metric.")
 

@@ -62,12 +62,14 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, P
     config = RunConfig(source=str(archive), root=str(run), model="synthetic-cnn",
                        methods=parse_methods("scd:iterations=4:samples=2:mask_size=12"),
                        mask_size=12,
-                       shard_size=4, batch_size=4, workers=1)
+                       shard_size=4, task_size=4, batch_size=4, workers=1)
     folder = RunFolder(str(run))
     folder.makedirs()
     folder.write_table(manifest, "manifest.parquet")
-    masks.create_store(folder.masks_url, 10, 4, 12, {"scd": {**config.methods["scd"].to_json(), "maps": config.methods["scd"].map_names}},
-                       list(truth.image_id))
+    masks.create_store(folder.masks_url, 10, 4, 4, 12,
+                       {"scd": {**config.methods["scd"].to_json(),
+                                "maps": config.methods["scd"].map_names}},
+                       lambda: [list(truth.image_id)])
     patch = pytest.MonkeyPatch()
     model = synthetic_model()
     patch.setattr(stages, "worker_model", lambda *args, **kwargs: model)
@@ -196,9 +198,9 @@ def test_rerun_skips_done_shards_and_redoes_a_missing_one(labelled_run) -> None:
         patch.undo()
     after = pq.read_table(part)
     assert after.drop_columns(["seconds"]).equals(before.drop_columns(["seconds"]))
-    # the analysis stages' error parts do not count as explain's
-    assert parts.done_shards(RunFolder(str(run)), tables.ERRORS) == {0, 1, 2}
-    assert parts.done_shards(RunFolder(str(run)), tables.ERRORS, "reclassify-part") == {0, 1, 2}
+    # no image failed: no stage wrote an (empty) error part
+    assert parts.read_errors(RunFolder(str(run))).num_rows == 0
+    assert not list(run.glob("errors/*.parquet"))
 
 
 @pytest.mark.slow
@@ -233,7 +235,7 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
 
     for stage in ("reclassify", "metrics"):
         names = sorted(p.name for p in (run / stage).glob("*.parquet"))
-        assert names == ["part-00000.parquet", "part-00001.parquet"]
+        assert names == ["part-00000-00001.parquet"]  # two tasks, compacted at the end
     reclassified = pd.read_parquet(run / "reclassify")
     assert len(reclassified) == 3 * (1 + 2 * 3) and reclassified.correct.isna().all()
     metrics = pd.read_parquet(run / "metrics")

@@ -87,11 +87,11 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
 ])
 def test_automatic_shards_give_every_worker_work(images: int, workers: int, size: int,
                                                  shards: int) -> None:
-    from fidoflow.pipeline.archive.prepare import LARGEST_AUTO_SHARD, auto_shard_size
+    from fidoflow.pipeline.plan import LARGEST_SHARD, auto_shard_size
 
     got = auto_shard_size(images, workers)
     assert (got, -(-images // got)) == (size, shards)
-    assert got <= LARGEST_AUTO_SHARD
+    assert got <= LARGEST_SHARD["cpu"]
 
 
 def test_gpu_decisions_taken_on_the_cpu() -> None:

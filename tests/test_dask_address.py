@@ -11,6 +11,8 @@ import pytest
 
 from fidoflow.flows.cli import main
 from fidoflow.flows.server import free_port
+from fidoflow.storage import parts, tables
+from fidoflow.storage.runfolder import RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +57,7 @@ def test_a_run_on_an_existing_scheduler_uses_its_workers(photo_folder: Path, tmp
     assert main(["run", str(photo_folder), "--out", str(run), *FAST,
                  "--dask-address", scheduler]) == 0
     assert "2 of 2 shards run, 3 images, 0 errors" in capsys.readouterr().out
-    assert len(list((run / "predictions").glob("part-*.parquet"))) == 2
+    assert parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS) == {0, 1}
 
 
 def test_a_wrong_address_fails_in_seconds_before_writing(photo_folder: Path, tmp_path: Path,

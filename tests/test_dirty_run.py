@@ -29,7 +29,7 @@ def test_dirty_folder_runs_to_the_end_and_loses_nothing(photo_folder: Path, tmp_
     out = capsys.readouterr().out
     assert code == 0
     assert "5 of 5 shards run, 17 images, 7 errors" in out
-    assert "warning: 1 manifest rows refused before decoding (UnsafePath: 1)" in out
+    # the link out of the root is a file to the listing: the worker that opens it refuses it
 
     manifest = pq.read_table(run / "manifest.parquet")
     assert manifest.schema.equals(tables.MANIFEST.schema)

@@ -26,5 +26,5 @@ def test_every_metric_column_is_a_column_of_the_metrics_table() -> None:
 
     table = declared_tables()["metrics"]
     names = [c.name for c in table.columns]
-    assert names[:3] == ["image_id", "method", "target"] and names[-1] == "seconds"
-    assert names[3:-1] == [c.name for c in columns()]
+    assert names[:3] == ["image_id", "method", "target"] and names[-2:] == ["seconds", "shard"]
+    assert names[3:-2] == [c.name for c in columns()]

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import xarray as xr
 import zarr
 
 from fidoflow.flows.cli import main
-from fidoflow.storage import tables
-from fidoflow.storage.runfolder import SCHEMA_VERSION
+from fidoflow.storage import parts, tables
+from fidoflow.storage.runfolder import SCHEMA_VERSION, RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +26,10 @@ FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size
 
 def parts_of(run: Path, stage: str) -> list[Path]:
     return sorted((run / stage).glob("part-*.parquet"))
+
+
+def rows_of(run: Path, table: tables.Table) -> list[dict]:
+    return parts.read_parts(RunFolder(str(run)), table).to_pylist()
 
 
 def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, tmp_path: Path,
@@ -41,19 +47,20 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
     assert manifest.schema.equals(tables.MANIFEST.schema)
     assert manifest.column("path").to_pylist() == ["chelsea.png", "coffee.jpg", "sub/rocket.png"]
     assert manifest.column("shard").to_pylist() == [0, 0, 1]
-    assert manifest.column("width").to_pylist() == [96, 96, 96]
+    assert [r["width"] for r in rows_of(run, tables.IMAGES)] == [96, 96, 96]
 
-    predictions = [pq.read_table(p) for p in parts_of(run, "predictions")]
-    assert len(predictions) == 2 and all(t.schema.equals(tables.PREDICTIONS.schema) for t in predictions)
-    rows = [r for t in predictions for r in t.to_pylist()]
+    # two tasks of one shard each, merged into one part when the run ended
+    (compacted,) = parts_of(run, "predictions")
+    assert compacted.name == "part-00000-00001.parquet"
+    assert pq.read_table(compacted).schema.equals(tables.PREDICTIONS.schema)
+    rows = rows_of(run, tables.PREDICTIONS)
     assert sorted((r["image_id"], r["method"]) for r in rows) == sorted(
         (i, m) for i in ("chelsea", "coffee", "sub/rocket") for m in ("scd", "cd"))
     assert all(len(r["top5"]) == 5 and 0 <= dict(r["scalars"])["p_ssr"] <= 1 for r in rows)
     assert {r["target_source"] for r in rows} == {"predicted"}
     assert {(r["method"], r["kind"]) for r in rows} == {("scd", "scd"), ("cd", "cd")}
     assert not (run / "reclassify").exists() and not (run / "report.html").exists()  # explain-only
-    errors = [pq.read_table(p) for p in parts_of(run, "errors")]
-    assert all(t.schema.equals(tables.ERRORS.schema) and t.num_rows == 0 for t in errors)
+    assert parts_of(run, "errors") == []  # no image failed: no empty part
 
     store = zarr.open_group(str(run / "masks.zarr"), mode="r")
     assert list(store["image_id"][:]) == ["chelsea", "coffee", "sub/rocket"]
@@ -61,19 +68,33 @@ def test_run_writes_every_file_with_its_schema_and_resumes(photo_folder: Path, t
         for name in ("joint", "ssr", "sdr"):
             array = store[method][name]
             assert array.shape == (3, 8, 8) and array.dtype == np.float16 and array.chunks == (2, 8, 8)
+            assert array.metadata.dimension_names == ("image", "y", "x")
             values = array[:]
             assert not np.isnan(values).any() and values.min() >= 0 and values.max() <= 1
     first_masks = store["scd"]["joint"][:]
+    labelled = xr.open_zarr(run / "masks.zarr", group="scd", consolidated=False)
+    assert labelled.joint.dims == ("image", "y", "x")
+    assert list(labelled.image_id.values) == ["chelsea", "coffee", "sub/rocket"]
+    picked = labelled.joint.set_xindex("image_id").sel(image_id="coffee").values
+    np.testing.assert_array_equal(picked, first_masks[1])
 
     # A rerun skips completed shards; a shard whose part is missing is redone identically.
     assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 0
     assert "0 of 2 shards run" in capsys.readouterr().out
-    parts_of(run, "predictions")[1].unlink()
+    lose_shard(run, "predictions", 1)
     assert main(["run", str(photo_folder), "--out", str(run), *FAST, "--workers", "1"]) == 0
     assert "1 of 2 shards run, 1 images" in capsys.readouterr().out
     # One worker gets two torch threads instead of one: float sums may round differently.
     np.testing.assert_allclose(zarr.open_group(str(run / "masks.zarr"))["scd"]["joint"][:],
                                first_masks, atol=2e-3)
+
+
+def lose_shard(run: Path, folder: str, shard: int) -> None:
+    """As if the run had died before ``shard`` was done: the compacted part holds the others."""
+    (compacted,) = parts_of(run, folder)
+    kept = pq.read_table(compacted).filter(pc.field("shard") != shard)
+    compacted.unlink()
+    pq.write_table(kept, run / folder / parts.part_name(0))
 
 
 def test_rerun_with_other_settings_is_refused(photo_folder: Path, tmp_path: Path, capsys) -> None:

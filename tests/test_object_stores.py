@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size", "2",
         "--model", "synthetic-cnn"]
 EVERY_FILE = ("run.json", "manifest.parquet", "masks.zarr/zarr.json", "summary.parquet",
-              "report.html", "predictions/part-00001.parquet", "metrics/part-00001.parquet",
-              "reclassify/part-00001.parquet")
+              "report.html", "predictions/part-00000-00001.parquet",
+              "metrics/part-00000-00001.parquet", "reclassify/part-00000-00001.parquet")
 
 
 def assert_complete(fs: fsspec.AbstractFileSystem, root: str, masks_url: str) -> None:

@@ -13,6 +13,8 @@ import psutil
 import pytest
 
 from fidoflow.flows.server import free_port
+from fidoflow.storage import parts, tables
+from fidoflow.storage.runfolder import RunFolder
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +75,6 @@ def test_the_readme_recipe_deploys_and_runs_to_completion(photo_folder: Path,
     assert "fidoflow-summary" in done.stdout  # prefect artifact ls
     for name in ("run.json", "manifest.parquet", "masks.zarr", "summary.parquet", "report.html"):
         assert (run / name).exists(), name
-    assert len(list((run / "predictions").glob("part-*.parquet"))) == 2
+    assert parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS) == {0, 1}
     assert not (run / ".lock").exists()
     assert not any(psutil.pid_exists(pid) for pid in pids)

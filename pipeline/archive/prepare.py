@@ -9,17 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 
-LARGEST_AUTO_SHARD = 16
-
-
-def auto_shard_size(images: int, workers: int, largest: int = LARGEST_AUTO_SHARD) -> int:
-    """Images per shard when the user does not say: the fewest rounds of at most ``largest``
-    images per worker, split evenly, so every worker has a shard in every round (8 images on
-    2 workers: 2 shards of 4; 48: 4 of 12; 256: 16 of 16)."""
-    workers = max(workers, 1)
-    rounds = -(-images // (workers * largest))
-    return max(1, -(-images // (workers * rounds)))
-
 
 def summarise_manifest(frame: pd.DataFrame, labels: dict) -> dict[str, object]:
     """What the manifest says about refused rows and labels, for the CLI's closing lines:

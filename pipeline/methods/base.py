@@ -85,6 +85,13 @@ class Method:
             p.requires_grad_(flag)
         self._saved = None
 
+    @classmethod
+    def passes(cls, config: Any) -> float:
+        """About how many classifier forward passes explaining one image costs (a backward
+        counts two): what a run's tasks are sized by. Gradient methods: one forward and its
+        backward."""
+        return 3.0
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Top-1 class of each image: the default target."""

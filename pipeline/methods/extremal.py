@@ -66,6 +66,10 @@ def smooth_mask(param: torch.Tensor, sigma: float) -> torch.Tensor:
 @register("extremal", ExtremalConfig, "Extremal perturbation (Fong et al. 2019): smooth blur-"
           "preserving masks of fixed area, optimised by SGD, averaged over areas")
 class Extremal(Method):
+    @classmethod
+    def passes(cls, config: ExtremalConfig) -> float:
+        return config.iterations * len(parse_areas(config.areas)) * 3 + 1
+
     map_names = ("joint",)
     scalar_names = ("p_preserve",)
 

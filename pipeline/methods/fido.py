@@ -250,6 +250,11 @@ class Fido(Method):
     target's probability under the deterministic SSR and SDR blends (whether the optimisation
     succeeded) and the steps each image took."""
 
+    @classmethod
+    def passes(cls, config: FidoConfig) -> float:
+        """Each step: 2·B blends forward and backward; the clean image and the outcome."""
+        return config.iterations * 2 * config.samples * 3 + 3
+
     map_names = ("joint", "ssr", "sdr")
     scalar_names = ("p_ssr", "p_sdr", "iterations")
     min_batch = 1
@@ -372,4 +377,5 @@ def mask_verdict(scalars: dict[str, float], target_prob: float) -> str:
     when it keeps more, "–" for methods without an SSR."""
     if "p_ssr" not in scalars:
         return "–"
+
     return "failed" if scalars["p_ssr"] < 0.5 * target_prob else "ok"

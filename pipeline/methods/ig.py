@@ -26,6 +26,10 @@ class IgConfig:
 @register("ig", IgConfig, "Integrated Gradients (captum) from a blurred baseline; positive "
           "evidence summed over channels")
 class IntegratedGradients(Method):
+    @classmethod
+    def passes(cls, config: IgConfig) -> float:
+        return config.steps * 3.0
+
     def explain(self, images: torch.Tensor, targets: torch.Tensor,
                 seeds: list[int]) -> Attribution:
         from captum.attr import IntegratedGradients as CaptumIG

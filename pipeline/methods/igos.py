@@ -89,6 +89,11 @@ def descend(data: RowLoss, penalty: RowLoss, masks: Masks, cfg: IgosConfig,
 @register("igos", IgosConfig, "I-GOS (Qi et al. 2020): one blur-deletion mask, integrated-"
           "gradient descent with Armijo line search; saliency = 1 − mask")
 class Igos(Method):
+    @classmethod
+    def passes(cls, config: IgosConfig) -> float:
+        """Each step: the integrated gradient, the penalty's and about two line-search tries."""
+        return config.iterations * (config.integration_steps * 3 + 3)
+
     scalar_names = ("p_deleted",)
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor,

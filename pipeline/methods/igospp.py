@@ -49,6 +49,11 @@ def bilateral_tv(mask: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch
 @register("igospp", IgosppConfig, "iGOS++ (Khorram et al. 2021): deletion and insertion masks, "
           "bilateral TV, I-GOS's integrated-gradient descent; saliency = 1 − their product")
 class Igospp(Method):
+    @classmethod
+    def passes(cls, config: IgosppConfig) -> float:
+        """I-GOS's step over four blends (deletion and insertion of each mask and of both)."""
+        return config.iterations * 4 * (config.integration_steps * 3 + 3)
+
     scalar_names = ("p_deleted", "p_inserted")
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor,

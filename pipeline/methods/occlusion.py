@@ -27,6 +27,11 @@ class OcclusionConfig:
 @register("occlusion", OcclusionConfig, "occlusion (captum): drop of the target logit when a "
           "sliding window is blurred")
 class Occlusion(Method):
+    @classmethod
+    def passes(cls, config: OcclusionConfig) -> float:
+        """One forward per window position, counted at 224² (the common input)."""
+        return ((224 - config.window) // config.stride + 1) ** 2 + 1.0
+
     def explain(self, images: torch.Tensor, targets: torch.Tensor,
                 seeds: list[int]) -> Attribution:
         from captum.attr import Occlusion as CaptumOcclusion

@@ -104,6 +104,11 @@ class MethodSpec:
     def map_names(self) -> tuple[str, ...]:
         return kind(self.kind).method.map_names
 
+    @property
+    def passes(self) -> float:
+        """Classifier passes explaining one image costs (``Method.passes``)."""
+        return kind(self.kind).method.passes(self.config)
+
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "config": dataclasses.asdict(self.config)}
 

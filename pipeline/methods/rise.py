@@ -54,6 +54,10 @@ def random_masks(n: int, grid: int, keep: float, size: tuple[int, int],
 @register("rise", RiseConfig, "RISE (Petsiuk et al. 2018): mean target probability under random "
           "smooth masks that keep each pixel")
 class Rise(Method):
+    @classmethod
+    def passes(cls, config: RiseConfig) -> float:
+        return float(config.masks)
+
     @torch.no_grad()
     def explain(self, images: torch.Tensor, targets: torch.Tensor,
                 seeds: list[int]) -> Attribution:

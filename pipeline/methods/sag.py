@@ -141,6 +141,12 @@ def children(s: PatchSet) -> list[PatchSet]:
 @register("sag", SagConfig, "Structured attention graphs (Shitole et al. 2021): minimal patch sets "
           "that keep the target, diverse roots and their one-patch-removed children")
 class Sag(Method):
+    @classmethod
+    def passes(cls, config: SagConfig) -> float:
+        """The ranking (two per patch), then about as many again (bench/RESULTS.md: ~250
+        Lite0 calls a photo on a 7 × 7 grid)."""
+        return 5.0 * config.grid ** 2 + 10
+
     scalar_names = ("roots", "clean_prob", "root_prob", "forwards")
     min_batch = 1  # images share classifier batches, never results: any split will do
     has_graphs = True

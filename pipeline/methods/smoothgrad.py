@@ -23,6 +23,10 @@ class SmoothGradConfig:
 @register("smoothgrad", SmoothGradConfig, "SmoothGrad (captum NoiseTunnel over Saliency): mean "
           "|gradient| over noisy copies")
 class SmoothGrad(Method):
+    @classmethod
+    def passes(cls, config: SmoothGradConfig) -> float:
+        return config.samples * 3.0
+
     def explain(self, images: torch.Tensor, targets: torch.Tensor,
                 seeds: list[int]) -> Attribution:
         from captum.attr import NoiseTunnel
