@@ -142,7 +142,7 @@ def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dic
     with ExitStack() as clusters:
         config = settings.to_config(source, out)
         plan = plan_cluster(config.workers, config.device, settings.dask_address, out,
-                            visible_gpus())
+                            visible_gpus(), settings.cluster, settings.cluster_options)
         if plan.task_device:
             config.device = plan.task_device
         if plan.kind == "local":

@@ -5,6 +5,9 @@
   filesystem, so worker processes would each see an empty folder);
 - a CUDA device with GPUs visible: ``dask_cuda.LocalCUDACluster``, one worker per GPU, each
   pinned to its GPU (``CUDA_VISIBLE_DEVICES``), so its tasks use ``cuda`` (= its own GPU);
+- a cluster class given (``--cluster dask_jobqueue.SLURMCluster --cluster-options opts.yaml``):
+  that class with the YAML's keyword arguments, held at ``workers`` workers by Dask's adaptive
+  scaling (minimum = maximum), which every cluster manager implements;
 - otherwise a LocalCluster of single-threaded worker processes on 127.0.0.1.
 """
 
@@ -20,17 +23,20 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
 
-Kind = Literal["address", "threads", "cuda", "local"]
+Kind = Literal["address", "threads", "cuda", "local", "class"]
 
 
 @dataclass(frozen=True)
 class ClusterPlan:
-    """What to start: ``kind``, how many workers, the scheduler ``address`` or the ``gpus``."""
+    """What to start: ``kind``, how many workers, the scheduler ``address``, the ``gpus``, or
+    the ``cluster`` class and its ``options`` (keyword arguments)."""
 
     kind: Kind
     workers: int
     address: str | None = None
     gpus: tuple[int, ...] = ()
+    cluster: str | None = None
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def task_device(self) -> str | None:
@@ -39,10 +45,19 @@ class ClusterPlan:
 
 
 def plan_cluster(workers: int, device: str, address: str | None, root: str,
-                 gpu_count: int) -> ClusterPlan:
+                 gpu_count: int, cluster: str | None = None,
+                 cluster_options: str | None = None) -> ClusterPlan:
     """The cluster for a run of ``workers`` on ``device`` writing to ``root``, on a machine with
-    ``gpu_count`` visible GPUs."""
+    ``gpu_count`` visible GPUs (``cluster``: a cluster class, ``cluster_options``: the YAML
+    file of its keyword arguments)."""
     in_memory = root.startswith("memory://")
+    if cluster:
+        if in_memory:
+            raise ValueError("a memory:// run folder lives inside one process; it cannot be "
+                             "written by the workers of --cluster")
+        cluster_class(cluster)  # an unknown class fails now, in one line
+        return ClusterPlan("class", workers, cluster=cluster,
+                           options=tuple(sorted(read_options(cluster_options).items())))
     if address:
         if in_memory:
             raise ValueError("a memory:// run folder lives inside one process; it cannot be "
@@ -62,6 +77,37 @@ def plan_cluster(workers: int, device: str, address: str | None, root: str,
             return ClusterPlan("cuda", 1, gpus=(index,))
         return ClusterPlan("cuda", gpu_count, gpus=tuple(range(gpu_count)))
     return ClusterPlan("local", workers)
+
+
+def cluster_class(name: str) -> type:
+    """The class ``package.module.Class``, or a one-line error saying how to get it."""
+    import importlib
+
+    module, _, attribute = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attribute) if module else None
+    except ImportError as exc:
+        raise ValueError(f"cluster class {name!r}: cannot import {module} ({exc}); install "
+                         "the package that provides it (e.g. dask-jobqueue)") from None
+    except AttributeError:
+        found = None
+    if not isinstance(found, type):
+        raise ValueError(f"cluster class {name!r} not found: give package.module.Class, e.g. "  # noqa: TRY004
+                         "dask_jobqueue.SLURMCluster")
+    return found
+
+
+def read_options(path: str | None) -> dict:
+    """A cluster class's keyword arguments from a YAML mapping (none without a file)."""
+    if path is None:
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        options = yaml.safe_load(fh) or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"{path}: cluster options must be a YAML mapping of keyword arguments")  # noqa: TRY004
+    return options
 
 
 def visible_gpus() -> int:
@@ -145,6 +191,9 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=plan.workers)
     if plan.kind == "address":
         return DaskTaskRunner(address=plan.address)
+    if plan.kind == "class":
+        return DaskTaskRunner(cluster_class=plan.cluster, cluster_kwargs=dict(plan.options),
+                              adapt_kwargs={"minimum": plan.workers, "maximum": plan.workers})
     configure_dask()
     cluster_class, kwargs = cluster_spec(plan)
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=kwargs)

@@ -212,7 +212,8 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
     """
     guard_children()
     config = settings.to_config(archive, out)
-    plan = plan_cluster(config.workers, config.device, settings.dask_address, out, visible_gpus())
+    plan = plan_cluster(config.workers, config.device, settings.dask_address, out, visible_gpus(),
+                        settings.cluster, settings.cluster_options)
     if plan.address:
         check_scheduler(plan.address)
     if plan.task_device:

@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+IDLE_SERVICES = ("cancellation_cleanup", "db_vacuum", "event_persister", "event_logger",
+                 "foreman", "late_runs", "scheduler", "pause_expirations", "repossessor",
+                 "cleanup_reconciler", "triggers")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -69,18 +73,23 @@ class ApiServer:
 @contextmanager
 def api_server() -> Iterator[ApiServer]:
     """PREFECT_API_URL when set, else a server started now that boots (~3 s of CPU) while the
-    caller goes on; it is stopped, by PID, when the block ends."""
+    caller goes on, recording the run's task runs; it is stopped, by PID, when the block
+    ends."""
     prefect_home()
     if os.environ.get("PREFECT_API_URL"):
         yield ApiServer(os.environ["PREFECT_API_URL"])
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
+    # the task-run recorder alone of the server's services: the run's tasks are in its
+    # database (and the UI), the schedulers and sweepers a private server needs not run
+    env = dict(os.environ, **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false"
+                              for name in IDLE_SERVICES})
     with open(prefect_home() / "server.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--no-services", "--no-ui"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+             "--port", str(port), "--no-ui"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
     os.environ["PREFECT_API_URL"] = url  # processes started from now on use it
     try:

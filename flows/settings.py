@@ -56,7 +56,7 @@ def pixel_count(text: str) -> int:
 CLI_PARSERS = {"max_pixels": pixel_count, "max_image_pixels": pixel_count}
 CLI_METAVARS = {"max_pixels": "N", "max_image_pixels": "N", "stop_change": "TOL",
                 "model_card": "YAML", "label_map": "CSV", "images_root": "DIR",
-                "dask_address": "ADDRESS"}
+                "dask_address": "ADDRESS", "cluster": "CLASS", "cluster_options": "YAML"}
 
 
 def cli_flag(name: str, default: object) -> str:

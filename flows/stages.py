@@ -220,12 +220,16 @@ def manifest_report(config: RunConfig) -> dict[str, object]:
 
 # ---- explain --------------------------------------------------------------------------------
 
-def explain_shard(config: RunConfig, shard: int) -> dict[str, float]:
-    """Masks and predictions of one shard; the predictions part, written last, marks it done.
-    ``seconds`` is the shard's whole time on its worker (decode, explain, write)."""
+def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
+                  ) -> dict[str, float]:
+    """Masks and predictions of one shard (``rows``: its manifest rows, when the caller read
+    them already); the predictions part, written last, marks it done. ``seconds`` is the
+    shard's whole time on its worker (decode, explain, write)."""
     began, started = time.perf_counter(), time.time()
     run = RunFolder(config.root)
-    start, rows = shard_rows(run, shard, config.shard_size)
+    start = shard * config.shard_size
+    if rows is None:
+        _, rows = shard_rows(run, shard, config.shard_size)
     result = explain_rows(model_of(config), config.archive_root, rows, config.methods,
                           config.seed, config.images_per_step, config.device,
                           config.decode_limits, config.compile, config.mask_size, config.target)
@@ -261,17 +265,19 @@ def _pictures(config: RunConfig, model: LoadedModel, chunk: Todo, stage: str, mi
     return out
 
 
-def _explained(config: RunConfig, shard: int) -> tuple[RunFolder, ExplainedShard]:
+def _explained(config: RunConfig, shard: int, rows: list[dict] | None
+               ) -> tuple[RunFolder, ExplainedShard]:
     run = RunFolder(config.root)
-    return run, read_explained(run, shard, config.shard_size, list(config.methods))
+    return run, read_explained(run, shard, config.shard_size, list(config.methods), rows)
 
 
 def reclassify_shard(config: RunConfig, shard: int,
-                     analysis: AnalysisConfig = DEFAULT_ANALYSIS) -> dict[str, int]:
+                     analysis: AnalysisConfig = DEFAULT_ANALYSIS,
+                     rows: list[dict] | None = None) -> dict[str, int]:
     """Re-classify every explained image of the shard with each method's joint map; the
     ``reclassify/`` part, written last, marks the shard done."""
     rcfg = analysis.reclassify
-    run, explained = _explained(config, shard)
+    run, explained = _explained(config, shard, rows)
     model = model_of(config)
     device = resolve_device(config.device)
     module = model.on(device)
@@ -293,10 +299,11 @@ def reclassify_shard(config: RunConfig, shard: int,
 
 
 def evaluate_shard(config: RunConfig, shard: int,
-                   analysis: AnalysisConfig = DEFAULT_ANALYSIS) -> dict[str, int]:
+                   analysis: AnalysisConfig = DEFAULT_ANALYSIS,
+                   rows: list[dict] | None = None) -> dict[str, int]:
     """Every registered metric of every explained image and method of the shard; the
     ``metrics/`` part, written last, marks the shard done."""
-    run, explained = _explained(config, shard)
+    run, explained = _explained(config, shard, rows)
     targets = explained.targets()
     model = model_of(config)
     device = resolve_device(config.device)
@@ -378,23 +385,27 @@ def run_task(config: RunConfig, analysis: AnalysisConfig, shards: list[int],
     unfinished shard), then the task's parts merged into one per table."""
     began, started = time.perf_counter(), time.time()
     wanted = {stage: set(shards_) for stage, shards_ in todo.items()}
+    run = RunFolder(config.root)
+    rows_of: dict[int, list[dict]] = {s: [] for s in shards}
+    for row in run.read_table(tables.MANIFEST.path, filters=[
+            ("shard", ">=", shards[0]), ("shard", "<=", shards[-1])]).to_pylist():
+        rows_of[row["shard"]].append(row)  # the task's rows, read once
     out: dict[str, object] = {"first": shards[0], "last": shards[-1], "images": 0,
                               "errors": 0, "analysis_errors": 0, "started": started,
                               "seconds": {stage: 0.0 for stage in ("explain", "reclassify",
                                                                    "evaluate")}}
     for shard in shards:
         if shard in wanted.get("explain", ()):
-            done = explain_shard(config, shard)
+            done = explain_shard(config, shard, rows_of[shard])
             out["images"] += done["images"]
             out["errors"] += done["errors"]
             out["seconds"]["explain"] += done["seconds"]
         for stage, work in (("reclassify", reclassify_shard), ("evaluate", evaluate_shard)):
             if shard in wanted.get(stage, ()):
                 tick = time.perf_counter()
-                done = work(config, shard, analysis)
+                done = work(config, shard, analysis, rows_of[shard])
                 out["analysis_errors"] += done["errors"]
                 out["seconds"][stage] += time.perf_counter() - tick
-    run = RunFolder(config.root)
     for table, prefix in sharded_tables():
         parts.merge(run, table, shards[0], shards[-1], prefix)
     out["wall"] = time.perf_counter() - began

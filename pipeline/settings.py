@@ -112,6 +112,11 @@ class RunSettings(Settings):
     explain_only: bool = Field(False, description="masks and predictions only: skip "
                                                   "re-classification, metrics and report")
     compile: bool = Field(False, description="torch.compile the classifier (GPU runs)")
+    cluster: str | None = Field(None, description="a Dask cluster class to start instead of a "
+                                "local cluster, e.g. dask_jobqueue.SLURMCluster or "
+                                "dask_kubernetes.operator.KubeCluster, scaled to --workers")
+    cluster_options: str | None = Field(None, description="YAML file of the cluster class's "
+                                        "keyword arguments (queue, cores, memory, image, ...)")
     dask_address: str | None = Field(None, description="an existing Dask scheduler "
                                                        "(tcp://host:port) instead of a local cluster")
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
@@ -145,7 +150,11 @@ class RunSettings(Settings):
                 raise ValueError(f"unknown model {model!r}: neither a built-in "
                                  f"({', '.join(BUILTINS)}) nor a model file")
             model = absolute(model)
-        for option in ("model_card", "label_map", "images_root"):
+        if self.cluster is not None and self.dask_address is not None:
+            raise ValueError("give --cluster or --dask-address, not both")
+        if self.cluster_options is not None and self.cluster is None:
+            raise ValueError("--cluster-options needs --cluster")
+        for option in ("model_card", "label_map", "images_root", "cluster_options"):
             value = getattr(self, option)
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"{option.replace('_', '-')} not found: {value}")

@@ -122,9 +122,22 @@ def read_parts(run: RunFolder, table: Table,
         by_part: dict[Part, set[int]] = {}
         for shard, part in best.items():
             by_part.setdefault(part, set()).add(shard)
-        tables += [_read(run, table, part, shards)
-                   for part, shards in sorted(by_part.items(), key=lambda e: e[0].first)]
-    return pa.concat_tables(tables) if tables else table.schema.empty_table()
+        tables += [_read(run, table, part, shards) for part, shards in by_part.items()]
+    return _in_shard_order(pa.concat_tables(tables)) if tables else table.schema.empty_table()
+
+
+def _in_shard_order(data: pa.Table) -> pa.Table:
+    """Rows by shard, each shard's rows in the order they were written."""
+    if "shard" not in data.column_names:
+        return data
+    return data.take(pc.sort_indices(data, [("shard", "ascending")]))
+
+
+def read_shard(run: RunFolder, table: Table, shard: int,
+               prefix: str = DEFAULT_PREFIX) -> pa.Table:
+    """The rows of one shard (empty when it has none yet), from whichever part holds them."""
+    part = winners(listing(run, table, prefix)).get(shard)
+    return table.schema.empty_table() if part is None else _read(run, table, part, {shard})
 
 
 def read_errors(run: RunFolder) -> pa.Table:
@@ -158,11 +171,13 @@ def merge(run: RunFolder, table: Table, first: int, last: int,
     by_part: dict[Part, set[int]] = {}
     for shard, part in best.items():
         by_part.setdefault(part, set()).add(shard)
-    data = pa.concat_tables([_read(run, table, part, shards) for part, shards in
-                             sorted(by_part.items(), key=lambda e: e[0].first)])
-    run.write_table(data, table.path, range_name(first, last, prefix))
+    data = _in_shard_order(pa.concat_tables([
+        _read(run, table, part, shards) for part, shards in by_part.items()]))
+    name = range_name(first, last, prefix)
+    run.write_table(data, table.path, name)
     for part in inside:
-        run.fs.rm(run.local(table.path, part.name))
+        if part.name != name:
+            run.fs.rm(run.local(table.path, part.name))
     return True
 
 

@@ -41,14 +41,13 @@ class ExplainedShard:
         return {(r.image_id, r.method): int(r.target) for r in self.predictions.itertuples()}
 
 
-def read_explained(run: RunFolder, shard: int, shard_size: int,
-                   methods: list[str]) -> ExplainedShard:
-    """The shard's rows, predictions and joint maps of ``methods``."""
-    start, rows = shard_rows(run, shard, shard_size)
-    if shard in parts.done_shards(run, PREDICTIONS):
-        predictions = run.read_table(PREDICTIONS.path, parts.part_name(shard)).to_pandas()
-    else:
-        predictions = PREDICTIONS.schema.empty_table().to_pandas()
+def read_explained(run: RunFolder, shard: int, shard_size: int, methods: list[str],
+                   rows: list[dict] | None = None) -> ExplainedShard:
+    """The shard's rows (read unless given), predictions and joint maps of ``methods``."""
+    start = shard * shard_size
+    if rows is None:
+        _, rows = shard_rows(run, shard, shard_size)
+    predictions = parts.read_shard(run, PREDICTIONS, shard).to_pandas()
     region = slice(start, start + len(rows))
     joint = {m: masks.read_maps(run.masks_url, m, "joint", region) for m in methods}
     return ExplainedShard(rows, predictions, joint)

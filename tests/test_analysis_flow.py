@@ -230,8 +230,22 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
                 get_client(sync_client=True) as client:
             artifacts = {key: client.read_latest_artifacts(
                 artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
-                    any_=[key])))[0] for key in ("fidoflow-summary", "fidoflow-report")}
-    assert "2 of 2 shards run, 3 images, 0 errors" in capsys.readouterr().out
+                    any_=[key])))[0] for key in ("fidoflow-summary", "fidoflow-report",
+                                                "fidoflow-progress")}
+            (flow_run,) = [r for r in client.read_flow_runs()
+                           if r.id == artifacts["fidoflow-progress"].flow_run_id]
+            task_runs = task_runs_of(client, flow_run.id)
+    out = capsys.readouterr().out
+    assert "2 of 2 shards run, 3 images, 0 errors" in out and "in 2 tasks" in out
+    # the operator's view: one task run per task (all stages of its shards), the worker probe,
+    # the compaction and the aggregate; the progress artifact at 100 %
+    assert sorted(r.name.rsplit("-", 1)[0] if r.name.startswith(("check", "compact", "agg"))
+                  else r.name for r in task_runs) == [
+        "aggregate-run", "check-worker", "compact-run", "shards 0-0", "shards 1-1"]
+    assert all(r.state_name == "Completed" for r in task_runs)
+    progress = artifacts["fidoflow-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "2 of 2 tasks, 3 of 3 images explained, 0 errors" in progress.description
 
     for stage in ("reclassify", "metrics"):
         names = sorted(p.name for p in (run / stage).glob("*.parquet"))
@@ -258,6 +272,22 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     results = run_readme_queries(run)  # no labels: the queries still run, with no accuracy rows
     assert results["accuracy per class"].empty and results["images that flipped"].empty
     assert len(results["worst masks"]) == 6
+
+
+def task_runs_of(client, flow_run_id, timeout: float = 30.0) -> list:
+    """The task runs the server recorded for a flow run (its recorder works asynchronously)."""
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id])))
+        if (len(runs) >= 5 and all(r.state_name == "Completed" for r in runs)) \
+                or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 def test_analysis_settings_are_recorded_once_and_other_ones_refused(tmp_path: Path) -> None:

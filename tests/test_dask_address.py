@@ -69,3 +69,33 @@ def test_a_wrong_address_fails_in_seconds_before_writing(photo_folder: Path, tmp
     assert len(err) == 1 and err[0].startswith("fidoflow: error: no Dask scheduler answers at")
     assert not (tmp_path / "run").exists()
     assert time.monotonic() - began < 30
+
+
+def test_a_cluster_class_from_the_settings_is_started_and_scaled_to_the_workers(
+        photo_folder: Path, tmp_path: Path, capsys) -> None:
+    """--cluster names a cluster manager (here the one Dask ships; dask_jobqueue.SLURMCluster
+    on a SLURM site), --cluster-options its keyword arguments; adaptive scaling holds it at
+    --workers."""
+    options = tmp_path / "cluster.yaml"
+    options.write_text("n_workers: 0\nprocesses: true\nthreads_per_worker: 1\n"
+                       "host: 127.0.0.1\ndashboard_address: 127.0.0.1:0\n")
+    run = tmp_path / "run"
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST, "--workers", "2",
+                 "--cluster", "distributed.LocalCluster", "--cluster-options", str(options)]) == 0
+    assert "2 of 2 shards run, 3 images, 0 errors" in capsys.readouterr().out
+    assert parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS) == {0, 1}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--cluster", "nowhere.Cluster"], "cannot import nowhere"),
+    (["--cluster", "distributed.NoSuchCluster"], "not found: give package.module.Class"),
+    (["--cluster-options", "x.yaml"], "--cluster-options needs --cluster"),
+    (["--cluster", "distributed.LocalCluster", "--dask-address", "tcp://127.0.0.1:1"],
+     "not both"),
+])
+def test_bad_cluster_settings_are_one_line(argv: list[str], message: str, photo_folder: Path,
+                                           tmp_path: Path, capsys) -> None:
+    assert main(["run", str(photo_folder), "--out", str(tmp_path / "run"), *FAST, *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()
