@@ -279,8 +279,8 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
         print_demo_table(config.root)
     print(f"{outcome['shards_run']} of {outcome['shards']} shards run, "
           f"{outcome['images_run']} images, {outcome['errors']} errors "
-          f"({outcome['shard_seconds']:.1f} s of shard work in {outcome['tasks']} tasks, "
-          f"{time.monotonic() - began:.1f} s in all)")
+          f"({outcome['shard_seconds']:.1f} s of shard work, {outcome['task_seconds']:.1f} s of "
+          f"task work in {outcome['tasks']} tasks, {time.monotonic() - began:.1f} s in all)")
     if outcome["analysis_seconds"]:
         print(f"analysis: {outcome['analysis_seconds']:.1f} s of shard work (re-classify and "
               f"evaluate), {outcome['analysis_seconds'] / max(outcome['shard_seconds'], 1e-9):.2f}"

@@ -191,6 +191,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
                for stage in ("explain", "reclassify", "evaluate")}
     return {"shards": n_shards, "shards_run": len(explain), "tasks": len(groups),
             "images_run": sum(o["images"] for o in outcomes),
+            "task_seconds": sum(o["wall"] for o in outcomes),
             "errors": sum(o["errors"] for o in outcomes),
             "shard_seconds": seconds["explain"],
             "analysis_seconds": seconds["reclassify"] + seconds["evaluate"],

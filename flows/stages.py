@@ -42,6 +42,7 @@ from fidoflow.pipeline.models.loading import LoadedModel, load_model
 from fidoflow.pipeline.plan import (
     GPU_SPEEDUP,
     LARGEST_SHARD,
+    PER_IMAGE,
     Cost,
     analysis_passes,
     auto_shard_size,
@@ -104,7 +105,7 @@ def plan_run(config: RunConfig, model: LoadedModel, images: int,
                 analysis_passes(len(methods), analysis.evaluate.steps)
                 if config.analyse and analysis is not None else 0.0)
     seconds = forward_seconds(model.on(resolve_device("cpu")), model.input_size)
-    per_image = cost.passes * seconds / (GPU_SPEEDUP if gpu else 1.0)
+    per_image = cost.passes * seconds / (GPU_SPEEDUP if gpu else 1.0) + PER_IMAGE
     return replace(config, shard_size=shard,
                    task_size=task_size(images, config.workers, shard, per_image))
 

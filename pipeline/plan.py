@@ -23,6 +23,7 @@ from torch import nn
 TARGET_SECONDS = 30.0  # work per task
 MAX_TASKS = 2000  # Prefect task runs of one run's explain stage, at most
 GPU_SPEEDUP = 30.0  # a GPU's forward pass against this CPU's, for planning only
+PER_IMAGE = 0.005  # seconds an image costs beside the classifier: decode, hash, writes
 LARGEST_SHARD = {"cpu": 16, "cuda": 256}  # images per shard when the user gives none
 
 
@@ -71,12 +72,22 @@ def auto_shard_size(images: int, workers: int, largest: int = LARGEST_SHARD["cpu
 def task_size(images: int, workers: int, shard_size: int, seconds_per_image: float,
               target: float = TARGET_SECONDS, max_tasks: int = MAX_TASKS) -> int:
     """Images per task: a whole number of shards, about ``target`` seconds of work, at least
-    ``images / max_tasks``, and at most half a worker's share when there are shards enough."""
+    ``images / max_tasks``, at most half a worker's share when there are shards enough, and as
+    many tasks as a whole number of rounds of the workers where the shards allow (so that no
+    worker idles through the last round)."""
+    workers = max(workers, 1)
     per = target / max(seconds_per_image, 1e-9)
     per = max(per, images / max_tasks)
-    per = min(per, images / (2 * max(workers, 1)))
-    shards = max(1, math.ceil(per / shard_size))
-    return shards * shard_size
+    per = min(per, images / (2 * workers))
+    shards = -(-images // shard_size)
+    count = max(1, math.ceil(images / max(per, 1.0)))
+    count = min(-(-count // workers) * workers, shards)  # whole rounds
+    base = -(-shards // count)  # shards per task; whole shards may break the rounds again:
+    for step in sorted(range(-3, 4), key=abs):  # the nearest size that keeps them whole
+        size = base + step
+        if size >= 1 and -(-shards // size) % workers == 0 and shards / size <= max_tasks:
+            return size * shard_size
+    return base * shard_size
 
 
 def tasks(n_shards: int, shards_per_task: int) -> list[range]:

@@ -19,15 +19,17 @@ from fidoflow.pipeline.plan import (
 @pytest.mark.parametrize(("images", "workers", "shard", "seconds", "size"), [
     (8, 2, 4, 10.0, 4),  # FIDO on a CPU: one shard a task, each worker busy
     (48, 2, 12, 10.0, 12),
-    (100_000, 2, 16, 0.01, 3008),  # the cheapest method: ~30 s of work a task
-    (10_000_000, 8, 256, 0.0001, 300_032),  # a GPU archive: tasks of 300 000 images
-    (10_000_000, 2, 16, 10.0, 5008),  # never more than MAX_TASKS tasks
+    (100_000, 2, 16, 0.01, 2944),  # the cheapest method: ~30 s of work a task, 34 tasks
+    (10_000_000, 8, 256, 0.0001, 250_112),  # a GPU archive: 40 tasks, 5 rounds of 8 GPUs
+    (10_000_000, 2, 16, 10.0, 5056),  # never more than MAX_TASKS tasks
     (3, 2, 2, 1.0, 2),
 ])
 def test_task_size(images: int, workers: int, shard: int, seconds: float, size: int) -> None:
     got = task_size(images, workers, shard, seconds)
     assert got == size and got % shard == 0
     assert -(-images // got) <= MAX_TASKS
+    count = -(-images // got)
+    assert count % workers == 0 or count == -(-images // shard)  # whole rounds
 
 
 def test_tasks_hold_whole_shards_and_only_those_with_work_run() -> None:

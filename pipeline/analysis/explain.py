@@ -25,7 +25,8 @@ from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.inference import class_probabilities
 from fidoflow.pipeline.models.loading import LoadedModel
 
-TARGETS = ("predicted", "label")  # which class a map explains: top-1, or the manifest's label
+TARGETS = ("predicted", "label")
+CLASSIFY_BATCH = 32  # images per forward pass of the shard's first classification  # which class a map explains: top-1, or the manifest's label
 
 
 def image_seed(run_seed: int, image_id: str) -> int:
@@ -119,7 +120,7 @@ def explain_rows(
     if images is None:
         return result
     images = images.to(where)
-    probs = class_probabilities(module, images, batch_size)
+    probs = class_probabilities(module, images, max(batch_size, CLASSIFY_BATCH))
     top_p, top_k = probs.topk(min(5, probs.shape[1]), dim=1)
     targets, sources = choose_targets([rows[i] for i in ok], top_k[:, 0], target)
     seeds = [image_seed(seed, str(rows[i]["image_id"])) for i in ok]
