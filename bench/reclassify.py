@@ -120,7 +120,7 @@ def main() -> None:
     # where the masks and crops point: the wing patch's box, at the classifier's input
     part_boxes = (data.part_boxes * args.input / args.size).numpy()
     metrics = evaluate_masks(model, inputs, joint, target, part_boxes,
-                             EvaluateConfig(steps=1))
+                             EvaluateConfig(steps=1)).values
     crop = result.boxes.numpy().astype(float)
     part = data.part_boxes.numpy()
     inside = ((crop[:, 0] <= part[:, 0]) & (crop[:, 1] <= part[:, 1])

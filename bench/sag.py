@@ -71,7 +71,7 @@ def measure(title: str, model: torch.nn.Module, images: torch.Tensor, scd_iterat
     print("\n| method | deletion AUC ↓ | insertion AUC ↑ |\n|---|---|---|")
     for name, out in (("sag", sag), ("scd", scd)):
         metrics = evaluate_masks(model, images, out.maps["joint"], targets,
-                                 config=EvaluateConfig())
+                                 config=EvaluateConfig()).values
         print(f"| {name} | {metrics['deletion_auc'].mean():.3f} | "
               f"{metrics['insertion_auc'].mean():.3f} |")
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -27,6 +28,7 @@ from fidoflow.pipeline.analysis.records import exception_record
 from fidoflow.pipeline.analysis.report import render_report
 from fidoflow.pipeline.analysis.report_items import (
     flip_items,
+    frame_items,
     gallery_items,
     mean_curves,
     picture_frame,
@@ -37,7 +39,13 @@ from fidoflow.pipeline.archive.stream import EmptyArchive, open_manifest
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.pipeline.imaging.views import Picture, prepare_picture
 from fidoflow.pipeline.metrics import METRICS
-from fidoflow.pipeline.models.device import resolve_device
+from fidoflow.pipeline.models.device import (
+    activation_bytes,
+    default_batch_size,
+    free_gpu_bytes,
+    resolve_device,
+    step_bytes,
+)
 from fidoflow.pipeline.models.loading import LoadedModel, load_model
 from fidoflow.pipeline.plan import (
     GPU_SPEEDUP,
@@ -67,6 +75,27 @@ def worker_model(spec: str, card: str | None = None, trust_code: bool = False) -
 def model_of(config: RunConfig) -> LoadedModel:
     """The run's model (spec, card and trust flag from the config), once per process."""
     return worker_model(config.model, config.model_card, config.trust_model_code)
+
+
+def images_per_step(config: RunConfig) -> int:
+    """Images per optimisation step: the run's ``batch_size``, else what the worker's device
+    holds (pipeline/models/device.py: 1 on a CPU; on a GPU as many as fill its free memory at
+    the run's blends per image)."""
+    if config.batch_size:
+        return config.batch_size
+    return _step_for(config.model, config.model_card, config.trust_model_code, config.device,
+                     max(2 * getattr(s.config, "samples", 0) or 1
+                         for s in config.methods.values()))
+
+
+@functools.cache
+def _step_for(model: str, card: str | None, trust: bool, device: str, blends: int) -> int:
+    where = resolve_device(device)
+    if where.type != "cuda":
+        return default_batch_size(where)
+    loaded = worker_model(model, card, trust)
+    per_image = step_bytes(activation_bytes(loaded.module, loaded.input_size), blends, True)
+    return default_batch_size(where, free_gpu_bytes(where), per_image)
 
 
 def set_worker_threads(workers: int) -> None:
@@ -118,10 +147,13 @@ def visible_gpu() -> bool:
 def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
                    analysis: AnalysisConfig | None = None) -> tuple[RunConfig, dict]:
     """Stream the archive's rows into manifest.parquet (row groups of whole shards); returns
-    the config with its shard and task sizes resolved and the label report. Nothing is
-    written when the archive itself is refused."""
+    the config with its shard and task sizes resolved, and what run.json records of the
+    archive: the label report (``labels``) and the items that made no row (``archive``, e.g.
+    empty camera-trap frames). Nothing is written when the archive itself is refused."""
     stream = open_manifest(config.source, config.format, config.split, config.images_root,
-                           model.class_names, config.label_map)
+                           model.class_names, config.label_map,
+                           {"detection_threshold": config.detection_threshold,
+                            "detection_categories": config.detection_categories}, config.crop)
     try:
         if stream.rows == 0:
             where = "" if config.split == "all" else f" in the {config.split} split"
@@ -132,7 +164,7 @@ def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
         run.makedirs()
         run.write_batches(stream.batches(config.shard_size, group), tables.MANIFEST.schema,
                           tables.MANIFEST.path, row_group_size=group)
-        return config, stream.mapper.report()
+        return config, {"labels": stream.mapper.report(), "archive": stream.counts}
     finally:
         stream.close()
 
@@ -160,17 +192,17 @@ def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None
         if not run.exists(tables.MANIFEST.path):
             config, _ = write_manifest(run, config, model, analysis)
     else:
-        config, labels = write_manifest(run, config, model, analysis)
+        config, found = write_manifest(run, config, model, analysis)
         run.write_json({
             "schema_version": SCHEMA_VERSION, "config": config.results_identity(),
-            "model": model.describe(), "labels": labels, "code_version": code_version(),
+            "model": model.describe(), **found, "code_version": code_version(),
             "seed": config.seed, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }, runrecord.RECORD)
     rows = run.row_count(tables.MANIFEST.path)
 
     def image_ids() -> Iterable[list[str]]:
         with run.fs.open(run.local(tables.MANIFEST.path), "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(65536, columns=["image_id"]):
+            for batch in pq.ParquetFile(fh).iter_batches(8192, columns=["image_id"]):
                 yield batch.column(0).to_pylist()
 
     masks.create_store(
@@ -232,10 +264,16 @@ def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
     if rows is None:
         _, rows = shard_rows(run, shard, config.shard_size)
     result = explain_rows(model_of(config), config.archive_root, rows, config.methods,
-                          config.seed, config.images_per_step, config.device,
+                          config.seed, images_per_step(config), config.device,
                           config.decode_limits, config.compile, config.mask_size, config.target)
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
+    if any(region is not None for _, region in result.crops):
+        boxes = np.full((len(rows), 4), np.nan, np.float32)
+        for i, region in result.crops:
+            if region is not None:
+                boxes[i] = region
+        masks.write_crops(run.masks_url, start, boxes)
     if result.graphs:
         parts.write_part(run, tables.SAG, shard, result.graphs)
     if result.images:
@@ -286,7 +324,7 @@ def reclassify_shard(config: RunConfig, shard: int,
     todo = explained.todo()
     records: list[dict] = []
     errors: list[dict] = []
-    for chunk in _batches(todo, config.images_per_step):
+    for chunk in _batches(todo, images_per_step(config)):
         began = time.perf_counter()
         batch = _pictures(config, model, chunk, "reclassify", work_side, errors, work_side)
         if not batch:
@@ -312,11 +350,18 @@ def evaluate_shard(config: RunConfig, shard: int,
     todo = explained.todo()
     records: list[dict] = []
     errors: list[dict] = []
-    for chunk in _batches(todo, config.images_per_step):
+    details: dict[str, list[dict]] = {}
+    for chunk in _batches(todo, images_per_step(config)):
         batch = _pictures(config, model, chunk, "evaluate", 2 * max(model.input_size), errors)
         if batch:
-            records += evaluate_pictures(module, device, batch, explained.joint, targets,
-                                         model.input_size, analysis.evaluate)
+            rows, more = evaluate_pictures(module, device, batch, explained.joint, targets,
+                                           model.input_size, analysis.evaluate)
+            records += rows
+            for table, extra in more.items():
+                details.setdefault(table, []).extend(extra)
+    for table, extra in details.items():  # the metrics' own tables (parts/) first
+        if extra:
+            parts.write_part(run, tables.BY_NAME[table], shard, extra)
     parts.finish_shard(run, "evaluate", shard, records, errors, metrics_table())
     return {"shard": shard, "images": len(todo) - len(errors), "errors": len(errors)}
 
@@ -328,31 +373,45 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
     """``summary.parquet`` and ``report.html`` from every part of the run; returns their URLs
     and the number of summary rows (for the caller's artifacts)."""
     run = RunFolder(config.root)
-    manifest = run.read_table(tables.MANIFEST.path).to_pandas()
+    manifest_rows = run.read_table(tables.MANIFEST.path)
+    manifest = manifest_rows.to_pandas()
     predictions = parts.read_parts(run, tables.PREDICTIONS).to_pandas()
     reclassified = parts.read_parts(run, tables.RECLASSIFY).to_pandas()
     metrics = parts.read_parts(run, metrics_table()).to_pandas()
     errors = parts.read_errors(run).to_pandas()
+    located = parts.read_parts(run, tables.PARTS).to_pandas()
     summary = build_summary(manifest, reclassified, metrics, errors,
-                            timings_of(predictions, reclassified, metrics), analysis.bootstrap)
+                            timings_of(predictions, reclassified, metrics), analysis.bootstrap,
+                            located)
     run.write_table(pa.Table.from_pandas(summary, schema=tables.SUMMARY.schema,
                                          preserve_index=False), tables.SUMMARY.path)
-    html = build_report(config, analysis, run, manifest, reclassified, metrics, summary)
+    html = build_report(config, analysis, run, manifest_rows.to_pylist(), reclassified, metrics,
+                        summary)
     run.write_bytes_atomic(html.encode("utf-8"), "report.html")
     return {"summary": run.url(tables.SUMMARY.path), "report": run.url("report.html"),
             "rows": len(summary)}
 
 
 def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
-                 manifest, reclassified, metrics, summary) -> str:
-    """The report's HTML (self-contained): pictures from the archive, maps from the store."""
+                 manifest: list[dict], reclassified, metrics, summary) -> str:
+    """The report's HTML (self-contained): pictures from the archive, maps from the store.
+    ``manifest``: its rows as Arrow gives them (None where a value is missing)."""
     model = model_of(config)
-    rows_by_id = {r["image_id"]: (i, r) for i, r in enumerate(manifest.to_dict("records"))}
+    rows_by_id = {r["image_id"]: (i, r) for i, r in enumerate(manifest)}
     names = {method: masks.map_names(run.masks_url, method) for method in config.methods}
 
     def pictures(row: dict, longest: int):
-        return picture_frame(config.archive_root / str(row["path"]), config.decode_limits,
+        return picture_frame(config.archive_root / str(row["path"]), row, config.decode_limits,
                              model.input_size, model.resize, longest)
+
+    def whole(row: dict, longest: int):
+        frame = {k: v for k, v in row.items() if not k.startswith("crop_")}
+        thumb, (scale, _, _) = picture_frame(config.archive_root / str(row["path"]), frame,
+                                             config.decode_limits, model.input_size, "squash",
+                                             longest)
+        return thumb, scale
+
+    crop_boxes = masks.read_crops(run.masks_url)
 
     def maps_of(method: str, i: int) -> dict:
         return {name: masks.read_maps(run.masks_url, method, name, slice(i, i + 1))[0]
@@ -362,12 +421,15 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
     gallery = gallery_items(list(config.methods), analysis.gallery, analysis.bootstrap.seed,
                             rows_by_id, reclassified, graphs, pictures, maps_of)
     flips = flip_items(analysis.flips, rows_by_id, reclassified, pictures)
+    frames = frame_items(rows_by_id, next(iter(config.methods)), analysis.gallery, whole,
+                         lambda i: crop_boxes[i], maps_of)
     note = (f"At most {analysis.flips} examples per method, variant and direction "
             "(first image ids); the counts are in the table above.")
     info = run.read_json(runrecord.RECORD) if run.exists(runrecord.RECORD) else {}
     return render_report(summary, mean_curves(metrics) if len(metrics) else {}, gallery, flips,
                          title=f"fidoflow report: {Path(run.root).name}",
-                         meta=report_meta(config, analysis, run.root, info), flips_note=note)
+                         meta=report_meta(config, analysis, run.root, info), flips_note=note,
+                         frames=frames)
 
 
 # ---- tasks ----------------------------------------------------------------------------------
@@ -375,7 +437,8 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
 def sharded_tables() -> list[tuple[tables.Table, str]]:
     """Every sharded table with each of its writers' name prefixes."""
     out = [(t, parts.DEFAULT_PREFIX) for t in (tables.IMAGES, tables.PREDICTIONS, tables.SAG,
-                                               tables.RECLASSIFY, metrics_table())]
+                                               tables.RECLASSIFY, metrics_table(),
+                                               tables.PARTS)]
     return out + [(tables.ERRORS, prefix) for prefix in tables.ERROR_PREFIX.values()]
 
 

@@ -31,7 +31,7 @@ class RunConfig:
     model: str = "efficientnet-lite0"
     shard_size: int | None = None  # None: chosen from the image count and the workers
     task_size: int | None = None  # images per task (whole shards); None: sized by the work
-    batch_size: int | None = None  # None: pipeline.models.device.default_batch_size
+    batch_size: int | None = None  # None: flows/stages.images_per_step (device and memory)
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -43,6 +43,9 @@ class RunConfig:
     model_card: str | None = None
     trust_model_code: bool = False
     label_map: str | None = None
+    crop: str = "none"  # or "boxes": explain each row's annotated box as a square crop
+    detection_threshold: float = 0.2  # MegaDetector output: the lowest confidence explained
+    detection_categories: str = "animal"  # and the categories (names or keys, comma list)
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_pixels: int = DEFAULT_BOMB_PIXELS
 
@@ -55,12 +58,6 @@ class RunConfig:
     @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(self.max_pixels, self.max_image_pixels)
-
-    @property
-    def images_per_step(self) -> int:
-        """``batch_size``, or the device's measured best when it is not set."""
-        from fidoflow.pipeline.models.device import default_batch_size, resolve_device
-        return self.batch_size or default_batch_size(resolve_device(self.device))
 
     def results_identity(self) -> dict[str, object]:
         """The part of the config that must match for a rerun to resume into the same folder."""

@@ -45,7 +45,8 @@ def known_device(value: str) -> str:
 
 Device = Annotated[str, AfterValidator(known_device)]
 # options only a run over an archive has (the demo makes its own archive)
-ARCHIVE_FIELDS = ("format", "split", "images_root", "label_map")
+ARCHIVE_FIELDS = ("format", "split", "images_root", "label_map", "crop", "detection_threshold",
+                  "detection_categories")
 
 
 def default_workers() -> int:
@@ -126,6 +127,13 @@ class RunSettings(Settings):
                                                       "paths are relative to")
     label_map: str | None = Field(None, description="CSV label_name,model_class mapping the "
                                                     "archive's labels to the model's classes")
+    crop: Literal["none", "boxes"] = Field(
+        "none", description="boxes: explain each image's annotated box (COCO camera traps, "
+                            "CUB) as the square crop around it, as species classifiers see it")
+    detection_threshold: float = Field(0.2, ge=0, le=1, description="MegaDetector output: the "
+                                       "lowest confidence of a detection that is explained")
+    detection_categories: str = Field("animal", description="MegaDetector output: the "
+                                      "categories explained, names or keys (animal,person)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
                             description="decoded images are shrunk under this many pixels")
     max_image_pixels: int = Field(DEFAULT_BOMB_PIXELS, ge=1,
@@ -170,7 +178,9 @@ class RunSettings(Settings):
             device=self.device, compile=self.compile, analyse=not self.explain_only,
             format=self.format, split=self.split, images_root=absolute(self.images_root),
             model_card=absolute(self.model_card), trust_model_code=self.trust_model_code,
-            label_map=absolute(self.label_map), max_pixels=self.max_pixels,
+            label_map=absolute(self.label_map), crop=self.crop,
+            detection_threshold=self.detection_threshold,
+            detection_categories=self.detection_categories, max_pixels=self.max_pixels,
             max_image_pixels=self.max_image_pixels,
         )
 

@@ -20,6 +20,7 @@ import zarr
 from .runfolder import SCHEMA_VERSION
 
 DIMS = ("image", "y", "x")
+CROPS = "crop_box"  # (N, 4): the square each row was explained on, in its file's pixels
 
 
 class MisalignedRegion(ValueError):
@@ -54,6 +55,12 @@ def create_store(
     if "image_id" not in root:
         _ids(root, n_images, ids_chunk, image_ids())
     sharded = task_size > shard_size
+    if CROPS not in root:  # where each row's crop lies in its file (NaN: the whole picture)
+        root.create_array(CROPS, shape=(n_images, 4), dtype="float32", chunks=(shard_size, 4),
+                          shards=(task_size, 4) if sharded else None, fill_value=np.nan,
+                          dimension_names=("image", "corner"),
+                          attributes={"corners": ["x0", "y0", "x1", "y1"],
+                                      "units": "pixels of the original file"})
     for method, params in methods.items():
         group = root.require_group(method)
         group.attrs.update({"method": method, "kind": params["kind"], "params": params["config"],
@@ -92,6 +99,22 @@ def write_region(url: str, method: str, start: int, maps: Mapping[str, np.ndarra
                 f"rows [{start}, {stop}) of {method}/{name} are not whole chunks of {chunk} rows "
                 f"inside one object of {outer} (array of {end}): two writers could share one")
         array[start:stop] = values.astype(np.float16)
+
+
+def write_crops(url: str, start: int, boxes: np.ndarray) -> None:
+    """Rows [start, start + n) of the crop boxes (same alignment rule as the maps)."""
+    array = zarr.open_group(url, mode="r+")[CROPS]
+    stop = start + len(boxes)
+    chunk, outer = array.chunks[0], (array.shards or array.chunks)[0]
+    if start % chunk or (stop % chunk and stop != array.shape[0]) or (
+            stop > start and start // outer != (stop - 1) // outer):
+        raise MisalignedRegion(f"crop rows [{start}, {stop}) are not whole chunks of one object")
+    array[start:stop] = boxes.astype(np.float32)
+
+
+def read_crops(url: str, rows: slice = slice(None)) -> np.ndarray:
+    """(n, 4) crop boxes of ``rows`` (NaN rows: the whole picture)."""
+    return zarr.open_group(url, mode="r")[CROPS][rows]
 
 
 def read_maps(url: str, method: str, name: str = "joint", rows: slice = slice(None)) -> np.ndarray:

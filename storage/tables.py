@@ -84,6 +84,16 @@ MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
     _c("location", S, "camera-trap site"),
     _c("datetime", S, "time stamp as given"),
     _c("n_annotations", I32, "COCO: the image's number of annotations"),
+    _c("detection", I32, "MegaDetector output: the detection's index in its frame's list"),
+    _c("detection_conf", F32, "MegaDetector output: its confidence"),
+    _c("crop_x0", F32, "the region the row is explained on (a detection, or an annotated box "
+                       "with --crop boxes), left edge; the worker cuts the tightest square "
+                       "around it, clipped to the picture"),
+    _c("crop_y0", F32, "its top edge"),
+    _c("crop_x1", F32, "its right edge"),
+    _c("crop_y1", F32, "its bottom edge"),
+    _c("crop_units", S, "`fraction` (of the frame: MegaDetector) or `pixels` (of the original "
+                        "image); null: the whole picture"),
     _c("model_label", I32, "the label in the model's class space; null where no mapping "
                            "exists. Accuracy is measured against this column only"),
     _c("manifest_error", S, "why the row was refused before decoding; null otherwise"),
@@ -186,12 +196,27 @@ METRICS = Table("metrics", "metrics", "evaluate", ("image_id", "method"), (
 ), "One row per (image, method); between `target` and `seconds`, one column per value of "
    "each registered metric.")
 
+PARTS = Table("parts", "parts", "evaluate", ("image_id", "method", "part"), (
+    _c("image_id", S, "manifest id"),
+    _c("method", S, "the method instance (`scd`, `gradcam`, ...)"),
+    _c("part", S, "the part's name (CUB: `back`, `beak`, `belly`, ..., `throat`)"),
+    _c("x", F32, "its centre, model-input pixels (x right)"),
+    _c("y", F32, "its centre, model-input pixels (y down)"),
+    _c("radius", F32, "the disc counted as the part: 0.1 × the object box's geometric mean "
+                      "side, in model-input pixels (0.1 × the input's shorter side without a "
+                      "box)"),
+    _c("share", F32, "share of the map's mass inside the disc (discs may overlap)"),
+    _c("nearest", B, "true for the visible part nearest to the map's maximum"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+), "One row per (image, method, visible part) of the images with part locations (CUB's "
+   "`parts/part_locs.txt`, a manifest's `parts`).")
+
 SUMMARY = Table("summary", "summary.parquet", "aggregate",
                 ("section", "group_by", "group_value", "method", "variant", "statistic"), (
-    _c("section", S, "`run`, `accuracy`, `accuracy_gain`, `metric`, `errors` or `timing` "
-                     "(below)"),
+    _c("section", S, "`run`, `accuracy`, `accuracy_gain`, `metric`, `parts`, `errors` or "
+                     "`timing` (below)"),
     _c("group_by", S, "`overall`, or the grouping: `class`, `split` (`accuracy`, "
-                      "`accuracy_gain`, `metric`), `stage` or `error_type` (`errors`, "
+                      "`accuracy_gain`, `metric`, `parts`), `stage` or `error_type` (`errors`, "
                       "`timing`)"),
     _c("group_value", S, "`all` for `overall`; else the class (`label_name`, else "
                          "`model_label`), split, stage, or `stage/error_type`"),
@@ -206,7 +231,8 @@ SUMMARY = Table("summary", "summary.parquet", "aggregate",
     _c("n", pa.int64(), "images behind the value (for `errors` and `run`: images in the run)"),
 ), "Every aggregate of the run in one tidy long table.", sharded=False)
 
-TABLES = (MANIFEST, IMAGES, PREDICTIONS, SAG, ERRORS, RECLASSIFY, METRICS, SUMMARY)
+TABLES = (MANIFEST, IMAGES, PREDICTIONS, SAG, ERRORS, RECLASSIFY, METRICS, PARTS, SUMMARY)
+BY_NAME = {table.name: table for table in TABLES}
 
 # The table whose part marks a shard done for each stage, and the name prefix of the stage's
 # own parts in errors/ (explain's are plain ``part-XXXXX``).

@@ -210,7 +210,11 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from fidoflow.flows import explain_archive
@@ -228,12 +232,13 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
         print(f"fidoflow run: {time.perf_counter() - began:.0f} s")
         with temporary_settings(updates={PREFECT_API_URL: url}), \
                 get_client(sync_client=True) as client:
-            artifacts = {key: client.read_latest_artifacts(
-                artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(
-                    any_=[key])))[0] for key in ("fidoflow-summary", "fidoflow-report",
-                                                "fidoflow-progress")}
+            # the test run's server is shared: this run's flow is the one on this run folder
             (flow_run,) = [r for r in client.read_flow_runs()
-                           if r.id == artifacts["fidoflow-progress"].flow_run_id]
+                           if (r.parameters.get("config_json") or {}).get("root") == str(run)]
+            artifacts = {key: client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))[-1]
+                for key in ("fidoflow-summary", "fidoflow-report", "fidoflow-progress")}
             task_runs = task_runs_of(client, flow_run.id)
     out = capsys.readouterr().out
     assert "2 of 2 shards run, 3 images, 0 errors" in out and "in 2 tasks" in out

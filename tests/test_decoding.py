@@ -179,14 +179,14 @@ def test_load_batch_turns_any_exception_into_an_error_row(monkeypatch, tmp_path:
 
     save(photo(), tmp_path / "ok.png")
     save(photo(), tmp_path / "boom.png")
-    real = explain.decode_image
+    real = explain.decode_row
 
     def flaky(path, *args, **kwargs):
         if Path(path).name == "boom.png":
             raise MemoryError("simulated")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(explain, "decode_image", flaky)
+    monkeypatch.setattr(explain, "decode_row", flaky)
     result = explain.ShardResult()
     rows = [{"image_id": "ok", "path": "ok.png"}, {"image_id": "boom", "path": "boom.png"},
             {"image_id": "up", "path": "../ok.png"}]

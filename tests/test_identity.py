@@ -32,6 +32,15 @@ def null(value: object) -> object:
     return None if value == "nan" else value
 
 
+def without_added_columns(new: list[dict], old: list[dict]) -> list[dict]:
+    """``new``'s rows less the columns added since the reference was written (issue 19's
+    crops and parts), which must be null on this archive that has neither."""
+    added = set().union(*new) - set().union(*old) if new and old else set()
+    for row in new:
+        assert all(null(row[c]) is None for c in added), {c: row[c] for c in added}
+    return [{k: v for k, v in row.items() if k not in added} for row in new]
+
+
 def as_float(value: object) -> object:
     if isinstance(value, str) and (value.startswith(("0x", "-0x")) or value in ("nan", "inf")):
         return float.fromhex(value) if value != "nan" else float("nan")
@@ -75,6 +84,7 @@ def test_every_table_row_is_the_one_written_before(fresh: dict, reference: dict,
         old = [{k: null(v) for k, v in row.items() if k not in MOVED_TO_IMAGES} for row in old]
         new = [{k: null(v) for k, v in row.items()} for row in new]
     assert len(new) == len(old)
+    new = without_added_columns(new, old)
     if cpu_capability() == reference["cpu_capability"]:
         assert new == old
     else:

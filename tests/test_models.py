@@ -254,7 +254,8 @@ def manifest_of(config) -> tuple:
     from fidoflow.storage.runfolder import RunFolder
 
     run = RunFolder(config.root)
-    _, labels = write_manifest(run, config, model_of(config))
+    _, found = write_manifest(run, config, model_of(config))
+    labels = found["labels"]
     return run.read_table(tables.MANIFEST.path), labels
 
 

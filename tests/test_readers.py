@@ -337,7 +337,8 @@ def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> 
     config = RunConfig(source=str(source), root=str(tmp_path / "run"), model="synthetic-cnn",
                        shard_size=3)
     run = RunFolder(str(tmp_path / "run"))
-    _, labels = write_manifest(run, config, model_of(config))
+    _, found = write_manifest(run, config, model_of(config))
+    labels = found["labels"]
     table = run.read_table(tables.MANIFEST.path)
     assert table.schema.equals(tables.MANIFEST.schema)
     assert table.column("shard").to_pylist() == [i // 3 for i in range(table.num_rows)]

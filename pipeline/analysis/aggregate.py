@@ -191,6 +191,23 @@ def metric_rows(metrics: pd.DataFrame, config: BootstrapConfig = BootstrapConfig
     return rows
 
 
+def part_rows(parts: pd.DataFrame, config: BootstrapConfig = BootstrapConfig(),
+              by: Sequence[str] = ("class",)) -> list[dict[str, object]]:
+    """Mean share of each method's map near each part (``parts`` table), overall and per
+    class, with CIs over the images that show the part: which parts a model uses for a
+    species ("for Laysan Albatross, SCD puts 0.41 of its mass near the beak")."""
+    rows: list[dict[str, object]] = []
+    if parts.empty:
+        return rows
+    for group_by, group, cell in _groupings(parts, by):
+        for (method, part), values in cell.groupby(["method", "part"], sort=True):
+            share = pd.to_numeric(values["share"], errors="coerce").to_numpy(dtype=float)
+            mean, low, high, count = bootstrap_ci(share, config)
+            rows.append(_row("parts", group_by, group, method, None, str(part), mean[0],
+                             low[0], high[0], count[0]))
+    return rows
+
+
 def error_rows(errors: pd.DataFrame, images: int,
                stages: Sequence[str] = ("manifest", "decode", "reclassify", "evaluate")
                ) -> list[dict[str, object]]:
@@ -249,12 +266,19 @@ def with_groups(frame: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
 
 def build_summary(manifest: pd.DataFrame, reclassified: pd.DataFrame, metrics: pd.DataFrame,
                   errors: pd.DataFrame, timings: pd.DataFrame,
-                  config: BootstrapConfig = BootstrapConfig()) -> pd.DataFrame:
+                  config: BootstrapConfig = BootstrapConfig(),
+                  parts: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary table (``SUMMARY_COLUMNS``) of a run from its tables as DataFrames."""
     reclassified = with_groups(reclassified, manifest)
     metrics = with_groups(metrics, manifest)
+    if parts is not None and len(parts):  # the class of each image, from the manifest
+        labels = [c for c in ("image_id", "label_name", "model_label") if c in manifest]
+        parts = with_groups(parts.merge(manifest[labels], on="image_id", how="left"), manifest)
+    else:
+        parts = pd.DataFrame()
     rows = (run_rows(manifest, reclassified) + accuracy_rows(reclassified, config)
             + gain_rows(reclassified, config) + metric_rows(metrics, config)
+            + part_rows(parts, config)
             + error_rows(errors, len(manifest)) + timing_rows(timings))
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     for column in ("value", "ci_low", "ci_high"):

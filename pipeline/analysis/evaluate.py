@@ -62,25 +62,59 @@ def boxes_to_input(boxes: np.ndarray, views: np.ndarray, input_size: tuple[int, 
     return out
 
 
+@dataclass
+class Evaluation:
+    """Every registered metric's columns (N,) for N maps, and the rows of the tables some
+    metrics keep (table name -> rows naming their image by position, ``image``)."""
+
+    values: dict[str, np.ndarray]
+    tables: dict[str, list[dict]]
+
+
 @torch.no_grad()
 def evaluate_masks(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
                    targets: torch.Tensor, boxes: np.ndarray | None = None,
-                   config: EvaluateConfig = EvaluateConfig()) -> dict[str, np.ndarray]:
-    """Per-image values of every registered metric's columns for maps (N, h, w) of model inputs
-    (N, 3, H, W) and the classes they explain (N,); ``boxes`` (N, 4) in input pixels, NaN rows
-    where an image has none. Columns of a metric an image lacks the ground truth for are NaN."""
+                   config: EvaluateConfig = EvaluateConfig(),
+                   parts: list[list[dict]] | None = None) -> Evaluation:
+    """Every registered metric of maps (N, h, w) of model inputs (N, 3, H, W) and the classes
+    they explain (N,); ``boxes`` (N, 4) in input pixels, NaN rows where an image has none, and
+    ``parts`` per image its visible parts in input pixels. Columns of a metric an image lacks
+    the ground truth for are NaN."""
     n = len(images)
     boxes = (np.full((n, 4), np.nan) if boxes is None
              else np.asarray(boxes, dtype=np.float64).reshape(n, 4))
     batch = MetricBatch(model, images, torch.nan_to_num(saliency.float(), nan=0.0)
-                        .to(images.device), targets, boxes)
+                        .to(images.device), targets, boxes, parts or [])
     was_training = model.training
     model.eval()
     try:
-        return {name: values for metric in METRICS
-                for name, values in metric.evaluate(batch, config).items()}
+        values: dict[str, np.ndarray] = {}
+        tables: dict[str, list[dict]] = {}
+        for metric in METRICS:
+            measured = metric.evaluate(batch, config)
+            values |= measured.values
+            if metric.table is not None:
+                tables.setdefault(metric.table, []).extend(measured.rows)
+        return Evaluation(values, tables)
     finally:
         model.train(was_training)
+
+
+def parts_to_input(parts: object, view: tuple[float, float, float, float],
+                   input_size: tuple[int, int]) -> list[dict]:
+    """A manifest row's visible parts (original pixels) in model-input pixels; parts outside
+    the view (a crop) are left out."""
+    if not parts:
+        return []
+    vx0, vy0, vx1, vy1 = view
+    h, w = input_size
+    sx, sy = w / (vx1 - vx0), h / (vy1 - vy0)
+    out = []
+    for part in parts:
+        x, y = (part["x"] - vx0) * sx, (part["y"] - vy0) * sy
+        if 0 <= x < w and 0 <= y < h:
+            out.append({"name": part["name"], "x": x, "y": y})
+    return out
 
 
 def truth_boxes(rows: Sequence[dict]) -> np.ndarray:
@@ -96,14 +130,17 @@ def truth_boxes(rows: Sequence[dict]) -> np.ndarray:
 def evaluate_pictures(module: nn.Module, device: torch.device, pictures: Sequence[Picture],
                       joint: Mapping[str, np.ndarray], targets: Mapping[tuple[str, str], int],
                       input_size: tuple[int, int], config: EvaluateConfig
-                      ) -> list[dict[str, object]]:
+                      ) -> tuple[list[dict[str, object]], dict[str, list[dict]]]:
     """``metrics`` rows of a batch of pictures: every method's joint map (row
     ``picture.index`` of ``joint[method]``) for the class it explained (``targets`` by
-    (image_id, method)); pictures a method did not explain are left out."""
+    (image_id, method)), and the rows of the metrics' own tables (``parts``); pictures a
+    method did not explain are left out."""
     x = torch.stack([p.model_input for p in pictures]).to(device)
     boxes = boxes_to_input(truth_boxes([p.row for p in pictures]),
                            np.array([p.view for p in pictures]), input_size)
+    parts = [parts_to_input(p.row.get("parts"), p.view, input_size) for p in pictures]
     records: list[dict[str, object]] = []
+    details: dict[str, list[dict]] = {}
     for method, maps in joint.items():
         chosen = [j for j, p in enumerate(pictures) if (p.row["image_id"], method) in targets]
         if not chosen:
@@ -112,8 +149,13 @@ def evaluate_pictures(module: nn.Module, device: torch.device, pictures: Sequenc
         sal = torch.from_numpy(np.stack([maps[pictures[j].index] for j in chosen])
                                .astype(np.float32))
         tgt = torch.tensor([targets[(pictures[j].row["image_id"], method)] for j in chosen])
-        out = evaluate_masks(module, x[chosen], sal, tgt, boxes[chosen], config)
+        out = evaluate_masks(module, x[chosen], sal, tgt, boxes[chosen], config,
+                             [parts[j] for j in chosen])
         seconds = (time.perf_counter() - began) / len(chosen)
-        records += [metric_record(pictures[j].row, method, int(tgt[k]), out, k, seconds)
+        records += [metric_record(pictures[j].row, method, int(tgt[k]), out.values, k, seconds)
                     for k, j in enumerate(chosen)]
-    return records
+        for table, rows in out.tables.items():
+            details.setdefault(table, []).extend(
+                {"image_id": pictures[chosen[row.pop("image")]].row["image_id"],
+                 "method": method, **row} for row in rows)
+    return records, details

@@ -19,7 +19,8 @@ import torch
 
 from fidoflow.pipeline.analysis.records import error_record
 from fidoflow.pipeline.archive.readers.common import check_path
-from fidoflow.pipeline.imaging.decode import DecodeLimits, decode_image, to_tensor
+from fidoflow.pipeline.imaging.decode import DecodeLimits, to_tensor
+from fidoflow.pipeline.imaging.views import decode_row
 from fidoflow.pipeline.methods.registry import MethodSpec
 from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.inference import class_probabilities
@@ -44,6 +45,7 @@ class ShardResult:
     predictions: list[dict[str, object]] = field(default_factory=list)
     errors: list[dict[str, object]] = field(default_factory=list)
     images: list[dict[str, object]] = field(default_factory=list)
+    crops: list[tuple[int, tuple | None]] = field(default_factory=list)  # row, region
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     graphs: list[dict[str, object]] = field(default_factory=list)
 
@@ -80,14 +82,21 @@ def load_batch(
             continue
         result.images.append(record)
         try:
-            img = decode_image(Path(real), limits, min_size=(2 * size[0], 2 * size[1]),
-                               data=data)
-            record["width"], record["height"] = img.info["original_size"]
+            img, region = decode_row(Path(real), row, limits or DecodeLimits(),
+                                     2 * max(size), data)
+            record["width"], record["height"] = _file_size(img, region)
             tensors.append(to_tensor(img, size, resize))
+            result.crops.append((i, region))
             ok.append(i)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a shard
             result.errors.append(error_record(row, "decode", type(exc).__name__, str(exc)))
     return ok, (torch.stack(tensors) if tensors else None)
+
+
+def _file_size(img: object, region: tuple | None) -> tuple[int, int]:
+    """The file's (width, height) as displayed, also when ``img`` is a crop of it."""
+    return img.info.get("frame_size", img.info["original_size"]) if region else \
+        img.info["original_size"]
 
 
 def read_file(row: dict, real: str) -> tuple[bytes, dict[str, object]]:

@@ -42,7 +42,7 @@ from fidoflow.pipeline.analysis.records import (
     reclassify_record,
 )
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur
-from fidoflow.pipeline.imaging.views import Picture
+from fidoflow.pipeline.imaging.views import Picture, to_original
 from fidoflow.pipeline.models.inference import class_probabilities
 from fidoflow.pipeline.perturbation import blend
 
@@ -253,14 +253,15 @@ def reclassify_pictures(module: nn.Module, device: torch.device, class_names: li
             for j, picture in enumerate(pictures):
                 box = None
                 if variant != "blend" and out.boxes is not None:
-                    box = original_box(out.boxes[j].tolist(), picture.scale)
+                    box = original_box(out.boxes[j].tolist(), picture.scale, picture.region)
                 records.append(reclassify_record(picture.row, method, variant, probs[j],
                                                  class_names, config.topk, box))
     return records
 
 
-def original_box(box: list[float], scale: tuple[float, float]) -> CropBox:
-    """A crop box in working pixels, in the original picture's pixels."""
-    sx, sy = scale
-    x0, y0, x1, y1 = box
-    return round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
+def original_box(box: list[float], scale: tuple[float, float],
+                 region: tuple[float, float, float, float] | None = None) -> CropBox:
+    """A crop box in working pixels, in the original picture's pixels (``region``: where the
+    working picture, a crop of a frame, lies in it)."""
+    x0, y0, x1, y1 = to_original(box, region, scale)
+    return round(x0), round(y0), round(x1), round(y1)

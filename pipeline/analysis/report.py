@@ -77,6 +77,16 @@ class FlipItem:
 
 
 @dataclass
+class FrameItem:
+    """A camera-trap frame (thumbnail) and its detections: each one's box in thumbnail pixels,
+    its joint map and a caption."""
+
+    path: str
+    picture: np.ndarray
+    detections: list[tuple[tuple[float, ...], np.ndarray, str]]
+
+
+@dataclass
 class Curves:
     """Mean deletion and insertion curves of one method over the fraction of pixels changed."""
 
@@ -143,6 +153,48 @@ def draw_box(picture: np.ndarray, box: Sequence[float] | None,
     ImageDraw.Draw(img).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour,
                                   width=width)
     return np.asarray(img)
+
+
+PART_COLOUR = (255, 230, 0)
+
+
+def draw_parts(picture: np.ndarray, points: Sequence[tuple[str, float, float]]) -> np.ndarray:
+    """A copy of the picture with each part (name, x, y in its pixels) marked by a dot and its
+    name's first letters."""
+    if not points:
+        return picture
+    img = Image.fromarray(np.ascontiguousarray(picture))
+    draw = ImageDraw.Draw(img)
+    r = max(2, round(max(img.size) / 90))
+    for name, x, y in points:
+        draw.ellipse([x - r, y - r, x + r, y + r], outline=(0, 0, 0), fill=PART_COLOUR)
+        draw.text((x + r + 1, y - r - 1), name[:5], fill=PART_COLOUR)
+    return np.asarray(img)
+
+
+def part_table(summary: pd.DataFrame) -> str:
+    """Per method a class × part table of the map's mean share near each part (section
+    ``parts``), each cell shaded by its share: which parts the model uses for a species."""
+    rows = summary[(summary["section"] == "parts") & (summary["group_by"] == "class")]
+    if rows.empty:
+        return ""
+    out = []
+    for method, cell in rows.groupby("method", sort=True):
+        pivot = cell.pivot_table(index="group_value", columns="statistic", values="value")
+        top = max(float(np.nanmax(pivot.to_numpy())), 1e-9)
+        body = []
+        for group, values in pivot.iterrows():
+            cells = []
+            for part in pivot.columns:
+                v = values[part]
+                shade = 0 if pd.isna(v) else round(200 * float(v) / top)
+                cells.append(f"<td style='background:rgb({255 - shade},{255 - shade // 3},255)'>"
+                             f"{_fmt(v, False)}</td>")
+            body.append(f"<tr><td>{html.escape(str(group))}</td>{''.join(cells)}</tr>")
+        head = "".join(f"<th>{html.escape(str(p))}</th>" for p in pivot.columns)
+        out.append(f"<h3>{html.escape(str(method))}</h3><table class=num><thead><tr><th>class</th>"
+                   f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return "".join(out)
 
 
 # --- charts ----------------------------------------------------------------------------------
@@ -377,6 +429,8 @@ figure img{display:block;max-width:224px;height:auto;border:1px solid #ccc}
 .gallery .graphs{margin:-4px 0 14px 206px} .gallery .graphs figure img{max-width:520px}
 .flips{display:flex;flex-wrap:wrap;gap:8px}
 .flips figure img{max-width:150px}
+.frames{display:flex;flex-wrap:wrap;gap:10px} .frames figure img{max-width:480px}
+.frames figure{max-width:482px}
 .flips figure{width:152px}
 details{margin:.6em 0}
 """
@@ -429,6 +483,29 @@ def gallery_html(items: Sequence[GalleryItem]) -> str:
     return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
 
 
+def paste(picture: np.ndarray, box: Sequence[float], saliency: np.ndarray) -> np.ndarray:
+    """The picture with ``saliency`` drawn as a heat map inside ``box`` (x0, y0, x1, y1)."""
+    h, w = picture.shape[:2]
+    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x1, y1 = min(w, max(x0 + 1, round(box[2]))), min(h, max(y0 + 1, round(box[3])))
+    out = picture.copy()
+    out[y0:y1, x0:x1] = overlay(picture[y0:y1, x0:x1], saliency)
+    return draw_box(out, (x0, y0, x1, y1))
+
+
+def frames_html(items: Sequence[FrameItem]) -> str:
+    """Each frame with its detections' masks pasted where the crops came from."""
+    parts = []
+    for item in items:
+        picture = item.picture
+        for box, saliency, _ in item.detections:
+            picture = paste(picture, box, saliency)
+        captions = "; ".join(c for _, _, c in item.detections)
+        parts.append(_figure(data_uri(picture), f"{item.path}: {captions}",
+                             f"{item.path} with its detections"))
+    return "<div class=frames>" + "".join(parts) + "</div>" if parts else ""
+
+
 def flips_html(items: Sequence[FlipItem], limit_note: str = "") -> str:
     if not items:
         return "<p>No image changed its label.</p>"
@@ -475,7 +552,7 @@ def headline(summary: pd.DataFrame) -> str:
 def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
                   gallery: Sequence[GalleryItem], flips: Sequence[FlipItem],
                   title: str = "fidoflow run report", meta: dict[str, str] | None = None,
-                  flips_note: str = "") -> str:
+                  flips_note: str = "", frames: Sequence[FrameItem] = ()) -> str:
     """The whole report as one HTML string."""
     meta_html = "".join(f"<div><b>{html.escape(k)}</b>: {html.escape(str(v))}</div>"
                         for k, v in (meta or {}).items())
@@ -501,6 +578,11 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
         sections += ["<h2>Accuracy per split</h2>", per_split]
     if per_class:
         sections += ["<details><summary>Accuracy per class</summary>", per_class, "</details>"]
+    parts = part_table(summary)
+    if parts:
+        sections += [("<h2>Parts: where each method's map lies, per class</h2><p class=meta>The "
+                     "mean share of the map's mass within each visible part's disc (radius 0.1 × "
+                     "the bird's box), over the class's images; darker is more.</p>"), parts]
     sections += [
         "<h2>Deletion and insertion</h2>",
         (f"<img src='{curve_chart}' alt='deletion and insertion curves'>" if curve_chart
@@ -512,6 +594,12 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
          "blurred) keeps the class at 90 % of its probability, and beside it the root with one "
          "patch (red) removed: the probability left and how much it dropped.</p>"),
         gallery_html(gallery),
+    ]
+    if frames:
+        sections += [("<h2>Detections back in their frames</h2><p class=meta>Each detection was "
+                     "explained on its square crop; here its map is pasted where the crop came "
+                     "from (the frame's detections together).</p>"), frames_html(frames)]
+    sections += [
         "<h2>Images whose label changed</h2>", flips_html(flips, flips_note),
         "<h2>Errors</h2>", simple_table(summary, "errors"),
         "<h2>Timings (compute seconds)</h2>", simple_table(summary, "timing"),

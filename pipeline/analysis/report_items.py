@@ -17,13 +17,15 @@ from fidoflow.pipeline.analysis.records import BASELINE_METHOD
 from fidoflow.pipeline.analysis.report import (
     Curves,
     FlipItem,
+    FrameItem,
     GalleryItem,
     GraphRoot,
     MethodMaps,
+    draw_parts,
     thumbnail,
 )
 from fidoflow.pipeline.imaging.decode import DecodeLimits
-from fidoflow.pipeline.imaging.views import decode_picture, original_size, view_box
+from fidoflow.pipeline.imaging.views import decode_row, original_size, view_box
 
 if TYPE_CHECKING:
     from fidoflow.pipeline.config import AnalysisConfig, RunConfig
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 GALLERY_SIDE = 224  # longest side of a gallery thumbnail, pixels
 FLIP_SIDE = 150  # and of a flip example's
+FRAME_SIDE = 480  # and of a camera-trap frame with its detections' masks
 Frame = tuple[float, float, float]  # original pixels -> thumbnail pixels: scale, offset x, y
 RowsById = dict[str, tuple[int, dict]]  # image_id -> (manifest row number, manifest row)
 Pictures = Callable[[dict, int], tuple[np.ndarray, Frame]]  # (row, longest) -> thumb, frame
@@ -50,18 +53,50 @@ def mean_curves(metrics: pd.DataFrame) -> dict[str, Curves]:
     return curves
 
 
-def picture_frame(path: Path, limits: DecodeLimits, input_size: tuple[int, int], resize: str,
-                  longest: int) -> tuple[np.ndarray, Frame]:
-    """Thumbnail of the part of a picture the model saw, and the map from original pixels to
-    thumbnail pixels."""
-    img = decode_picture(path, limits, longest)
+def picture_frame(path: Path, row: dict, limits: DecodeLimits, input_size: tuple[int, int],
+                  resize: str, longest: int) -> tuple[np.ndarray, Frame]:
+    """Thumbnail of the part of a picture (or of the row's crop) the model saw, and the map
+    from the file's original pixels to thumbnail pixels."""
+    img, region = decode_row(path, row, limits, longest)
     width, _ = original_size(img)
     vx0, vy0, vx1, vy1 = view_box(img.size, input_size, resize)
     seen = img.crop((int(vx0), int(vy0), int(vx1), int(vy1))) if (vx0, vy0) != (0, 0) or (
         vx1, vy1) != img.size else img
     thumb, t = thumbnail(np.asarray(seen), longest)
     r = img.size[0] / width  # decoded pixels per original pixel
-    return thumb, (r * t, vx0 * t, vy0 * t)
+    rx0, ry0 = (region[0], region[1]) if region is not None else (0.0, 0.0)
+    return thumb, (r * t, (rx0 * r + vx0) * t, (ry0 * r + vy0) * t)
+
+
+def frame_items(rows_by_id: RowsById, method: str, count: int, whole: Callable[[dict, int],
+                tuple[np.ndarray, float]], crops: Callable[[int], tuple[float, ...]],
+                maps_of: MapsOf) -> list[FrameItem]:
+    """Up to ``count`` camera-trap frames (rows that are detections of a frame), each with
+    every detection's joint map of ``method`` pasted into its crop: the masks back in the
+    frame. ``whole(row, longest)``: the frame's thumbnail and its scale from original pixels;
+    ``crops(i)``: manifest row i's crop box in original pixels."""
+    frames: dict[str, list[tuple[int, dict]]] = {}
+    for i, row in sorted(rows_by_id.values(), key=lambda e: e[0]):
+        if row.get("detection") is not None and row.get("manifest_error") is None:
+            frames.setdefault(str(row["path"]), []).append((i, row))
+    items = []
+    for path in sorted(frames)[:count]:
+        detections = frames[path]
+        try:
+            picture, scale = whole(detections[0][1], FRAME_SIDE)
+        except Exception as exc:  # noqa: BLE001 - a frame that vanished since: leave it out
+            log.warning("report: frame %s left out: %s", path, exc)
+            continue
+        pasted = []
+        for i, row in detections:
+            box = crops(i)
+            if box is None or np.isnan(box).any():
+                continue
+            pasted.append((tuple(v * scale for v in box), maps_of(method, i)["joint"],
+                           (f"#{row['detection']} {row.get('label_name') or ''} "
+                           f"{row.get('detection_conf') or 0:.2f}")))
+        items.append(FrameItem(path, picture, pasted))
+    return items
 
 
 def box_in(frame: Frame, record: pd.Series) -> tuple[float, ...] | None:
@@ -111,6 +146,11 @@ def gallery_items(methods: Sequence[str], count: int, seed: int, rows_by_id: Row
         except Exception as exc:  # noqa: BLE001 - a picture that vanished since: leave it out
             log.warning("report: %s left out of the gallery: %s", image_id, exc)
             continue
+        parts = row.get("parts")
+        if parts is not None and len(parts):
+            s, ox, oy = frame
+            thumb = draw_parts(thumb, [(p["name"], p["x"] * s - ox, p["y"] * s - oy)
+                                       for p in parts])
         b = base.loc[image_id]
         caption = [f"label: {row.get('label_name') or '–'}",
                    f"global: {b['top1_name']} ({b['top1_prob']:.2f})"]

@@ -43,7 +43,8 @@ from fidoflow.pipeline.archive.readers.registry import (
     get_reader,
 )
 
-BATCH_ROWS = 65536
+BATCH_ROWS = 8192  # rows per spill batch: the first pass holds one batch of Python rows
+CROP_KEYS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "crop_units")
 PART = pa.struct([("name", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
 ARROW = {"string": pa.string(), "Int32": pa.int32(), "Float32": pa.float32(),
          "boolean": pa.bool_(), "object": pa.list_(PART)}
@@ -75,6 +76,7 @@ class _Pass:
     names: set[str] = field(default_factory=set)
     labelled: bool = False
     with_split: bool = False
+    counts: dict[str, int] = field(default_factory=dict)  # archive items that make no row
 
     def add(self, columns: dict[str, list]) -> None:
         paths, ids = columns["path"], columns["image_id"]
@@ -83,7 +85,8 @@ class _Pass:
         self.refused.append(np.array([e is not None for e in columns["manifest_error"]],
                                      dtype=bool))
         self.has_id.append(has_id)
-        self.path_key.append(_hashes([posixpath.normpath(p) if p else None for p in paths]))
+        self.path_key.append(_hashes([_file_key(p, columns, i) if p else None
+                                      for i, p in enumerate(paths)]))
         self.given_id.append(_hashes(ids))
         # rows without an id take it from their path: kept for those rows only
         derived = [p for p, i in zip(paths, ids, strict=True) if i is None]
@@ -101,6 +104,14 @@ class _Pass:
             full[~out["has_id"].astype(bool)] = out[name]
             out[name] = full
         return out
+
+
+def _file_key(path: str, columns: dict[str, list], i: int) -> str:
+    """What names one picture: the normalised path, and the crop of it a row explains (two
+    detections of one frame are two pictures, the same file listed twice is one)."""
+    crop = [columns[f"crop_{c}"][i] for c in ("x0", "y0", "x1", "y1")]
+    key = posixpath.normpath(path)
+    return key if crop[0] is None else f"{key}|{columns['crop_units'][i]}|{crop}"
 
 
 def _first_rows(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -135,7 +146,7 @@ class _Decisions:
                 record["image_id"] = path if self.shared_stem[i] else image_id_from_path(path)
             else:
                 record["image_id"] = f"row-{i}"
-        key = posixpath.normpath(path) if path else None
+        key = (_file_key(path, {c: [record[c]] for c in CROP_KEYS}, 0) if path else None)
         j = int(self.path_first[i])
         if j >= 0 and j != i and record["manifest_error"] is None:
             seen = self.first_path_of.get(j)
@@ -169,6 +180,7 @@ class ManifestStream:
     names: list[str]
     mapper: LabelMapper
     rank: dict[str, int] | None
+    counts: dict[str, int]  # archive items that make no row (empty camera-trap frames)
     _cleanup: tempfile.TemporaryDirectory | None = None
     _renamed: set[int] = field(default_factory=set)
 
@@ -274,9 +286,12 @@ def _add_entry(columns: dict[str, list], entry: dict, keys: _Pass) -> None:
 
 def open_manifest(source: str | Path, format: str | None, split: str,
                   images_root: str | Path | None, class_names: Sequence[str],
-                  label_map: str | None = None) -> ManifestStream:
+                  label_map: str | None = None, options: dict | None = None,
+                  crop: str = "none") -> ManifestStream:
     """The first pass over ``source``'s entries (see the module's docstring); raises on
-    archive-level problems only. ``close()`` the result when done (it removes the spill)."""
+    archive-level problems only. ``options``: run settings a reader takes (by setting name);
+    ``crop="boxes"``: rows with an annotated box are explained on the square crop around it.
+    ``close()`` the result when done (it removes the spill)."""
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"source folder not found: {source}")
@@ -284,6 +299,8 @@ def open_manifest(source: str | Path, format: str | None, split: str,
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     root_override = Path(images_root) if images_root is not None else None
     chosen = get_reader(format, source, root_override)
+    taken = {keyword: (options or {})[setting] for keyword, setting in chosen.options
+             if (options or {}).get(setting) is not None}
     folder = tempfile.TemporaryDirectory(prefix="fidoflow-manifest-")
     spill = Path(folder.name) / "rows.arrow"
     keys = _Pass()
@@ -298,7 +315,14 @@ def open_manifest(source: str | Path, format: str | None, split: str,
                 for values in columns.values():
                     values.clear()
 
-            for entry in chosen.entries(source, root_override):
+            for entry in chosen.entries(source, root_override, **taken):
+                if "__count__" in entry:
+                    keys.counts[entry["__count__"]] = keys.counts.get(entry["__count__"], 0) + 1
+                    continue
+                if crop == "boxes" and entry.get("box_x0") is not None \
+                        and entry.get("crop_x0") is None:
+                    entry = {**entry, "crop_units": "pixels",
+                             **{f"crop_{k}": entry.get(f"box_{k}") for k in ("x0", "y0", "x1", "y1")}}
                 if entry.get("split"):
                     keys.with_split = True
                 if split != "all" and entry.get("split") != split:
@@ -319,7 +343,7 @@ def open_manifest(source: str | Path, format: str | None, split: str,
                 else None)
         return ManifestStream(chosen, archive_root(source, root_override), spill, rows,
                               keys.done(), names, LabelMapper(names, class_names, mapping), rank,
-                              folder)
+                              dict(keys.counts), folder)
     except BaseException:
         folder.cleanup()
         raise

@@ -54,6 +54,7 @@ class Scene:
     part_box: torch.Tensor
     object_box: torch.Tensor
     part_ids: torch.Tensor | None = None  # (H, W) uint8, fine scenes only: 1 wing, 2 crown
+    points: dict[str, tuple[float, float]] | None = None  # CUB-named part centres (x, y)
 
 
 @dataclass
@@ -189,6 +190,19 @@ class _Bird:
         return _patch(canvas, x, y, 0.5 * self.a, 0.45 * self.b, self.angle - self.facing * 0.1,
                       colour, barred, self.part_period, self.part_phase)
 
+    def points(self) -> dict[str, tuple[float, float]]:
+        """The centres of the bird's parts under CUB's names (pixel edges, x right, y down):
+        the wing patch is the ``left wing``, the crown cap the ``crown``."""
+        a, b = self.a, self.b
+        rh = 0.55 * b
+        return {"beak": self.at(0.85 * a + rh + 0.2 * b, -0.5 * b),
+                "belly": self.at(0.0, 0.6 * b),
+                "crown": self.at(0.85 * a, -0.6 * b - 0.6 * rh),
+                "left eye": self.at(0.85 * a + 0.3 * rh, -0.6 * b - 0.15 * rh),
+                "left leg": self.at(0.2 * a, 1.4 * b),
+                "left wing": self.at(-0.1 * a, -0.15 * b),
+                "tail": self.at(-1.05 * a, -0.15 * b)}
+
     def paint_crown(self, canvas: _Canvas, colour: np.ndarray) -> tuple:
         """A cap on top of the head in ``colour``; returns its window and coverage."""
         rh = 0.55 * self.b
@@ -293,7 +307,7 @@ def make_scene(rng_or_seed: np.random.Generator | int, label: int, size: int = D
     image = np.clip(canvas.img * light + grain, 0.0, 1.0)
     return Scene(torch.from_numpy(image), label, torch.from_numpy(part_mask), _box(part_mask),
                  _box(object_mask | part_mask),
-                 torch.from_numpy(part_ids) if part_ids is not None else None)
+                 torch.from_numpy(part_ids) if part_ids is not None else None, bird.points())
 
 
 def make_dataset(n: int, seed: int, size: int = DEFAULT_SIZE, classes: int = 8,
@@ -346,4 +360,108 @@ def write_archive(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
     pd.DataFrame(rows).to_csv(root / "ground_truth.csv", index=False)
     np.savez_compressed(root / "part_masks.npz", image_id=np.array([r["image_id"] for r in rows]),
                         masks=data.part_masks.numpy())
+    return root
+
+
+def write_cub_tree(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
+                   classes: int = 8, small_objects: bool = False, fine: bool = False) -> Path:
+    """The scenes as a CUB-200-2011 tree: ``images/<class>/<id>.png`` and the metadata files
+    (``images.txt``, ``classes.txt`` named like the synthetic classes, ``image_class_labels.txt``,
+    ``train_test_split.txt``: every other image a test image, ``bounding_boxes.txt``: the
+    bird, ``parts/parts.txt`` and ``parts/part_locs.txt``: the parts of ``_Bird.points``, all
+    visible). The discriminative part is the ``left wing`` (and, ``fine``, the ``crown``)."""
+    from PIL import Image
+
+    root = Path(root)
+    names = class_names(fine)[:classes]
+    streams = np.random.SeedSequence(seed).spawn(n)
+    part_names = list(_Bird(0, 0, 1, 1, 0, 1, DARK, DARK, 0.5, 0).points())
+    lines: dict[str, list[str]] = {k: [] for k in ("images", "labels", "split", "boxes", "locs")}
+    for i, stream in enumerate(streams, start=1):
+        scene = make_scene(np.random.default_rng(stream), (i - 1) % classes, size,
+                           small_objects, fine)
+        name = names[scene.label]
+        relative = f"{scene.label + 1:03d}.{name}/{seed}-{i:06d}.png"
+        (root / "images" / relative).parent.mkdir(parents=True, exist_ok=True)
+        pixels = (scene.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / relative)
+        x0, y0, x1, y1 = scene.object_box.tolist()
+        lines["images"].append(f"{i} {relative}")
+        lines["labels"].append(f"{i} {scene.label + 1}")
+        lines["split"].append(f"{i} {i % 2}")
+        lines["boxes"].append(f"{i} {x0} {y0} {x1 - x0} {y1 - y0}")
+        lines["locs"] += [f"{i} {k} {x:.1f} {y:.1f} 1"
+                          for k, (x, y) in enumerate(scene.points.values(), start=1)]
+    (root / "parts").mkdir(parents=True, exist_ok=True)
+    files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
+             "train_test_split.txt": lines["split"], "bounding_boxes.txt": lines["boxes"],
+             "classes.txt": [f"{k} {n}" for k, n in enumerate(names, start=1)],
+             "parts/parts.txt": [f"{k} {n}" for k, n in enumerate(part_names, start=1)],
+             "parts/part_locs.txt": lines["locs"]}
+    for name, content in files.items():
+        (root / name).write_text("\n".join(content) + "\n")
+    return root
+
+
+def write_camera_traps(root: str | Path, frames: int, seed: int, side: int = 192,
+                       classes: int = 8) -> Path:
+    """Camera-trap frames with small birds and what a detector and an annotator would say.
+
+    Frame i holds 1 + (i % 2) birds (each the bird of a ``side`` × ``side`` scene drawn at the
+    classifier's pixel scale, the scenes side by side), plus one empty frame (background only)
+    and one frame that does not exist (the detector failed on it). Writes ``frames/<i>.png``;
+    ``md.json``: MegaDetector batch output (format 1.3) with each bird's box as an ``animal``
+    detection, a low-confidence animal and a ``person`` that the defaults leave out, the empty
+    frame without detections and the failed one; ``truth.parquet``: one row per bird (``path``,
+    ``label_name``, the bird's ``box_*`` and its ``parts`` in frame pixels). Returns ``root``.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root = Path(root)
+    (root / "frames").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    streams = iter(np.random.SeedSequence(seed).spawn(4 * frames + 4))
+    images, truth = [], []
+    for i in range(frames):
+        birds = [make_scene(np.random.default_rng(next(streams)), int(rng.integers(classes)),
+                            side, small_objects=True) for _ in range(1 + i % 2)]
+        pixels = np.concatenate([b.image.permute(1, 2, 0).numpy() for b in birds], axis=1)
+        name = f"frames/{i:04d}.png"
+        Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / name)
+        width, height = side * len(birds), side
+        detections = []
+        for k, bird in enumerate(birds):
+            x0, y0, x1, y1 = bird.object_box.tolist()
+            x0, x1 = x0 + k * side, x1 + k * side
+            detections.append({"category": "1", "conf": round(float(rng.uniform(0.7, 0.99)), 3),
+                               "bbox": [x0 / width, y0 / height, (x1 - x0) / width,
+                                        (y1 - y0) / height]})
+            truth.append({"path": name, "label_name": CLASS_NAMES[bird.label],
+                          "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1,
+                          "parts": [{"name": p, "x": x + k * side, "y": y}
+                                    for p, (x, y) in bird.points.items()]})
+        detections.append({"category": "1", "conf": 0.08, "bbox": [0.0, 0.0, 0.2, 0.2]})
+        detections.append({"category": "2", "conf": 0.9, "bbox": [0.5, 0.5, 0.1, 0.2]})
+        images.append({"file": name, "max_detection_conf": max(d["conf"] for d in detections),
+                       "detections": detections})
+    canvas = _Canvas(side)
+    _background(canvas, np.random.default_rng(next(streams)), DEFAULT_SIZE)
+    Image.fromarray((np.clip(canvas.img, 0, 1).transpose(1, 2, 0) * 255).round()
+                    .astype(np.uint8)).save(root / "frames" / "empty.png")
+    images.append({"file": "frames/empty.png", "max_detection_conf": 0.0, "detections": []})
+    images.append({"file": "frames/missing.png", "failure": "Failure image access",
+                   "detections": None})
+    output = {"info": {"format_version": "1.3", "detector": "synthetic"},
+              "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+              "images": images}
+    (root / "md.json").write_text(json.dumps(output, indent=1))
+    part = pa.struct([("name", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
+    pq.write_table(pa.Table.from_pylist(truth, pa.schema([
+        ("path", pa.string()), ("label_name", pa.string()), ("box_x0", pa.float32()),
+        ("box_y0", pa.float32()), ("box_x1", pa.float32()), ("box_y1", pa.float32()),
+        ("parts", pa.list_(part))])), root / "truth.parquet")
     return root

@@ -23,24 +23,50 @@ class GradCamConfig:
     layer: str | None = None
 
 
+def type_name(module: nn.Module) -> str:
+    """A module's class name, also for a TorchScript module (which keeps it as
+    ``original_name``)."""
+    return getattr(module, "original_name", type(module).__name__)
+
+
 def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """A sub-module by dotted name, e.g. ``net._conv_head`` or ``features.4``."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"model has no layer {name!r}") from None
+    """A sub-module by dotted name, e.g. ``net._conv_head`` or ``features.4``, that takes the
+    forward hooks a layer attribution needs."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        raise ValueError(f"model has no layer {name!r}")
+    layer = modules[name]
+    if isinstance(layer, torch.jit.ScriptModule):
+        raise ValueError(  # noqa: TRY004 - a user's model, not a caller's argument type
+            f"layer {name!r} ({type_name(layer)}) is part of a TorchScript model, whose layers "
+            "take no hooks, and Grad-CAM needs one: give the model as a state_dict with a model "
+            "card, or as an exported program (torch.export), or use a method that needs no "
+            "layer (scd, ig, saliency, rise, ...)")
+    return layer
 
 
 def last_conv_layer(model: nn.Module) -> str:
-    """The layer Grad-CAM uses when none is named: a known head, else the last convolution."""
+    """The layer Grad-CAM uses when none is named: a known head, else the last convolution
+    (found by class name, so TorchScript and exported models are searched too)."""
     modules = dict(model.named_modules())
     for name in KNOWN_LAYERS:
         if name in modules:
             return name
-    convs = [name for name, m in modules.items() if isinstance(m, nn.Conv2d)]
+    convs = [name for name, m in modules.items() if type_name(m) == "Conv2d"
+             or _is_exported_conv(m)]
     if not convs:
         raise ValueError("model has no convolution for Grad-CAM; name one with gradcam:layer=...")
     return convs[-1]
+
+
+def _is_exported_conv(module: nn.Module) -> bool:
+    """A submodule of an unflattened exported program whose graph is one convolution."""
+    graph = getattr(module, "graph", None)
+    if graph is None or list(module.children()):
+        return False
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    return len(calls) == 1 and "convolution" in str(calls[0].target) or (
+        len(calls) == 1 and "conv2d" in str(calls[0].target))
 
 
 @register("gradcam", GradCamConfig, "Grad-CAM (captum LayerGradCam) at the last convolutional "

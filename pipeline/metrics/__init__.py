@@ -4,9 +4,17 @@ module in it, so a new metric is one new file with one ``@register``ed class (an
 import importlib
 import pkgutil
 
-from fidoflow.pipeline.metrics.base import METRICS, Column, Metric, MetricBatch, columns, fields
+from fidoflow.pipeline.metrics.base import (
+    METRICS,
+    Column,
+    Measured,
+    Metric,
+    MetricBatch,
+    columns,
+    fields,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METRICS", "Column", "Metric", "MetricBatch", "columns", "fields"]
+__all__ = ["METRICS", "Column", "Measured", "Metric", "MetricBatch", "columns", "fields"]

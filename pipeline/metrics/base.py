@@ -7,7 +7,7 @@ report loop over the registry; a new metric is one declared class (and its test)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
@@ -34,26 +34,43 @@ class Column:
     description: str
     summarised: bool = True
 
-    def value(self, values: np.ndarray) -> object:
-        """The table value of one image's entry: None for NaN (no box, no part), lists as lists."""
+    def value(self, values: object) -> object:
+        """The table value of one image's entry: None for NaN or None (no box, no part), lists
+        as lists, text as text."""
         if pa.types.is_list(self.type):
             return np.asarray(values).tolist()
+        if pa.types.is_string(self.type):
+            return None if values is None else str(values)
         if np.isnan(values):
             return None
         return bool(values) if pa.types.is_boolean(self.type) else float(values)
+
+    def empty(self, n: int) -> np.ndarray:
+        """Values for ``n`` images that lack what the metric needs."""
+        if pa.types.is_string(self.type):
+            return np.full(n, None, dtype=object)
+        return np.full(n, np.nan, dtype=np.float32)
+
+
+Part = dict  # {"name": str, "x": float, "y": float}: a visible part's centre, input pixels
 
 
 @dataclass
 class MetricBatch:
     """N images as the model saw them (N, 3, H, W), their maps (N, h, w; NaN read as 0), the
     classes the maps explain (N,), and the ground truth in model-input pixels: boxes (N, 4)
-    with NaN rows where an image has none."""
+    with NaN rows where an image has none, and each image's visible parts (empty when none)."""
 
     model: nn.Module
     images: torch.Tensor
     saliency: torch.Tensor
     targets: torch.Tensor
     boxes: np.ndarray
+    parts: list[list[Part]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [[] for _ in range(len(self.images))]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -73,43 +90,59 @@ class MetricBatch:
         has = np.ones(len(self.images), bool)
         if "boxes" in needs:
             has &= ~np.isnan(self.boxes).any(axis=1)
+        if "parts" in needs:
+            has &= np.array([bool(p) for p in self.parts], dtype=bool)
         return np.nonzero(has)[0]
+
+
+@dataclass
+class Measured:
+    """A metric's values per column (N,) and, for a metric with a table of its own, that
+    table's rows (each naming its image by position in the batch, ``image``)."""
+
+    values: dict[str, np.ndarray]
+    rows: list[dict] = field(default_factory=list)
 
 
 class Metric:
     """Base of every metric: ``measure`` (the one step a metric writes) gets the images that
-    have what it ``needs`` and returns each column's values for them; the base fills NaN for the
-    others."""
+    have what it ``needs`` and returns each column's values for them (and, with a ``table``,
+    rows of it); the base fills NaN for the others."""
 
     columns: ClassVar[tuple[Column, ...]]
     needs: ClassVar[frozenset[Need]] = frozenset()
     position: ClassVar[int]  # column order in the table
+    table: ClassVar[str | None] = None  # the run-folder table its rows go to, if any
 
-    def evaluate(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
+    def evaluate(self, batch: MetricBatch, config: EvaluateConfig) -> Measured:
         n = len(batch.images)
         rows = batch.rows_with(self.needs)
-        out = {c.name: np.full(n, np.nan, dtype=np.float32) for c in self.columns
-               if not pa.types.is_list(c.type)}
+        out = {c.name: c.empty(n) for c in self.columns if not pa.types.is_list(c.type)}
         if not len(rows):
-            return out
-        measured = self.measure(batch if len(rows) == n and not self.needs else
-                                _subset(batch, rows), config)
+            return Measured(out)
+        whole = len(rows) == n and not self.needs
+        measured = self.measure(batch if whole else _subset(batch, rows), config)
+        if not isinstance(measured, Measured):
+            measured = Measured(measured)
         for column in self.columns:
-            values = measured[column.name]
+            values = measured.values[column.name]
             if pa.types.is_list(column.type):
                 out[column.name] = values
             else:
                 out[column.name][rows] = values
-        return out
+        details = [{**row, "image": int(rows[row["image"]])} for row in measured.rows]
+        return Measured(out, details)
 
-    def measure(self, batch: MetricBatch, config: EvaluateConfig) -> dict[str, np.ndarray]:
+    def measure(self, batch: MetricBatch, config: EvaluateConfig
+                ) -> dict[str, np.ndarray] | Measured:
         raise NotImplementedError
 
 
 def _subset(batch: MetricBatch, rows: np.ndarray) -> MetricBatch:
     index = torch.from_numpy(rows)
     return MetricBatch(batch.model, batch.images[index.to(batch.images.device)],
-                       batch.saliency.cpu()[index], batch.targets[index], batch.boxes[rows])
+                       batch.saliency.cpu()[index], batch.targets[index], batch.boxes[rows],
+                       [batch.parts[i] for i in rows])
 
 
 METRICS: list[Metric] = []

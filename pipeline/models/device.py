@@ -22,11 +22,58 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per optimisation step when the user does not say: a GPU needs many to be busy; on a
-    CPU one image's 2·B blends already fill the cores and larger steps fall out of cache (N = 4
-    was 10–20 % slower per image than N = 1 on the 2-core box, bench/RESULTS.md)."""
-    return 8 if device.type == "cuda" else 1
+GPU_MEMORY_SHARE = 0.6  # of the free GPU memory a step may fill (the rest: fills, masks, cache)
+GPU_STEP_RANGE = (8, 1024)  # images per step on a GPU, whatever the memory says
+
+
+def default_batch_size(device: torch.device, free_bytes: int | None = None,
+                       bytes_per_image: float | None = None) -> int:
+    """Images per optimisation step when the user does not say. On a CPU 1: one image's 2·B
+    blends already fill the cores and larger steps fall out of cache (N = 4 was 10–20 % slower
+    per image than N = 1 on the 2-core box, bench/RESULTS.md). On a GPU as many as fill
+    ``GPU_MEMORY_SHARE`` of its free memory at ``bytes_per_image`` a step
+    (``step_bytes``), within ``GPU_STEP_RANGE``; 8 when either is unknown."""
+    if device.type != "cuda":
+        return 1
+    low, high = GPU_STEP_RANGE
+    if not free_bytes or not bytes_per_image:
+        return low
+    return int(min(max(GPU_MEMORY_SHARE * free_bytes // bytes_per_image, low), high))
+
+
+@torch.no_grad()
+def activation_bytes(module: nn.Module, input_size: tuple[int, int]) -> int:
+    """Bytes of every leaf module's output for one image in float32 on the CPU: what a forward
+    pass keeps for the backward, roughly (one probe forward, hooks on the leaves)."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * 4
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        module(torch.zeros(1, 3, *input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def step_bytes(activations: int, blends_per_image: float, autocast: bool) -> float:
+    """GPU memory one image of a step needs: its blends' activations (half of them in bf16),
+    twice over for the backward's temporaries."""
+    return activations * blends_per_image * (0.5 if autocast else 1.0) * 2.0
+
+
+def free_gpu_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device (None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
 
 
 def prepare_module(module: nn.Module, device: torch.device, compile_model: bool = False,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import coco, cub, folder, manifest  # noqa: F401 - each module registers its reader
+from . import coco, cub, folder, manifest, megadetector  # noqa: F401 - each registers a reader
 from .common import COLUMNS, SPLITS, check_path
 from .registry import READERS, ArchiveError, archive_root, detect_format
 

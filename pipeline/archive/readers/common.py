@@ -29,6 +29,13 @@ COLUMNS: dict[str, str] = {
     "location": "string",
     "datetime": "string",
     "n_annotations": "Int32",
+    "detection": "Int32",
+    "detection_conf": "Float32",
+    "crop_x0": "Float32",
+    "crop_y0": "Float32",
+    "crop_x1": "Float32",
+    "crop_y1": "Float32",
+    "crop_units": "string",
     "manifest_error": "string",
     "manifest_message": "string",
 }

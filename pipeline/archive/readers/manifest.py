@@ -4,12 +4,14 @@ sits in memory whole).
 
 Columns read (others are ignored): ``path`` (required), ``image_id``, ``label``, ``label_name``
 (or ``class_name``), ``split``, a box as ``box_x0 box_y0 box_x1 box_y1`` or ``x y w h`` (pixels),
-``seq_id``, ``location``, ``datetime``, ``empty``. Without ``label`` but with names, ``label`` is
-the index of the name in sorted order (``rank_names``).
+``parts`` (visible part locations in pixels: a list of ``{name, x, y}``, in a CSV as that JSON
+text), ``seq_id``, ``location``, ``datetime``, ``empty``. Without ``label`` but with names,
+``label`` is the index of the name in sorted order (``rank_names``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,8 @@ MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
 TEXT_COLUMNS = ("path", "image_id", "label_name", "class_name", "split", "seq_id", "location",
                 "datetime")
 KEPT = ("image_id", "path", "label", "label_name", "split", "box_x0", "box_y0", "box_x1",
-        "box_y1", "seq_id", "location", "datetime", "empty")
-BATCH_ROWS = 65536
+        "box_y1", "parts", "seq_id", "location", "datetime", "empty")
+BATCH_ROWS = 8192  # rows read at once: a batch of Python rows at most
 
 
 def manifest_in(folder: Path) -> Path | None:
@@ -51,7 +53,7 @@ def _batches(path: Path) -> tuple[list[str], Iterator[pa.RecordBatch]]:
         delimiter = "\t" if suffix == ".tsv" else ","
         header = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter))
         names = header.schema.names
-        types = {c: pa.string() for c in names if c in TEXT_COLUMNS}
+        types = {c: pa.string() for c in names if c in (*TEXT_COLUMNS, "parts")}
         stream = pcsv.open_csv(
             path, read_options=pcsv.ReadOptions(block_size=16 << 20),
             parse_options=pcsv.ParseOptions(delimiter=delimiter),
@@ -104,9 +106,25 @@ def manifest_entries(source: Path, images_root: Path | None = None) -> Entries:
                 for key in ("image_id", "label_name", "path"):
                     if key in entry and not isinstance(entry[key], str):
                         entry[key] = _text(entry[key])
+                if "parts" in entry:
+                    entry["parts"] = _parts(entry["parts"], path)
                 yield entry
     except (OSError, pa.ArrowInvalid) as exc:
         raise ArchiveError(f"cannot read manifest {path}: {exc}") from exc
+
+
+def _parts(value: object, path: Path) -> list[dict]:
+    """A row's part locations: a list of ``{name, x, y}`` (Parquet) or its JSON text (CSV)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ArchiveError(f"manifest {path}: a parts cell is no JSON list: {exc}") from None
+    try:
+        return [{"name": str(p["name"]), "x": float(p["x"]), "y": float(p["y"])} for p in value]
+    except (KeyError, TypeError, ValueError):
+        raise ArchiveError(f"manifest {path}: parts must list {{name, x, y}}, got "
+                           f"{str(value)[:80]!r}") from None
 
 
 def _text(value: object) -> str | None:

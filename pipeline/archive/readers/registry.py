@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 Entries = Iterator[dict]
-EntriesOf = Callable[[Path, Path | None], Entries]  # (source, images_root) -> entries
+EntriesOf = Callable[..., Entries]  # (source, images_root, **options) -> entries
 
 
 class ArchiveError(ValueError):
@@ -29,7 +29,11 @@ class Reader:
     ``folder``: its source must be a folder; ``images_root``: ``--images-root`` applies (the
     paths of a file source are relative to its folder by default); ``label``: how messages name
     the format; ``rank_names``: rows that carry a ``label_name`` but no ``label`` get the rank
-    of their name among the archive's sorted names (a CSV written by a person)."""
+    of their name among the archive's sorted names (a CSV written by a person); ``options``:
+    the run settings it takes, by its keyword names (``threshold`` <- detection_threshold).
+
+    An entry ``{"__count__": name}`` counts an archive item that makes no row (an empty
+    camera-trap frame)."""
 
     name: str
     entries: EntriesOf
@@ -39,6 +43,7 @@ class Reader:
     images_root: bool = False
     label: str = ""
     rank_names: bool = False
+    options: tuple[tuple[str, str], ...] = ()  # (keyword, run setting)
 
 
 READERS: dict[str, Reader] = {}
@@ -54,14 +59,14 @@ def archive_root(source: str | Path, images_root: str | Path | None = None) -> P
 
 
 def reader(name: str, *, detect: Callable[[Path], bool], order: int, folder: bool = False,
-           images_root: bool = False, label: str = "", rank_names: bool = False
-           ) -> Callable[[EntriesOf], EntriesOf]:
+           images_root: bool = False, label: str = "", rank_names: bool = False,
+           options: dict[str, str] | None = None) -> Callable[[EntriesOf], EntriesOf]:
     """Function decorator: register ``name``'s entries function."""
     def add(entries: EntriesOf) -> EntriesOf:
         if name in READERS:
             raise ValueError(f"archive format {name!r} registered twice")
         READERS[name] = Reader(name, entries, detect, order, folder, images_root,
-                               label or name, rank_names)
+                               label or name, rank_names, tuple((options or {}).items()))
         return entries
     return add
 
