@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -96,7 +95,6 @@ def main() -> None:
             print(json.dumps({"section": "traps", **traps(args.frames, Path(tmp))}), flush=True)
         if "parts" in args.sections:
             print(json.dumps({"section": "parts", **cub(args.birds, Path(tmp))}), flush=True)
-    pd.set_option("display.width", 160)
 
 
 if __name__ == "__main__":

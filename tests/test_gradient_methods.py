@@ -103,3 +103,11 @@ def test_gradcam_layer_is_found_for_known_models_and_settable() -> None:
         assert method.attribute(images(1)).maps["joint"].shape == (1, SIZE, SIZE)
     with pytest.raises(ValueError, match="no layer 'nope'"):
         find_layer(ConvSquare(), "nope")
+
+
+def test_gradcam_on_a_torchscript_model_says_in_one_line_what_to_give_instead() -> None:
+    scripted = torch.jit.trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), images(1))
+    assert last_conv_layer(scripted) == "0"  # found by its class name
+    with pytest.raises(ValueError, match="TorchScript model, whose layers take no hooks") as err:
+        find_layer(scripted, "0")
+    assert "\n" not in str(err.value) and "state_dict" in str(err.value)

@@ -47,26 +47,15 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 
 def last_conv_layer(model: nn.Module) -> str:
     """The layer Grad-CAM uses when none is named: a known head, else the last convolution
-    (found by class name, so TorchScript and exported models are searched too)."""
+    (found by class name, so a TorchScript model's layers are found too)."""
     modules = dict(model.named_modules())
     for name in KNOWN_LAYERS:
         if name in modules:
             return name
-    convs = [name for name, m in modules.items() if type_name(m) == "Conv2d"
-             or _is_exported_conv(m)]
+    convs = [name for name, m in modules.items() if type_name(m) == "Conv2d"]
     if not convs:
         raise ValueError("model has no convolution for Grad-CAM; name one with gradcam:layer=...")
     return convs[-1]
-
-
-def _is_exported_conv(module: nn.Module) -> bool:
-    """A submodule of an unflattened exported program whose graph is one convolution."""
-    graph = getattr(module, "graph", None)
-    if graph is None or list(module.children()):
-        return False
-    calls = [n for n in graph.nodes if n.op == "call_function"]
-    return len(calls) == 1 and "convolution" in str(calls[0].target) or (
-        len(calls) == 1 and "conv2d" in str(calls[0].target))
 
 
 @register("gradcam", GradCamConfig, "Grad-CAM (captum LayerGradCam) at the last convolutional "
