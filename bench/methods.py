@@ -47,13 +47,14 @@ COLUMNS = ("share", "pointing", "deletion", "insertion", "sec_per_image")
 
 
 def explain(spec: MethodSpec, model: torch.nn.Module, images: torch.Tensor,
-            targets: torch.Tensor, force: bool) -> tuple[torch.Tensor, dict]:
+            targets: torch.Tensor, force: bool, seed: int = 0) -> tuple[torch.Tensor, dict]:
     """The joint maps and the row's common fields: seconds per image, the load average before
-    the timing and, for FIDO, the worst image's SSR keep."""
+    the timing and, for FIDO, the worst image's SSR keep. Image i draws with seed ``seed + i``
+    (another ``--seed``: the same table under other random draws, i.e. its noise)."""
     load = load_average() if force else require_quiet()
     began = time.perf_counter()
     with spec.build(model) as method:
-        out = method.attribute(images, targets, list(range(len(images))),
+        out = method.attribute(images, targets, list(range(seed, seed + len(images))),
                                default_batch_size(CPU))
     fields = {"load": round(load, 2), "sec_per_image": (time.perf_counter() - began) / len(images),
               "worst_keep": None}
@@ -71,13 +72,14 @@ def full_resolution(spec: MethodSpec, side: int) -> MethodSpec:
     return dataclasses.replace(spec, config=dataclasses.replace(spec.config, mask_size=side))
 
 
-def synthetic_rows(specs: dict[str, MethodSpec], scenes: int, force: bool) -> list[dict]:
+def synthetic_rows(specs: dict[str, MethodSpec], scenes: int, force: bool,
+                   seed: int = 0) -> list[dict]:
     bench = load_benchmark(scenes)
     data = bench.data
     rows = []
     for name, spec in specs.items():
         spec = full_resolution(spec, data.images.shape[-1])
-        maps, fields = explain(spec, bench.model, data.images, data.labels, force)
+        maps, fields = explain(spec, bench.model, data.images, data.labels, force, seed)
         curves = deletion_insertion(bench.model, data.images, maps, data.labels, steps=32)
         rows.append({"set": "synthetic", "method": name, **fields,
                      "share": share_inside(maps, data.part_masks.float()).nanmean().item(),
@@ -107,7 +109,7 @@ def demo_photos(input_size: tuple[int, int]) -> tuple[torch.Tensor, dict[int, li
     return torch.stack(images), boxes
 
 
-def photo_rows(specs: dict[str, MethodSpec], force: bool) -> list[dict]:
+def photo_rows(specs: dict[str, MethodSpec], force: bool, seed: int = 0) -> list[dict]:
     from fidoflow.pipeline.models.loading import load_model
 
     loaded = load_model()
@@ -119,7 +121,7 @@ def photo_rows(specs: dict[str, MethodSpec], force: bool) -> list[dict]:
     rows = []
     for name, spec in specs.items():
         spec = full_resolution(spec, images.shape[-1])
-        maps, fields = explain(spec, model, images, targets, force)
+        maps, fields = explain(spec, model, images, targets, force, seed)
         curves = deletion_insertion(model, images, maps, targets, steps=32)
         inside = share_inside(maps[boxed], torch.tensor([boxes[i] for i in boxed]),
                               tuple(loaded.input_size))
@@ -179,6 +181,7 @@ def main() -> None:
                              "(default: every registered kind but sag, bench/sag.py)")
     parser.add_argument("--scenes", type=int, default=16, help="synthetic scenes")
     parser.add_argument("--sets", default="synthetic,photos")
+    parser.add_argument("--seed", type=int, default=0, help="image i draws with seed + i")
     parser.add_argument("--rows", default=None, metavar="JSONL", help="also append rows here")
     parser.add_argument("--force", action="store_true",
                         help="time even when other jobs run (seconds are then no result)")
@@ -188,9 +191,9 @@ def main() -> None:
     print(json.dumps({"machine": machine(), "threads": torch.get_num_threads()}), flush=True)
     rows = []
     if "synthetic" in args.sets:
-        rows += synthetic_rows(specs, args.scenes, args.force)
+        rows += synthetic_rows(specs, args.scenes, args.force, args.seed)
     if "photos" in args.sets:
-        rows += photo_rows(specs, args.force)
+        rows += photo_rows(specs, args.force, args.seed)
     if args.rows:
         with open(args.rows, "a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)

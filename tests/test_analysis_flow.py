@@ -214,7 +214,10 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
         ArtifactFilter,
         ArtifactFilterFlowRunId,
         ArtifactFilterKey,
+        FlowFilter,
+        FlowFilterName,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from fidoflow.flows import explain_archive
@@ -233,8 +236,10 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
         with temporary_settings(updates={PREFECT_API_URL: url}), \
                 get_client(sync_client=True) as client:
             # the test run's server is shared: this run's flow is the one on this run folder
-            (flow_run,) = [r for r in client.read_flow_runs()
-                           if (r.parameters.get("config_json") or {}).get("root") == str(run)]
+            (flow_run,) = [r for r in client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["explain-run"])),
+                sort=FlowRunSort.END_TIME_DESC, limit=20)
+                if (r.parameters.get("config_json") or {}).get("root") == str(run)]
             artifacts = {key: client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[key]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))[-1]

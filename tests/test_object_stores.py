@@ -21,7 +21,7 @@ from fidoflow.flows.server import free_port
 pytestmark = pytest.mark.slow
 
 FAST = ["--iterations", "2", "--samples", "1", "--mask-size", "8", "--shard-size", "2",
-        "--model", "synthetic-cnn"]
+        "--model", "synthetic-cnn", "--workers", "1"]
 EVERY_FILE = ("run.json", "manifest.parquet", "masks.zarr/zarr.json", "summary.parquet",
               "report.html", "predictions/part-00000-00001.parquet",
               "metrics/part-00000-00001.parquet", "reclassify/part-00000-00001.parquet")
