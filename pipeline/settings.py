@@ -79,7 +79,7 @@ class RunSettings(Settings):
         "predicted", description="the class the maps explain: the top-1 prediction or the "
                                  "manifest's label where it is one of the model's classes")
     samples: int | None = Field(None, ge=1, description="samples B per image and step "
-                                f"(default 4){FIDO_ONLY}")
+                                f"(default: scd 2, cd 4){FIDO_ONLY}")
     iterations: int | None = Field(None, ge=1, description="optimisation steps (default 30)"
                                                            f"{FIDO_ONLY}")
     mask_size: int | None = Field(None, ge=1, description="side h = w of every stored map "

@@ -236,7 +236,8 @@ class SlotAdam:
 
 
 @register("scd", FidoConfig, "FIDO with simplified concrete dropout: smallest sufficient and "
-          "destroying regions (ssr, sdr), joint = sqrt(ssr·sdr)", run_options=RUN_OPTIONS)
+          "destroying regions (ssr, sdr), joint = sqrt(ssr·sdr); B 2 (half B 4's seconds at "
+          "the same quality: bench/RESULTS.md, issue 22)", run_options=RUN_OPTIONS, samples=2)
 @register("fido-public", FidoConfig, "reference: the public SCD code's README setting (classic CD, "
           "full-resolution 224² mask, B 8, 30 steps, Adam lr 10 eps 0.1, λ1 1e-3 and λtv 1e-2 as sums, "
           "no cap; its sign bug corrected), to compare against", sampler="cd", mask_size=224,
