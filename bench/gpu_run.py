@@ -71,6 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     from fidoflow.pipeline.archive.demo import prepare_demo_archive
     from fidoflow.pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.methods import parse_methods
 
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = write_archive(Path(tmp) / "birds", args.images, seed=9, size=224,
@@ -79,9 +80,10 @@ def main() -> None:
         results = {"device": args.device,
                    "synthetic": fidoflow(synthetic, Path(tmp) / "run-birds", args.device),
                    "photos": fidoflow(Path(photos), Path(tmp) / "run-photos", args.device)}
+        scd = parse_methods("scd")["scd"].config  # the default method the runs used
         roofline = subprocess.run([sys.executable, "bench/roofline.py", "--force", "--samples",
-                                   "4", "--iterations", "30"], capture_output=True, text=True,
-                                  check=False, cwd=ROOT)
+                                   str(scd.samples), "--iterations", str(scd.iterations)],
+                                  capture_output=True, text=True, check=False, cwd=ROOT)
         if roofline.returncode == 0:
             projection = json.loads(roofline.stdout)["projection"]
             results["roofline_images_per_s"] = {name: round(p["images_per_s"], 1)
