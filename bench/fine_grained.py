@@ -42,16 +42,9 @@ METHODS = ("scd,cd,gradcam,ig,saliency,smoothgrad,occlusion:window=16:stride=8,r
 
 
 def run(source: Path, root: Path, methods: str, crop: str, mask_size: int = 28) -> RunFolder:
-    config = RunConfig(source=str(source), root=str(root), model="synthetic-cnn",
-                       methods=parse_methods(methods), mask_size=mask_size, workers=1,
-                       batch_size=8, crop=crop)
-    config, n_shards = stages.prepare_run(config, ANALYSIS)
-    stages.record_analysis(config, ANALYSIS.to_json())
-    for shard in range(n_shards):
-        stages.explain_shard(config, shard)
-        stages.reclassify_shard(config, shard, ANALYSIS)
-        stages.evaluate_shard(config, shard, ANALYSIS)
-    return RunFolder(config.root)
+    return stages.run_in_process(RunConfig(
+        source=str(source), root=str(root), model="synthetic-cnn", methods=parse_methods(methods),
+        mask_size=mask_size, workers=1, batch_size=8, crop=crop), ANALYSIS)
 
 
 def ci(values: np.ndarray) -> str:

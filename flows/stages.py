@@ -392,6 +392,19 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
             "rows": len(summary)}
 
 
+def run_in_process(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS) -> RunFolder:
+    """Every stage of every shard of ``config``, one after the other in this process, then the
+    aggregate: a run without Prefect or Dask (tests, benchmarks, a notebook)."""
+    config, n_shards = prepare_run(config, analysis)
+    record_analysis(config, analysis.to_json())
+    for shard in range(n_shards):
+        explain_shard(config, shard)
+        reclassify_shard(config, shard, analysis)
+        evaluate_shard(config, shard, analysis)
+    aggregate_run(config, analysis)
+    return RunFolder(config.root)
+
+
 def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
                  manifest: list[dict], reclassified, metrics, summary) -> str:
     """The report's HTML (self-contained): pictures from the archive, maps from the store.

@@ -28,17 +28,9 @@ TINY = AnalysisConfig(evaluate=EvaluateConfig(steps=4), bootstrap=BootstrapConfi
 
 
 def run_stages(config: RunConfig, analysis: AnalysisConfig = TINY) -> RunFolder:
-    """prepare, every stage of every shard, aggregate: the run folder."""
-    from fidoflow.flows import stages
+    from fidoflow.flows.stages import run_in_process
 
-    config, n_shards = stages.prepare_run(config, analysis)
-    stages.record_analysis(config, analysis.to_json())
-    for shard in range(n_shards):
-        stages.explain_shard(config, shard)
-        stages.reclassify_shard(config, shard, analysis)
-        stages.evaluate_shard(config, shard, analysis)
-    stages.aggregate_run(config, analysis)
-    return RunFolder(config.root)
+    return run_in_process(config, analysis)
 
 
 def test_part_shares_find_the_part_under_the_peak() -> None:

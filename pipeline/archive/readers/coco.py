@@ -10,10 +10,10 @@ pixels becomes ``box_x0..box_y1``). ``label`` is the category id as the file giv
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
+from .common import json_names, one_json_in, read_images_json
 from .registry import ArchiveError, Entries, reader
 
 EMPTY_NAMES = {"empty", "blank"}
@@ -22,21 +22,13 @@ PEEK_BYTES = 4 << 20
 
 def looks_like_coco(path: Path) -> bool:
     """A JSON file whose first few MiB name the ``images`` and ``annotations`` or
-    ``categories`` keys (LILA files put them near the top; reading a 1 GB file to decide
-    would be wasteful)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(PEEK_BYTES)
-    except OSError:
-        return False
-    return head.lstrip().startswith("{") and '"images"' in head and (
-        '"annotations"' in head or '"categories"' in head)
+    ``categories`` keys (LILA files put them near the top)."""
+    return json_names(path, PEEK_BYTES, "images", ("annotations", "categories"))
 
 
 def coco_json_in(folder: Path) -> Path | None:
     """The one top-level JSON file of ``folder`` that looks like COCO, if exactly one does."""
-    candidates = [p for p in sorted(folder.glob("*.json")) if p.is_file() and looks_like_coco(p)]
-    return candidates[0] if len(candidates) == 1 else None
+    return one_json_in(folder, looks_like_coco)
 
 
 def _text(value: object) -> str | None:
@@ -61,13 +53,7 @@ def coco_entries(source: Path, images_root: Path | None = None) -> Entries:
         if json_path is None:
             raise ArchiveError(f"{source} does not hold exactly one COCO camera-trap JSON file; "
                                "give the JSON file as SOURCE")
-    try:
-        with open(json_path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"cannot read {json_path}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ArchiveError(f"{json_path} has no 'images' list: not a COCO camera-trap file")
+    data = read_images_json(json_path, "a COCO camera-trap file")
     categories = {}
     for cat in data.get("categories") or []:
         if isinstance(cat, dict) and "id" in cat:

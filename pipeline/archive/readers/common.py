@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 # Manifest columns a reader produces, with their pandas dtypes (the stream adds model_label and
@@ -125,3 +125,39 @@ def list_images(root: Path, suffixes: Sequence[str],
                 rel = name if relative_folder == "." else f"{relative_folder}/{name}"
                 found.append(rel.replace(os.sep, "/"))
     return sorted(found)
+
+
+def json_names(path: Path, peek: int, first: str, either: Sequence[str]) -> bool:
+    """A JSON object whose first ``peek`` bytes name the key ``first`` and one of ``either``:
+    the top of a file tells the formats apart (reading a 1 GB file to decide would be
+    wasteful)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(peek)
+    except OSError:
+        return False
+    return head.lstrip().startswith("{") and f'"{first}"' in head and any(
+        f'"{key}"' in head for key in either)
+
+
+def one_json_in(folder: Path, looks: Callable[[Path], bool]) -> Path | None:
+    """The one top-level JSON file of ``folder`` that ``looks`` right, if exactly one does."""
+    found = [p for p in sorted(folder.glob("*.json")) if p.is_file() and looks(p)]
+    return found[0] if len(found) == 1 else None
+
+
+def read_images_json(path: Path, what: str) -> dict:
+    """A JSON file whose top level is an object with an ``images`` list (COCO, MegaDetector),
+    read whole; an ArchiveError naming the file otherwise (``what``: the format, for it)."""
+    import json
+
+    from .registry import ArchiveError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ArchiveError(f"{path} has no 'images' list: not {what}")
+    return data

@@ -18,10 +18,9 @@ tightest square around the box (MegaDetector's own cropping), clipped to the fra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .common import image_id_from_path
+from .common import image_id_from_path, json_names, one_json_in, read_images_json
 from .registry import ArchiveError, Entries, reader
 
 PEEK_BYTES = 1 << 20
@@ -32,13 +31,7 @@ EMPTY = {"__count__": "empty_frames"}  # the stream counts these instead of maki
 def looks_like_megadetector(path: Path) -> bool:
     """A JSON file whose first MiB names MegaDetector's ``detection_categories`` or a
     ``detections`` list."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            head = fh.read(PEEK_BYTES)
-    except OSError:
-        return False
-    return head.lstrip().startswith("{") and '"images"' in head and (
-        '"detection_categories"' in head or '"detections"' in head)
+    return json_names(path, PEEK_BYTES, "images", ("detection_categories", "detections"))
 
 
 def _is_megadetector(source: Path) -> bool:
@@ -48,8 +41,7 @@ def _is_megadetector(source: Path) -> bool:
 
 
 def _json_in(folder: Path) -> Path | None:
-    found = [p for p in sorted(folder.glob("*.json")) if p.is_file() and looks_like_megadetector(p)]
-    return found[0] if len(found) == 1 else None
+    return one_json_in(folder, looks_like_megadetector)
 
 
 def wanted_categories(names: dict[str, str], asked: str | tuple[str, ...]) -> set[str]:
@@ -75,13 +67,7 @@ def megadetector_entries(source: Path, images_root: Path | None = None,
     path = _json_in(source) if source.is_dir() else source
     if path is None:
         raise ArchiveError(f"{source} holds no MegaDetector output JSON")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ArchiveError(f"{path} has no 'images' list: not MegaDetector output")
+    data = read_images_json(path, "MegaDetector output")
     names = {str(k): str(v) for k, v in (data.get("detection_categories") or
                                          {"1": "animal", "2": "person", "3": "vehicle"}).items()}
     keep = wanted_categories(names, categories)
