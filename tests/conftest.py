@@ -84,15 +84,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 SERVER = pytest.StashKey[ExitStack]()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first — those that start their own Prefect server (the README recipe:
-    ~80 s), then the other end-to-end ones (``slow``: 10-40 s each) — so that pytest-xdist hands
-    them out early and the quick ones fill the gaps, instead of one of them starting last and
-    running alone on one core."""
-    items.sort(key=lambda item: (item.get_closest_marker("own_server") is None,
-                                 item.get_closest_marker("slow") is None))
-
-
 @pytest.fixture(scope="session")
 def prefect_server() -> str:
     """The test run's Prefect API server (each CLI run would otherwise start its own: seconds
