@@ -354,9 +354,9 @@ def evaluate_shard(config: RunConfig, shard: int,
     for chunk in _batches(todo, images_per_step(config)):
         batch = _pictures(config, model, chunk, "evaluate", 2 * max(model.input_size), errors)
         if batch:
-            rows, more = evaluate_pictures(module, device, batch, explained.joint, targets,
-                                           model.input_size, analysis.evaluate)
-            records += rows
+            measured, more = evaluate_pictures(module, device, batch, explained.joint, targets,
+                                               model.input_size, analysis.evaluate)
+            records += measured
             for table, extra in more.items():
                 details.setdefault(table, []).extend(extra)
     for table, extra in details.items():  # the metrics' own tables (parts/) first
@@ -373,8 +373,8 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
     """``summary.parquet`` and ``report.html`` from every part of the run; returns their URLs
     and the number of summary rows (for the caller's artifacts)."""
     run = RunFolder(config.root)
-    manifest_rows = run.read_table(tables.MANIFEST.path)
-    manifest = manifest_rows.to_pandas()
+    manifest_table = run.read_table(tables.MANIFEST.path)
+    manifest = manifest_table.to_pandas()
     predictions = parts.read_parts(run, tables.PREDICTIONS).to_pandas()
     reclassified = parts.read_parts(run, tables.RECLASSIFY).to_pandas()
     metrics = parts.read_parts(run, metrics_table()).to_pandas()
@@ -385,22 +385,21 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
                             located)
     run.write_table(pa.Table.from_pandas(summary, schema=tables.SUMMARY.schema,
                                          preserve_index=False), tables.SUMMARY.path)
-    html = build_report(config, analysis, run, manifest_rows.to_pylist(), reclassified, metrics,
-                        summary)
+    html = build_report(config, analysis, run, manifest_table.to_pylist(), reclassified,
+                        metrics, summary)
     run.write_bytes_atomic(html.encode("utf-8"), "report.html")
     return {"summary": run.url(tables.SUMMARY.path), "report": run.url("report.html"),
             "rows": len(summary)}
 
 
 def run_in_process(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS) -> RunFolder:
-    """Every stage of every shard of ``config``, one after the other in this process, then the
-    aggregate: a run without Prefect or Dask (tests, benchmarks, a notebook)."""
+    """Every stage of every shard of ``config`` as one task in this process (``run_task``), then
+    the aggregate: a run without Prefect or Dask (tests, benchmarks, a notebook)."""
     config, n_shards = prepare_run(config, analysis)
     record_analysis(config, analysis.to_json())
-    for shard in range(n_shards):
-        explain_shard(config, shard)
-        reclassify_shard(config, shard, analysis)
-        evaluate_shard(config, shard, analysis)
+    shards = list(range(n_shards))
+    run_task(config, analysis, shards, dict.fromkeys(("explain", "reclassify", "evaluate"),
+                                                     shards))
     aggregate_run(config, analysis)
     return RunFolder(config.root)
 

@@ -26,8 +26,8 @@ from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.inference import class_probabilities
 from fidoflow.pipeline.models.loading import LoadedModel
 
-TARGETS = ("predicted", "label")
-CLASSIFY_BATCH = 32  # images per forward pass of the shard's first classification  # which class a map explains: top-1, or the manifest's label
+TARGETS = ("predicted", "label")  # which class a map explains: top-1, or the manifest's label
+CLASSIFY_BATCH = 32  # images per forward pass of the shard's first classification
 
 
 def image_seed(run_seed: int, image_id: str) -> int:

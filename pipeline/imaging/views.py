@@ -95,13 +95,13 @@ def decode_row(path: Path, row: dict, limits: DecodeLimits, min_side: int,
     """A row's picture as the model's stages see it: the decoded file (shrunk no smaller than
     ``min_side``), or the square crop of it the row names; and that crop in original pixels.
     ``img.info["original_size"]`` stays the file's own size."""
-    cropped = any(row.get(c) is not None for c in CROP)
+    cropped = all(row.get(c) is not None for c in CROP)  # as crop_region decides
     img = decode_image(path, limits, min_size=(NO_SHRINK,) * 2 if cropped else
                        (min_side, min_side), data=data)
-    if not cropped:
+    region = crop_region(row, original_size(img)) if cropped else None
+    if region is None:
         return img, None
     original = original_size(img)
-    region = crop_region(row, original)
     rx, ry = img.size[0] / original[0], img.size[1] / original[1]
     x0, y0, x1, y1 = region
     piece = img.crop((round(x0 * rx), round(y0 * ry), max(round(x1 * rx), round(x0 * rx) + 1),
