@@ -83,33 +83,33 @@ def create_store(
     return root
 
 
+def _check_aligned(array: zarr.Array, start: int, stop: int, what: str) -> None:
+    """Refuse rows [start, stop) of ``array`` unless they are whole chunks (shards) of one
+    storage object (task), or end with the array's last rows."""
+    chunk = array.chunks[0]
+    outer = (array.shards or array.chunks)[0]
+    end = array.shape[0]
+    if (start % chunk or (stop % chunk and stop != end) or stop > end
+            or (stop > start and start // outer != (stop - 1) // outer)):
+        raise MisalignedRegion(
+            f"rows [{start}, {stop}) of {what} are not whole chunks of {chunk} rows inside one "
+            f"object of {outer} (array of {end}): two writers could share one")
+
+
 def write_region(url: str, method: str, start: int, maps: Mapping[str, np.ndarray]) -> None:
-    """Write rows [start, start + n) of each map of ``method``: whole chunks (shards) of one
-    storage object (task), or the last rows of the array."""
+    """Write rows [start, start + n) of each map of ``method`` (aligned: ``_check_aligned``)."""
     group = zarr.open_group(url, mode="r+")[method]
     for name, values in maps.items():
         array = group[name]
-        stop = start + len(values)
-        chunk = array.chunks[0]
-        outer = (array.shards or array.chunks)[0]
-        end = array.shape[0]
-        if (start % chunk or (stop % chunk and stop != end) or stop > end
-                or (stop > start and start // outer != (stop - 1) // outer)):
-            raise MisalignedRegion(
-                f"rows [{start}, {stop}) of {method}/{name} are not whole chunks of {chunk} rows "
-                f"inside one object of {outer} (array of {end}): two writers could share one")
-        array[start:stop] = values.astype(np.float16)
+        _check_aligned(array, start, start + len(values), f"{method}/{name}")
+        array[start:start + len(values)] = values.astype(np.float16)
 
 
 def write_crops(url: str, start: int, boxes: np.ndarray) -> None:
-    """Rows [start, start + n) of the crop boxes (same alignment rule as the maps)."""
+    """Rows [start, start + n) of the crop boxes (aligned as the maps are)."""
     array = zarr.open_group(url, mode="r+")[CROPS]
-    stop = start + len(boxes)
-    chunk, outer = array.chunks[0], (array.shards or array.chunks)[0]
-    if start % chunk or (stop % chunk and stop != array.shape[0]) or (
-            stop > start and start // outer != (stop - 1) // outer):
-        raise MisalignedRegion(f"crop rows [{start}, {stop}) are not whole chunks of one object")
-    array[start:stop] = boxes.astype(np.float32)
+    _check_aligned(array, start, start + len(boxes), CROPS)
+    array[start:start + len(boxes)] = boxes.astype(np.float32)
 
 
 def read_crops(url: str, rows: slice = slice(None)) -> np.ndarray:
