@@ -1,5 +1,6 @@
 """``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``), list
-the attribution methods (``methods``), or train a classifier to explain (``train``). The
+the attribution methods (``methods``), train a classifier to explain (``train``), or learn
+its concepts (``concepts``, for the methods ``xnn`` and ``nmf``). The
 options are projected from the settings declarations (fidoflow/pipeline/settings.py)."""
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "settings and defaults")
 
     add_train_command(commands)
+    add_concepts_command(commands)
     return parser
 
 
@@ -67,6 +69,60 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                        help="output folder: model.pt + model.yaml, checkpoint.pt, "
                             "metrics.parquet; an existing checkpoint is resumed")
     add_cli_options(train, TrainSettings)
+
+
+def add_concepts_command(commands: argparse._SubParsersAction) -> None:
+    """The ``concepts`` sub-command: ARCHIVE, --out, and one option per concept setting."""
+    from fidoflow.pipeline.settings import ConceptSettings
+
+    from .settings import add_cli_options
+
+    concepts = commands.add_parser(
+        "concepts", help="learn each class's concepts of a classifier (XNN, and the NMF "
+                         "baseline) on ARCHIVE's images, for --method xnn,nmf --concepts DIR")
+    concepts.add_argument("archive", metavar="ARCHIVE",
+                          help="any archive fidoflow reads, labelled with the model's classes "
+                               "(or give --classes)")
+    concepts.add_argument("--out", required=True, metavar="CONCEPTS_DIR",
+                          help="output folder: features.pt, one class-XXXXX.pt per class, "
+                               "concepts.json; a rerun keeps the classes already trained")
+    add_cli_options(concepts, ConceptSettings)
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    """Run the learn-concepts flow against one Prefect API; print what each class learned."""
+    from fidoflow.pipeline.settings import ConceptSettings
+
+    from .server import prefect_api
+    from .settings import settings_from_cli
+
+    archive = str(Path(args.archive).resolve())
+    if not Path(archive).exists():
+        raise FileNotFoundError(f"archive not found: {args.archive}")
+    settings = settings_from_cli(args, ConceptSettings)
+    settings.to_job(archive, args.out)  # refuse bad settings before Prefect starts
+
+    def import_flow() -> None:
+        from . import concepts  # noqa: F401
+
+    with prefect_api(meanwhile=import_flow) as api_url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from .concepts import learn_concepts
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                card = learn_concepts(archive, args.out, settings)
+            finally:
+                flush_prefect_logs()
+    for entry in card["classes"].values():
+        print(f"{entry['class']}: {entry['concepts']} concepts, held-out R² "
+              f"{entry['val_r2']:.3f}")
+    print(f"{len(card['classes'])} classes, features of {card['images']} images at the "
+          f"{card['layer']['side']} of {card['layer']['name']}")
+    print(f"concepts: {args.out}  (fidoflow run SOURCE --out RUN --model {settings.model} "
+          f"--method xnn,nmf --concepts {args.out})")
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -256,6 +312,8 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
     try:
         if args.command == "train":
             return run_train(args)
+        if args.command == "concepts":
+            return run_concepts(args)
         settings = settings_from_cli(args)
         if args.command == "demo":
             from fidoflow.pipeline.archive.demo import prepare_demo_archive

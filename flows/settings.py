@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Literal
 
-from fidoflow.pipeline.settings import RunSettings, Settings, TrainSettings
+from fidoflow.pipeline.settings import ConceptSettings, RunSettings, Settings, TrainSettings
 
 # ---- the docs' projection ------------------------------------------------------------------
 
@@ -22,7 +22,9 @@ def settings_markdown() -> str:
              "them with the same model.", "", *settings_table(RunSettings), "",
              "## Training settings (`fidoflow train`, deployment `train-classifier/train`)", "",
              "A switch takes both spellings on the CLI: `--name` and `--no-name`.", "",
-             *settings_table(TrainSettings)]
+             *settings_table(TrainSettings), "",
+             "## Concept settings (`fidoflow concepts`, deployment `learn-concepts/concepts`)",
+             "", *settings_table(ConceptSettings)]
     return "\n".join(lines) + "\n"
 
 

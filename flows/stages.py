@@ -274,8 +274,8 @@ def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
             if region is not None:
                 boxes[i] = region
         masks.write_crops(run.masks_url, start, boxes)
-    if result.graphs:
-        parts.write_part(run, tables.SAG, shard, result.graphs)
+    for table, extra in result.rows.items():  # the methods' own tables (sag/, concepts/)
+        parts.write_part(run, tables.BY_NAME[table], shard, extra)
     if result.images:
         parts.write_part(run, tables.IMAGES, shard, result.images)
     parts.finish_shard(run, "explain", shard, result.predictions, result.errors)
@@ -449,7 +449,7 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
 def sharded_tables() -> list[tuple[tables.Table, str]]:
     """Every sharded table with each of its writers' name prefixes."""
     out = [(t, parts.DEFAULT_PREFIX) for t in (tables.IMAGES, tables.PREDICTIONS, tables.SAG,
-                                               tables.RECLASSIFY, metrics_table(),
+                                               tables.CONCEPTS, tables.RECLASSIFY, metrics_table(),
                                                tables.PARTS)]
     return out + [(tables.ERRORS, prefix) for prefix in tables.ERROR_PREFIX.values()]
 

@@ -1,13 +1,14 @@
 """The settings a person gives fidoflow, declared once: ``RunSettings`` (``fidoflow run``, the
-explain-archive deployments) and ``TrainSettings`` (``fidoflow train``, the train-classifier
-deployment).
+explain-archive deployments), ``TrainSettings`` (``fidoflow train``, the train-classifier
+deployment) and ``ConceptSettings`` (``fidoflow concepts``, the learn-concepts deployment).
 
 Each is the one place an option is named, typed, bounded and explained: the CLI's options and
 docs/settings.md are projected from it (fidoflow/flows/settings.py), a deployment takes it as its
 typed ``settings`` parameter (the Prefect UI draws its form from the same fields), and both are
 validated by the same model, so ``iterations: 0`` fails alike from a shell and from a schedule.
 ``RunSettings.to_config`` resolves a run into the ``RunConfig`` that run.json records,
-``TrainSettings.to_job`` a training into its ``TrainJob``.
+``TrainSettings.to_job`` a training into its ``TrainJob``, ``ConceptSettings.to_job`` a concept
+training into its ``ConceptJob``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fidoflow.pipeline.archive.readers import FORMATS, SPLITS
+from fidoflow.pipeline.concepts.bank import MAX_CONCEPTS, check_concepts
+from fidoflow.pipeline.concepts.job import ConceptJob
+from fidoflow.pipeline.concepts.xnn import XnnConfig
 from fidoflow.pipeline.config import RunConfig
 from fidoflow.pipeline.imaging.decode import DEFAULT_BOMB_PIXELS, DEFAULT_MAX_PIXELS
 from fidoflow.pipeline.imaging.infill import INFILLS
 from fidoflow.pipeline.methods import parse_methods
-from fidoflow.pipeline.methods.registry import kinds_taking
+from fidoflow.pipeline.methods.registry import kind, kinds_taking
 from fidoflow.pipeline.models.class_maps import BACKBONES
 from fidoflow.pipeline.training.diversify import DiversifyConfig
 from fidoflow.pipeline.training.job import TrainJob
@@ -91,6 +95,9 @@ class RunSettings(Settings):
         None, ge=0, description="stop an image early once its mask cells moved less than this "
                                 "on average over 5 steps; 0 or unset never stops early"
                                 f"{FIDO_ONLY}")
+    concepts: str | None = Field(None, description="the folder `fidoflow concepts` trained "
+                                 "for the model: what the concept methods (" +
+                                 ", ".join(kinds_taking("concepts")) + ") read")
     shard_size: int | None = Field(None, ge=1, description="images per shard, the unit of "
                                    "resume (default: every worker gets an equal shard in every "
                                    "round, at most 16 on a CPU, 256 on a GPU)")
@@ -162,13 +169,17 @@ class RunSettings(Settings):
             raise ValueError("give --cluster or --dask-address, not both")
         if self.cluster_options is not None and self.cluster is None:
             raise ValueError("--cluster-options needs --cluster")
-        for option in ("model_card", "label_map", "images_root", "cluster_options"):
+        for option in ("model_card", "label_map", "images_root", "cluster_options", "concepts"):
             value = getattr(self, option)
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"{option.replace('_', '-')} not found: {value}")
         methods = parse_methods(self.method, {
             "samples": self.samples, "iterations": self.iterations, "mask_size": self.mask_size,
-            "infill": self.infill, "stop_change": self.stop_change})
+            "infill": self.infill, "stop_change": self.stop_change,
+            "concepts": absolute(self.concepts)})
+        for name, spec in methods.items():
+            if "concepts" in kind(spec.kind).run_options:
+                check_concepts(spec.config.concepts, model, name)
         return RunConfig(
             source=archive if "://" in archive else absolute(archive), root=out,
             methods=methods, mask_size=self.mask_size or RunConfig.mask_size,
@@ -259,3 +270,62 @@ class TrainSettings(Settings):
             seed=self.seed)
         return TrainJob(archive, out, config, device=self.device, format=self.format,
                         images_root=absolute(self.images_root), workers=self.workers)
+
+
+XNN = XnnConfig()
+
+
+class ConceptSettings(Settings):
+    """How to learn concepts of a classifier: which model and layer, which classes, the XNN."""
+
+    model: str = Field("efficientnet-lite0",
+                       description="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript "
+                                   "file, or a state_dict file with a model card")
+    model_card: str | None = Field(None, description="model card (YAML/JSON) of a state_dict "
+                                                     "model (default: <model>.yaml beside it)")
+    trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
+                                                      "runs code from the file)")
+    layer: str | None = Field(None, description="the layer whose features concepts are learned "
+                              "on (default: the input of the global pooling, else the last "
+                              "spatial feature map)")
+    classes: str | None = Field(None, description="comma list of the model's class names to "
+                                "learn concepts for (default: every class with a labelled "
+                                "image)")
+    max_concepts: int = Field(XNN.max_concepts, ge=1, le=MAX_CONCEPTS,
+                              description="most concepts per class; k is chosen in 1..this by "
+                                          "a BIC-like score of faithfulness against k")
+    hidden: int = Field(XNN.hidden, ge=1, description="width of the encoder's and decoder's "
+                                                      "hidden layer")
+    epochs: int = Field(XNN.epochs, ge=1, description="passes over the features per XNN")
+    lr: float = Field(XNN.lr, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(XNN.weight_decay, ge=0, description="Adam weight decay")
+    alpha_rec: float = Field(XNN.alpha_rec, ge=0, description="weight of the sparse "
+                                                              "reconstruction loss")
+    alpha_pt: float = Field(XNN.alpha_pt, ge=0, description="weight of the pull-away term "
+                                                            "that keeps concepts distinct")
+    seed: int = Field(XNN.seed, description="same features and seed give the same concepts")
+    device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
+    batch_size: int = Field(32, ge=1, description="images per forward pass of the feature "
+                                                  "extraction")
+    workers: int = Field(4, ge=1, description="threads decoding the images")
+    format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
+        None, description="force an archive reader instead of detecting it")
+    split: Literal[SPLITS] = Field("all", description="learn on the train or test rows only")  # type: ignore[valid-type]
+    images_root: str | None = Field(None, description="where a COCO JSON's or manifest's image "
+                                                      "paths are relative to")
+
+    def to_job(self, archive: str, out: str) -> ConceptJob:
+        """The concept training these settings describe, on ``archive`` into ``out``."""
+        from fidoflow.pipeline.models.loading import BUILTINS
+
+        if self.model not in BUILTINS and not Path(self.model).is_file():
+            raise ValueError(f"unknown model {self.model!r}: neither a built-in "
+                             f"({', '.join(BUILTINS)}) nor a model file")
+        config = XnnConfig(max_concepts=self.max_concepts, hidden=self.hidden,
+                           epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                           alpha_rec=self.alpha_rec, alpha_pt=self.alpha_pt, seed=self.seed)
+        classes = tuple(c.strip() for c in (self.classes or "").split(",") if c.strip())
+        model = self.model if self.model in BUILTINS else absolute(self.model)
+        return ConceptJob(archive, out, model, config, absolute(self.model_card),
+                          self.trust_model_code, self.layer, classes, self.device, self.format,
+                          self.split, absolute(self.images_root), self.batch_size, self.workers)

@@ -153,6 +153,26 @@ SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
 ), "Graph nodes of the methods that explain with a graph (`sag`), written by the explain "
    "stage beside `predictions`.")
 
+CONCEPTS = Table("concepts", "concepts", "explain", ("image_id", "method", "concept"), (
+    _c("image_id", S, "manifest id"),
+    _c("method", S, "the concept method's instance in the run (`xnn`, `nmf`, or a variant)"),
+    _c("target", I32, "the class explained (`predictions.target`)"),
+    _c("concept", I32, "the concept's number within the target class's concepts, from 1; its "
+                       "map is `masks.zarr/<method>/c<concept>`"),
+    _c("activation", F32, "how strongly the concept is present in the image: XNN's `z` (>= 0), "
+                          "NMF's mean coefficient over the feature map"),
+    _c("weight", F32, "what one unit of it adds to the target's logit: XNN's head weight `w`, "
+                      "NMF's gradient of the logit along the concept"),
+    _c("contribution", F32, "activation × weight: the concept's share of the logit; XNN: a "
+                            "class's contributions sum to `reconstructed` − `bias`"),
+    _c("bias", F32, "XNN: the head's bias; NMF: the logit minus the contributions"),
+    _c("reconstructed", F32, "XNN: the logit its concepts rebuild (sum of the contributions + "
+                             "bias); NMF: the logit"),
+    _c("logit", F32, "the classifier's own logit of the target"),
+    _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+), "One row per (image, concept method, concept of the target class), written by the explain "
+   "stage beside `predictions` (`fidoflow concepts` trains what the methods read).")
+
 ERRORS = Table("errors", "errors", ("explain", "reclassify", "evaluate"), ("image_id", "stage"), (
     _c("image_id", S, "manifest id"),
     _c("path", S, "path relative to the archive root"),
@@ -231,7 +251,7 @@ SUMMARY = Table("summary", "summary.parquet", "aggregate",
     _c("n", pa.int64(), "images behind the value (for `errors` and `run`: images in the run)"),
 ), "Every aggregate of the run in one tidy long table.", sharded=False)
 
-TABLES = (MANIFEST, IMAGES, PREDICTIONS, SAG, ERRORS, RECLASSIFY, METRICS, PARTS, SUMMARY)
+TABLES = (MANIFEST, IMAGES, PREDICTIONS, SAG, CONCEPTS, ERRORS, RECLASSIFY, METRICS, PARTS, SUMMARY)
 BY_NAME = {table.name: table for table in TABLES}
 
 # The table whose part marks a shard done for each stage, and the name prefix of the stage's

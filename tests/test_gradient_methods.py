@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from fidoflow.pipeline.methods import parse_methods
-from fidoflow.pipeline.methods.gradcam import find_layer, last_conv_layer
+from fidoflow.pipeline.methods.gradcam import last_conv_layer
 from fidoflow.pipeline.metrics.box import share_inside
+from fidoflow.pipeline.models.layers import find_layer
 from tests.conftest import SQUARE
 
 SIZE = 32

@@ -56,7 +56,7 @@ def explain(mode: str, n: int = 2, seeds: list[int] | None = None,
 
 
 def roots_of(out: Attribution, image: int) -> list[tuple[int, ...]]:
-    return sorted(tuple(r["patches"]) for r in out.graphs if r["image"] == image and r["root"])
+    return sorted(tuple(r["patches"]) for r in out.rows if r["image"] == image and r["root"])
 
 
 def test_two_regions_that_each_suffice_are_two_roots() -> None:
@@ -72,8 +72,8 @@ def test_two_regions_that_each_suffice_are_two_roots() -> None:
 
 def test_children_drop_one_patch_and_lose_the_target() -> None:
     out = explain("either", n=1)
-    roots = {r["node"]: r for r in out.graphs if r["root"]}
-    children = [r for r in out.graphs if not r["root"]]
+    roots = {r["node"]: r for r in out.rows if r["root"]}
+    children = [r for r in out.rows if not r["root"]]
     assert len(children) == 8
     for child in children:
         parent = roots[child["parent"]]
@@ -119,14 +119,14 @@ def test_feathered_masks_ramp_across_patch_borders() -> None:
 
 def test_same_seed_same_graph_whatever_the_batch() -> None:
     first, again = explain("either", n=3, seeds=[5, 6, 7]), explain("either", n=3, seeds=[5, 6, 7])
-    assert first.graphs == again.graphs
+    assert first.rows == again.rows
     torch.testing.assert_close(first.maps["joint"], again.maps["joint"])
     spec = parse_methods("sag")["sag"]
     with spec.build(Regions("either")) as method:  # one image per explain call: same rows
         alone = method.attribute(images(3), torch.ones(3, dtype=torch.long), [5, 6, 7],
                                  batch_size=1)
-    assert [r["image"] for r in alone.graphs] == [r["image"] for r in first.graphs]
-    assert [r["patches"] for r in alone.graphs] == [r["patches"] for r in first.graphs]
+    assert [r["image"] for r in alone.rows] == [r["image"] for r in first.rows]
+    assert [r["patches"] for r in alone.rows] == [r["patches"] for r in first.rows]
 
 
 def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folder, tmp_path

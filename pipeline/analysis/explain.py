@@ -39,7 +39,8 @@ def image_seed(run_seed: int, image_id: str) -> int:
 @dataclass
 class ShardResult:
     """Per method: prediction records and (n_rows, h, w) maps with NaN rows for failed images;
-    graph rows of the methods that explain with a graph (``has_graphs``, e.g. SAG); and what
+    per table, the rows of the methods that declare one (``Method.table``: SAG's graph nodes,
+    the concept methods' contributions); and what
     each file read was (``images`` rows: size, modification time, hash, dimensions)."""
 
     predictions: list[dict[str, object]] = field(default_factory=list)
@@ -47,7 +48,7 @@ class ShardResult:
     images: list[dict[str, object]] = field(default_factory=list)
     crops: list[tuple[int, tuple | None]] = field(default_factory=list)  # row, region
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    graphs: list[dict[str, object]] = field(default_factory=list)
+    rows: dict[str, list[dict[str, object]]] = field(default_factory=dict)
 
 
 def load_batch(
@@ -140,8 +141,10 @@ def explain_rows(
         seconds = (time.perf_counter() - began) / len(ok)
         for map_name in spec.map_names:
             result.maps[name][map_name][ok] = out.maps[map_name].float().cpu().numpy()
-        result.graphs += [{**{k: v for k, v in row.items() if k != "image"}, "method": name,
-                           "image_id": rows[ok[row["image"]]]["image_id"]} for row in out.graphs]
+        if out.rows:
+            result.rows.setdefault(spec.table, []).extend(
+                {**{k: v for k, v in row.items() if k != "image"}, "method": name,
+                 "image_id": rows[ok[row["image"]]]["image_id"]} for row in out.rows)
         for j, i in enumerate(ok):
             label = int(targets[j])
             result.predictions.append({

@@ -25,13 +25,14 @@ class Attribution:
     """What a method says about N images: ``maps`` name -> (N, h, w) values in [0, 1] (always
     ``joint``, the saliency every stage downstream uses, plus the method's own maps) and
     ``scalars`` name -> (N,) per-image numbers (e.g. how well an optimisation succeeded);
-    ``graphs``: rows of a method that explains with a graph (SAG), each naming its image by
-    position (``image``), empty for every other method."""
+    ``rows``: rows of the run-folder table the method declares (``Method.table``: SAG's graph
+    nodes, a concept method's contributions), each naming its image by position (``image``);
+    empty for the methods that declare none."""
 
     target: torch.Tensor
     maps: dict[str, torch.Tensor]
     scalars: dict[str, torch.Tensor] = field(default_factory=dict)
-    graphs: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if "joint" not in self.maps:
@@ -48,7 +49,7 @@ class Attribution:
                            {k: torch.cat([p.maps[k] for p in parts]) for k in first.maps},
                            {k: torch.cat([p.scalars[k] for p in parts]) for k in first.scalars},
                            [{**row, "image": row["image"] + offset}
-                            for p, offset in zip(parts, offsets, strict=False) for row in p.graphs])
+                            for p, offset in zip(parts, offsets, strict=False) for row in p.rows])
 
 
 class Method:
@@ -62,7 +63,7 @@ class Method:
     map_names: ClassVar[tuple[str, ...]] = ("joint",)
     scalar_names: ClassVar[tuple[str, ...]] = ()
     min_batch: ClassVar[int] = 8  # images per ``explain`` call at least (FIDO: its slots decide)
-    has_graphs: ClassVar[bool] = False  # its Attribution carries graph rows (a table per run)
+    table: ClassVar[str | None] = None  # the run-folder table its Attribution.rows fill
 
     def __init__(self, model: nn.Module, config: Any = None) -> None:
         self.model = model

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fidoflow.pipeline.imaging.filters import resize_maps, total_variation
 from fidoflow.pipeline.imaging.infill import make_infill
 from fidoflow.pipeline.methods.base import Attribution, Method, image_generators
-from fidoflow.pipeline.methods.registry import RUN_OPTIONS, register
+from fidoflow.pipeline.methods.registry import FIDO_OPTIONS, register
 from fidoflow.pipeline.methods.samplers import make_sampler
 from fidoflow.pipeline.perturbation import Perturbation
 
@@ -237,14 +237,14 @@ class SlotAdam:
 
 @register("scd", FidoConfig, "FIDO with simplified concrete dropout: smallest sufficient and "
           "destroying regions (ssr, sdr), joint = sqrt(ssr·sdr); B 2 (half B 4's seconds at "
-          "the same quality: bench/RESULTS.md, issue 22)", run_options=RUN_OPTIONS, samples=2)
+          "the same quality: bench/RESULTS.md, issue 22)", run_options=FIDO_OPTIONS, samples=2)
 @register("fido-public", FidoConfig, "reference: the public SCD code's README setting (classic CD, "
           "full-resolution 224² mask, B 8, 30 steps, Adam lr 10 eps 0.1, λ1 1e-3 and λtv 1e-2 as sums, "
           "no cap; its sign bug corrected), to compare against", sampler="cd", mask_size=224,
           samples=8, lr=10.0, adam_eps=0.1, l1=1e-3, tv=1e-2, penalty_sums=True, lo_cap=None,
           ssr_floor=None)
 @register("cd", FidoConfig, "FIDO with classic concrete dropout (Chang et al. 2019), same objective",
-          run_options=RUN_OPTIONS, sampler="cd")
+          run_options=FIDO_OPTIONS, sampler="cd")
 class Fido(Method):
     """FIDO: ``with Fido(model, config) as fido: fido.attribute(images)``. Besides ``joint`` its
     maps are ``ssr`` (what must be kept) and ``sdr`` (what must be dropped); its scalars the

@@ -12,6 +12,7 @@ from torch import nn
 
 from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
 from fidoflow.pipeline.methods.registry import register
+from fidoflow.pipeline.models.layers import find_layer, type_name
 
 KNOWN_LAYERS = ("net._conv_head", "_conv_head")  # EfficientNet(-Lite) heads, wrapped or bare
 
@@ -21,28 +22,6 @@ class GradCamConfig:
     """``layer``: dotted module name (e.g. ``net._conv_head``, ``features.4``); None finds it."""
 
     layer: str | None = None
-
-
-def type_name(module: nn.Module) -> str:
-    """A module's class name, also for a TorchScript module (which keeps it as
-    ``original_name``)."""
-    return getattr(module, "original_name", type(module).__name__)
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """A sub-module by dotted name, e.g. ``net._conv_head`` or ``features.4``, that takes the
-    forward hooks a layer attribution needs."""
-    modules = dict(model.named_modules())
-    if name not in modules:
-        raise ValueError(f"model has no layer {name!r}")
-    layer = modules[name]
-    if isinstance(layer, torch.jit.ScriptModule):
-        raise ValueError(  # noqa: TRY004 - a user's model, not a caller's argument type
-            f"layer {name!r} ({type_name(layer)}) is part of a TorchScript model, whose layers "
-            "take no hooks, and Grad-CAM needs one: give the model as a state_dict with a model "
-            "card, or as an exported program (torch.export), or use a method that needs no "
-            "layer (scd, ig, saliency, rise, ...)")
-    return layer
 
 
 def last_conv_layer(model: nn.Module) -> str:

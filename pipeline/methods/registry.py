@@ -7,8 +7,8 @@ One syntax serves a shell and a deployment parameter: a comma list of entries, e
 given as one string or as a list of such strings.
 
 Run-wide options (``--samples``, ``--iterations``, ``--mask-size``, ``--infill``,
-``--stop-change``) reach only the kinds that declare them in ``run_options`` (FIDO's ``scd`` and
-``cd``); every other kind keeps its own defaults and takes ``name=kind:key=value``, so that a
+``--stop-change``, ``--concepts``) reach only the kinds that declare them in ``run_options``
+(FIDO's ``scd`` and ``cd``; the concept methods' ``--concepts``); every other kind keeps its own defaults and takes ``name=kind:key=value``, so that a
 value meant for FIDO never silently replaces, say, I-GOS's 15 steps or RISE's in-fill.
 """
 
@@ -29,7 +29,8 @@ from fidoflow.pipeline.methods.base import Method
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a Zarr group and a table value: keep it plain
 
 
-RUN_OPTIONS = ("samples", "iterations", "mask_size", "infill", "stop_change")
+FIDO_OPTIONS = ("samples", "iterations", "mask_size", "infill", "stop_change")  # FIDO's budget
+RUN_OPTIONS = (*FIDO_OPTIONS, "concepts")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class MethodSpec:
     @property
     def map_names(self) -> tuple[str, ...]:
         return kind(self.kind).method.map_names
+
+    @property
+    def table(self) -> str | None:
+        """The run-folder table its extra rows go to (``Method.table``), if any."""
+        return kind(self.kind).method.table
 
     @property
     def passes(self) -> float:

@@ -30,7 +30,7 @@ and no set classified twice:
    than ``max_overlap`` (half) of the smaller set's patches with each other.
 
 The graph of an image is its roots and each root's children with their probability (rows of
-``Attribution.graphs``). The joint map is the union of the roots' patches weighted by the share of
+``Attribution.rows``). The joint map is the union of the roots' patches weighted by the share of
 roots holding each one. Everything is deterministic: ties break by patch index, the blur in-fill
 draws nothing random, and an image's search never reads its batch partners (the seeds are
 accepted for the common interface and not needed).
@@ -149,7 +149,7 @@ class Sag(Method):
 
     scalar_names = ("roots", "clean_prob", "root_prob", "forwards")
     min_batch = 1  # images share classifier batches, never results: any split will do
-    has_graphs = True
+    table = "sag"
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, fills: torch.Tensor, targets: torch.Tensor,

@@ -21,16 +21,18 @@ from ..imaging.decode import DecodeError, DecodeLimits, decode_image, to_tensor
 
 @dataclass
 class ImageTensors:
-    """Images (N, 3, H, W) uint8 and labels (N,) int64."""
+    """Images (N, 3, H, W) uint8, labels (N,) int64 and the rows' image ids."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    ids: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> ImageTensors:
-        return ImageTensors(self.images[index], self.labels[index])
+        ids = tuple(self.ids[i] for i in index.tolist()) if self.ids else ()
+        return ImageTensors(self.images[index], self.labels[index], ids)
 
 
 @dataclass
@@ -66,28 +68,31 @@ def split_frame(frame: pd.DataFrame, val_fraction: float) -> dict[str, pd.DataFr
 
 def decode_rows(rows: pd.DataFrame, root: Path, classes: list[str], size: tuple[int, int],
                 resize: str = "squash", limits: DecodeLimits | None = None,
-                workers: int = 4) -> tuple[ImageTensors, int]:
+                workers: int = 4, unknown: int | None = None) -> tuple[ImageTensors, int]:
     """Decode ``rows`` (labels by name into ``classes``); returns the tensors and how many rows
-    were skipped (label outside ``classes`` or an image that would not decode)."""
+    were skipped (an image that would not decode, or a label outside ``classes`` unless
+    ``unknown`` is the label such rows get)."""
     index = {name: i for i, name in enumerate(classes)}
 
-    def one(row: tuple[str, str]) -> tuple[torch.Tensor, int] | None:
-        path, name = row
-        if name not in index:
+    def one(row: tuple[str, str, str]) -> tuple[torch.Tensor, int, str] | None:
+        path, name, image_id = row
+        label = index.get(name, unknown)
+        if label is None:
             return None
         try:
             img = decode_image(root / path, limits, min_size=size)
         except DecodeError:
             return None
-        return (to_tensor(img, size, resize) * 255).round().to(torch.uint8), index[name]
+        return (to_tensor(img, size, resize) * 255).round().to(torch.uint8), label, image_id
 
-    pairs = list(zip(rows["path"].astype(str), rows["label_name"].astype(str), strict=True))
+    pairs = list(zip(rows["path"].astype(str), rows["label_name"].astype(str),
+                     rows["image_id"].astype(str), strict=True))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         decoded = [d for d in pool.map(one, pairs) if d is not None]
     images = (torch.stack([d[0] for d in decoded]) if decoded
               else torch.zeros(0, 3, *size, dtype=torch.uint8))
     labels = torch.tensor([d[1] for d in decoded], dtype=torch.long)
-    return ImageTensors(images, labels), len(pairs) - len(decoded)
+    return ImageTensors(images, labels, tuple(d[2] for d in decoded)), len(pairs) - len(decoded)
 
 
 def load_frame(frame: pd.DataFrame, root: Path, size: tuple[int, int], val_fraction: float,

@@ -1,0 +1,28 @@
+"""A classifier's layers by name, for the methods and concept readers that hook one (Grad-CAM,
+XNN, NMF): found by dotted name, refused in one line where hooks cannot reach them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def type_name(module: nn.Module) -> str:
+    """A module's class name, also for a TorchScript module (which keeps it as
+    ``original_name``)."""
+    return getattr(module, "original_name", type(module).__name__)
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """A sub-module by dotted name, e.g. ``net._conv_head`` or ``features.4``, that takes the
+    forward hooks a layer attribution needs."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        raise ValueError(f"model has no layer {name!r}")
+    layer = modules[name]
+    if isinstance(layer, torch.jit.ScriptModule):
+        raise ValueError(  # noqa: TRY004 - a user's model, not a caller's argument type
+            f"layer {name!r} ({type_name(layer)}) is part of a TorchScript model, whose layers "
+            "take no hooks, and this needs one: give the model as a state_dict with a model "
+            "card, or use a method that needs no layer (scd, ig, saliency, rise, ...)")
+    return layer

@@ -1,0 +1,60 @@
+"""The output folder of ``fidoflow concepts``: the features of one pass over the archive, one
+file per class (its XNN and its NMF concept bank), and a card the concept methods read.
+
+    <dir>/features.pt        pooled features, logits, labels, image ids (+ spatial activations
+                             of a sample of each class's images, for the NMF baseline)
+    <dir>/class-00012.pt     class 12: XNN state, its k and scores per k, NMF bank
+    <dir>/concepts.json      the card: model, layer, settings, per class k, R², files
+
+Every file is written under a temporary name and renamed, the card last: a killed training
+keeps the classes it finished, and a rerun trains only the rest.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import torch
+
+from .runfolder import RunFolder
+
+FEATURES = "features.pt"
+CARD = "concepts.json"
+
+
+def class_file(index: int) -> str:
+    return f"class-{index:05d}.pt"
+
+
+def _torch_bytes(obj: object) -> bytes:
+    sink = io.BytesIO()
+    torch.save(obj, sink)
+    return sink.getvalue()
+
+
+@dataclass
+class ConceptFolder:
+    root: str
+
+    def __post_init__(self) -> None:
+        self.folder = RunFolder(self.root)
+
+    def exists(self, name: str) -> bool:
+        return self.folder.exists(name)
+
+    def read(self, name: str) -> dict:
+        with self.folder.fs.open(self.folder.local(name), "rb") as fh:
+            return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+
+    def write(self, name: str, obj: dict) -> None:
+        self.folder.write_bytes_atomic(_torch_bytes(obj), name)
+
+    def read_card(self) -> dict:
+        if not self.folder.exists(CARD):
+            raise FileNotFoundError(f"{self.root} holds no {CARD}: train concepts with "
+                                    "fidoflow concepts ARCHIVE --model M --out DIR")
+        return self.folder.read_json(CARD)
+
+    def write_card(self, card: dict) -> None:
+        self.folder.write_json(card, CARD)
