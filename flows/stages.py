@@ -27,6 +27,7 @@ from fidoflow.pipeline.analysis.reclassify import reclassify_pictures
 from fidoflow.pipeline.analysis.records import exception_record
 from fidoflow.pipeline.analysis.report import render_report
 from fidoflow.pipeline.analysis.report_items import (
+    concept_items,
     flip_items,
     frame_items,
     gallery_items,
@@ -430,8 +431,9 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
                 for name in names[method]}
 
     graphs = parts.read_parts(run, tables.SAG).to_pandas()
+    concepts = parts.read_parts(run, tables.CONCEPTS).to_pandas()
     gallery = gallery_items(list(config.methods), analysis.gallery, analysis.bootstrap.seed,
-                            rows_by_id, reclassified, graphs, pictures, maps_of)
+                            rows_by_id, reclassified, graphs, pictures, maps_of, concepts)
     flips = flip_items(analysis.flips, rows_by_id, reclassified, pictures)
     frames = frame_items(rows_by_id, next(iter(config.methods)), analysis.gallery, whole,
                          lambda i: crop_boxes[i], maps_of)
@@ -441,7 +443,8 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
     return render_report(summary, mean_curves(metrics) if len(metrics) else {}, gallery, flips,
                          title=f"fidoflow report: {Path(run.root).name}",
                          meta=report_meta(config, analysis, run.root, info), flips_note=note,
-                         frames=frames)
+                         frames=frames, concepts=concept_items(concepts, model.class_names,
+                                                               rows_by_id, pictures, maps_of))
 
 
 # ---- tasks ----------------------------------------------------------------------------------

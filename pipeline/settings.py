@@ -296,7 +296,8 @@ class ConceptSettings(Settings):
                                           "a BIC-like score of faithfulness against k")
     hidden: int = Field(XNN.hidden, ge=1, description="width of the encoder's and decoder's "
                                                       "hidden layer")
-    epochs: int = Field(XNN.epochs, ge=1, description="passes over the features per XNN")
+    steps: int = Field(XNN.steps, ge=1, description="Adam steps per XNN (each a random batch of "
+                                                    f"{XNN.batch_size} feature vectors)")
     lr: float = Field(XNN.lr, gt=0, description="Adam learning rate")
     weight_decay: float = Field(XNN.weight_decay, ge=0, description="Adam weight decay")
     alpha_rec: float = Field(XNN.alpha_rec, ge=0, description="weight of the sparse "
@@ -322,7 +323,7 @@ class ConceptSettings(Settings):
             raise ValueError(f"unknown model {self.model!r}: neither a built-in "
                              f"({', '.join(BUILTINS)}) nor a model file")
         config = XnnConfig(max_concepts=self.max_concepts, hidden=self.hidden,
-                           epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                           steps=self.steps, lr=self.lr, weight_decay=self.weight_decay,
                            alpha_rec=self.alpha_rec, alpha_pt=self.alpha_pt, seed=self.seed)
         classes = tuple(c.strip() for c in (self.classes or "").split(",") if c.strip())
         model = self.model if self.model in BUILTINS else absolute(self.model)

@@ -37,6 +37,7 @@ class MethodMaps:
 
     maps: dict[str, np.ndarray]
     box: tuple[float, float, float, float] | None = None
+    titles: dict[str, str] = field(default_factory=dict)  # a map's caption, e.g. a concept's
 
 
 @dataclass
@@ -84,6 +85,22 @@ class FrameItem:
     path: str
     picture: np.ndarray
     detections: list[tuple[tuple[float, ...], np.ndarray, str]]
+
+
+@dataclass
+class ConceptItem:
+    """One concept of a class: its mean contribution to the class's logit over the class's
+    images, its share of their summed contributions, and the image where it counts most, with
+    the concept's map over it."""
+
+    class_name: str
+    method: str
+    concept: int
+    mean_contribution: float
+    share: float
+    images: int
+    image_id: str
+    picture: np.ndarray
 
 
 @dataclass
@@ -468,7 +485,8 @@ def gallery_html(items: Sequence[GalleryItem]) -> str:
         for method, mm in item.methods.items():
             box = None if mm.box is None else tuple(v * scale for v in mm.box)
             for name, values in mm.maps.items():
-                title = method if name == "joint" else f"{method} · {name}"
+                title = mm.titles.get(name) or (method if name == "joint" else
+                                                f"{method} · {name}")
                 figure = _figure(data_uri(draw_box(overlay(small, values), box)
                                           if name == "joint" else overlay(small, values)),
                                  title, f"{item.image_id} {method} {name}")
@@ -481,6 +499,22 @@ def gallery_html(items: Sequence[GalleryItem]) -> str:
                      + (f"<div class='row own'>{''.join(own)}</div>" if own else "")
                      + (f"<div class='row graphs'>{''.join(graphs)}</div>" if graphs else ""))
     return "<div class=gallery>" + "".join(parts) + "</div>" if parts else "<p>no images</p>"
+
+
+def concepts_html(items: Sequence[ConceptItem]) -> str:
+    """Per class, a row of its concepts: each one's example image with the concept's map, and
+    its mean contribution and share."""
+    rows: dict[str, list[ConceptItem]] = {}
+    for item in items:
+        rows.setdefault(item.class_name, []).append(item)
+    out = []
+    for class_name, members in rows.items():
+        figures = "".join(_figure(
+            data_uri(m.picture), f"{m.method} c{m.concept}: {m.mean_contribution:+.2f} "
+            f"({m.share:.0%}, {m.images} images) · e.g. {m.image_id}",
+            f"{class_name} {m.method} concept {m.concept}") for m in members)
+        out.append(f"<h3>{html.escape(class_name)}</h3><div class=row>{figures}</div>")
+    return "<div class=concepts>" + "".join(out) + "</div>"
 
 
 def paste(picture: np.ndarray, box: Sequence[float], saliency: np.ndarray) -> np.ndarray:
@@ -552,7 +586,8 @@ def headline(summary: pd.DataFrame) -> str:
 def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
                   gallery: Sequence[GalleryItem], flips: Sequence[FlipItem],
                   title: str = "fidoflow run report", meta: dict[str, str] | None = None,
-                  flips_note: str = "", frames: Sequence[FrameItem] = ()) -> str:
+                  flips_note: str = "", frames: Sequence[FrameItem] = (),
+                  concepts: Sequence[ConceptItem] = ()) -> str:
     """The whole report as one HTML string."""
     meta_html = "".join(f"<div><b>{html.escape(k)}</b>: {html.escape(str(v))}</div>"
                         for k, v in (meta or {}).items())
@@ -595,6 +630,13 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
          "patch (red) removed: the probability left and how much it dropped.</p>"),
         gallery_html(gallery),
     ]
+    if concepts:
+        sections += [("<h2>Concepts: what each class's decision rests on</h2><p class=meta>Per "
+                     "class and concept method, each concept's mean contribution to the class's "
+                     "logit over the images explained as that class, its share of their summed "
+                     "positive contributions, and the image where it counts most, with the "
+                     "concept's map (the gallery shows every image's concepts).</p>"),
+                     concepts_html(concepts)]
     if frames:
         sections += [("<h2>Detections back in their frames</h2><p class=meta>Each detection was "
                      "explained on its square crop; here its map is pasted where the crop came "

@@ -15,6 +15,7 @@ import pandas as pd
 
 from fidoflow.pipeline.analysis.records import BASELINE_METHOD
 from fidoflow.pipeline.analysis.report import (
+    ConceptItem,
     Curves,
     FlipItem,
     FrameItem,
@@ -22,6 +23,7 @@ from fidoflow.pipeline.analysis.report import (
     GraphRoot,
     MethodMaps,
     draw_parts,
+    overlay,
     thumbnail,
 )
 from fidoflow.pipeline.imaging.decode import DecodeLimits
@@ -127,11 +129,24 @@ def baseline(reclassified: pd.DataFrame) -> pd.DataFrame:
     return reclassified[reclassified["method"] == BASELINE_METHOD].set_index("image_id")
 
 
+def concept_maps(maps: dict[str, np.ndarray], rows: pd.DataFrame, method: str
+                 ) -> MethodMaps:
+    """A concept method's maps of one image: ``joint`` and the concepts its target class has,
+    each titled with its contribution (``rows``: the image's ``concepts`` rows)."""
+    mine = rows[rows["method"] == method].sort_values("concept")
+    kept = {"joint": maps["joint"]} | {f"c{int(r.concept)}": maps[f"c{int(r.concept)}"]
+                                       for r in mine.itertuples() if f"c{int(r.concept)}" in maps}
+    titles = {f"c{int(r.concept)}": f"{method} · c{int(r.concept)} {r.contribution:+.2f}"
+              for r in mine.itertuples()}
+    return MethodMaps(kept, titles=titles)
+
+
 def gallery_items(methods: Sequence[str], count: int, seed: int, rows_by_id: RowsById,
                   reclassified: pd.DataFrame, graphs: pd.DataFrame, pictures: Pictures,
-                  maps_of: MapsOf) -> list[GalleryItem]:
+                  maps_of: MapsOf, concepts: pd.DataFrame | None = None) -> list[GalleryItem]:
     """``count`` images drawn with ``seed`` (the same on every rerun): each with every method's
-    maps, its crop box and the classes before and after."""
+    maps, its crop box and the classes before and after; a concept method's maps are the
+    image's concepts, titled with their contributions (``concepts``: the run's table)."""
     base = baseline(reclassified)
     crop_rows = reclassified[reclassified["variant"] == "crop"].set_index(["image_id", "method"])
     rng = np.random.default_rng(seed)
@@ -155,16 +170,53 @@ def gallery_items(methods: Sequence[str], count: int, seed: int, rows_by_id: Row
         caption = [f"label: {row.get('label_name') or '–'}",
                    f"global: {b['top1_name']} ({b['top1_prob']:.2f})"]
         per_method = {}
+        own = concepts[concepts["image_id"] == image_id] if concepts is not None else None
         for method in methods:
             box = None
             if (image_id, method) in crop_rows.index:
                 rec = crop_rows.loc[(image_id, method)]
                 box = box_in(frame, rec)
                 caption.append(f"{method} crop: {rec['top1_name']} ({rec['top1_prob']:.2f})")
-            per_method[method] = MethodMaps(maps_of(method, i), box)
+            maps = maps_of(method, i)
+            per_method[method] = (concept_maps(maps, own, method)
+                                  if own is not None and method in set(own["method"])
+                                  else MethodMaps(maps))
+            per_method[method].box = box
         gallery.append(GalleryItem(image_id, thumb, caption, per_method,
                                    graph_roots(graphs[graphs["image_id"] == image_id])))
     return gallery
+
+
+def concept_items(concepts: pd.DataFrame, class_names: Sequence[str], rows_by_id: RowsById,
+                  pictures: Pictures, maps_of: MapsOf, classes: int = 12) -> list[ConceptItem]:
+    """Per class (the ``classes`` most explained), method and concept: the mean contribution,
+    its share of the class's summed positive contributions, and the image where the concept
+    contributes most, drawn with the concept's map."""
+    items: list[ConceptItem] = []
+    if concepts.empty:
+        return items
+    busiest = concepts.groupby("target")["image_id"].nunique().sort_values(ascending=False)
+    for target in sorted(busiest.index[:classes]):
+        cell = concepts[concepts["target"] == target]
+        for method, own in cell.groupby("method", sort=True):
+            means = own.groupby("concept")["contribution"].mean()
+            positive = means.clip(lower=0).sum()
+            for concept, mean in means.items():
+                rows = own[own["concept"] == concept]
+                best = rows.loc[rows["contribution"].idxmax()]
+                i, row = rows_by_id[str(best["image_id"])]
+                try:
+                    thumb, _ = pictures(row, FLIP_SIDE)
+                except Exception as exc:  # noqa: BLE001 - a picture that vanished since
+                    log.warning("report: %s left out of the concepts: %s", best["image_id"], exc)
+                    continue
+                picture = overlay(thumb, maps_of(str(method), i)[f"c{int(concept)}"])
+                items.append(ConceptItem(
+                    str(class_names[int(target)]) if int(target) < len(class_names)
+                    else str(target), str(method), int(concept), float(mean),
+                    float(max(mean, 0) / positive) if positive > 0 else 0.0, len(rows),
+                    str(best["image_id"]), picture))
+    return items
 
 
 def flip_items(per_group: int, rows_by_id: RowsById, reclassified: pd.DataFrame,
