@@ -144,8 +144,7 @@ def part_shares(maps: torch.Tensor, parts: torch.Tensor) -> tuple[float, float]:
         float((maps * (parts == CROWN)).sum()) / total
 
 
-@pytest.fixture(scope="module")
-def two_part_concepts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ColourParts, str]:
+def two_part_concepts(root: Path) -> tuple[ColourParts, str]:
     """A concept folder for the known-answer model: per class an XNN of two concepts and an
     NMF bank of two, written as ``fidoflow concepts`` writes them."""
     model = ColourParts().eval()
@@ -154,8 +153,8 @@ def two_part_concepts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ColourP
     assert layer.describe() == "output of detect"
     pooled, spatial, logits = extract(model, layer, images)
     held = torch.arange(len(images)) % 5 == 0
-    config = XnnConfig(max_concepts=2)
-    folder = ConceptFolder(str(tmp_path_factory.mktemp("two-part") / "concepts"))
+    config = XnnConfig(max_concepts=2, steps=800)
+    folder = ConceptFolder(str(root))
     entries = {}
     for index in range(6):
         fitted = fit_xnn(pooled, logits[:, index], held, 2, config)
@@ -180,40 +179,37 @@ def explain_scenes(model: nn.Module, concepts: str, method: str):
     spec = parse_methods(method, {"concepts": concepts})[method]
     with spec.build(model) as explainer:
         out = explainer.attribute(images, labels, size=images.shape[-1])
-    return out, parts
+    return out, pd.DataFrame(out.rows), parts
 
 
-@pytest.mark.parametrize("method", ["xnn", "nmf"])
-def test_contributions_sum_to_the_rebuilt_logit(two_part_concepts, method: str) -> None:
-    model, concepts = two_part_concepts
-    out, _ = explain_scenes(model, concepts, method)
-    rows = pd.DataFrame(out.rows)
+def assert_contributions_sum(rows: pd.DataFrame) -> None:
+    """Per image, the contributions plus the bias are the rebuilt logit, which is faithful."""
     sums = rows.groupby("image").agg(total=("contribution", "sum"), bias=("bias", "first"),
                                      rebuilt=("reconstructed", "first"), logit=("logit", "first"))
     assert len(sums) == 24
     assert np.allclose(sums["total"] + sums["bias"], sums["rebuilt"], atol=1e-4)
     assert np.allclose(rows["activation"] * rows["weight"], rows["contribution"], atol=1e-4)
-    assert np.corrcoef(sums["rebuilt"], sums["logit"])[0, 1] > 0.9  # faithful
+    assert np.corrcoef(sums["rebuilt"], sums["logit"])[0, 1] > 0.9
 
 
-def test_two_part_nmf_gives_each_part_its_own_concept(two_part_concepts) -> None:
-    """The known-answer test: on 24 unseen scenes, one NMF concept's map lies more on the wing
-    patch than on the crown, and the other's more on the crown than on the wing."""
-    model, concepts = two_part_concepts
-    out, parts = explain_scenes(model, concepts, "nmf")
+def test_two_part_known_answer_model(tmp_path: Path) -> None:
+    """The two-part test, on 24 unseen scenes of the known-answer model: both methods'
+    contributions sum to the rebuilt logit; one NMF concept's map lies more on the wing patch
+    than on the crown and the other's more on the crown than on the wing; XNN's most
+    contributing concept puts its map on the two parts (wing and crown together: that XNN does
+    not give each part its own concept is measured in bench/concepts.py)."""
+    model, concepts = two_part_concepts(tmp_path / "concepts")
+
+    out, rows, parts = explain_scenes(model, concepts, "nmf")
+    assert_contributions_sum(rows)
     separated = 0
     for i in range(len(parts)):
         (w1, c1), (w2, c2) = (part_shares(out.maps[m][i], parts[i]) for m in ("c1", "c2"))
         separated += (w1 > c1 and c2 > w2) or (w2 > c2 and c1 > w1)
     assert separated >= 0.8 * len(parts), separated
 
-
-def test_two_part_xnn_concepts_lie_on_the_parts(two_part_concepts) -> None:
-    """XNN's most contributing concept puts its map on the two parts (wing and crown together;
-    that it does not give each part its own concept is measured in bench/concepts.py)."""
-    model, concepts = two_part_concepts
-    out, parts = explain_scenes(model, concepts, "xnn")
-    rows = pd.DataFrame(out.rows)
+    out, rows, parts = explain_scenes(model, concepts, "xnn")
+    assert_contributions_sum(rows)
     top = rows.loc[rows.groupby("image")["contribution"].idxmax()]
     on_parts = [sum(part_shares(out.maps[f"c{int(r.concept)}"][int(r.image)], parts[int(r.image)]))
                 for r in top.itertuples()]
@@ -260,3 +256,30 @@ def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(tmp_path: Path, capsys
     masks = xr.open_zarr(run / "masks.zarr", group="xnn", consolidated=False)
     assert {"joint", "c1"} <= set(masks.data_vars)
     assert "Concepts" in (run / "report.html").read_text()
+
+
+def test_concepts_deployment_names_the_flow_by_module_and_valid_settings() -> None:
+    import inspect
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from fidoflow.pipeline.settings import ConceptSettings
+
+    spec = yaml.safe_load((Path(__file__).resolve().parent.parent / "prefect.yaml").read_text())
+    (deployment,) = [d for d in spec["deployments"]
+                     if d["entrypoint"].endswith(":learn_concepts")]
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    assert flow.name == "learn-concepts"
+    assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+    ConceptSettings.parse(deployment["parameters"]["settings"])
+    form = flow.parameters.model_dump()["definitions"]["ConceptSettings"]["properties"]
+    assert set(form) == set(ConceptSettings.model_fields)
+    assert form["max_concepts"]["maximum"] == 5
+
+
+def test_bad_concept_settings_fail_with_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["concepts", str(tmp_path), "--out", str(tmp_path / "c"), "--model",
+                 "synthetic-cnn", "--max-concepts", "9"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_concepts" in err

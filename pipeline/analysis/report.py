@@ -449,6 +449,8 @@ figure img{display:block;max-width:224px;height:auto;border:1px solid #ccc}
 .frames{display:flex;flex-wrap:wrap;gap:10px} .frames figure img{max-width:480px}
 .frames figure{max-width:482px}
 .flips figure{width:152px}
+.concepts .row{display:flex;flex-wrap:wrap;gap:8px} .concepts figure{width:152px}
+.concepts figure img{max-width:150px}
 details{margin:.6em 0}
 """
 

@@ -25,6 +25,8 @@ that are alive (a concept zero on every training row is dropped after training).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -116,10 +118,28 @@ class Fitted:
     bic: float
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """An XNN step is a few small matrix products: a second thread only adds synchronisation
+    (equal seconds alone, and it stalls when another process shares the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_xnn(pooled: torch.Tensor, logit: torch.Tensor, held: torch.Tensor, concepts: int,
             config: XnnConfig) -> Fitted:
     """Train one XNN with ``concepts`` concepts on the rows not ``held`` out; score it on those
     that are."""
+    with one_thread():
+        return _fit_xnn(pooled, logit, held, concepts, config)
+
+
+def _fit_xnn(pooled: torch.Tensor, logit: torch.Tensor, held: torch.Tensor, concepts: int,
+             config: XnnConfig) -> Fitted:
     gen = torch.Generator().manual_seed(config.seed * 1009 + concepts)
     torch.manual_seed(config.seed * 1009 + concepts)
     train_x, train_y = pooled[~held], logit[~held]
@@ -130,7 +150,8 @@ def fit_xnn(pooled: torch.Tensor, logit: torch.Tensor, held: torch.Tensor, conce
     with torch.no_grad():  # start at the mean logit, in its units: Adam's steps need not get there
         net.head.bias.fill_(float(train_y.mean()))
         net.head.weight.mul_(variance ** 0.5)
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                 foreach=True)
     for _ in range(config.steps):
         batch = torch.randint(len(train_x), (min(config.batch_size, len(train_x)),), generator=gen)
         optimiser.zero_grad()
