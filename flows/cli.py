@@ -6,6 +6,7 @@ options are projected from the settings declarations (fidoflow/pipeline/settings
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -19,8 +20,11 @@ from typing import TYPE_CHECKING
 from .server import ApiServer, api_server, flush_prefect_logs, prefect_home
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+
     from fidoflow.pipeline.config import RunConfig
-    from fidoflow.pipeline.settings import RunSettings
+    from fidoflow.pipeline.settings import RunSettings, Settings
 
 COMMANDS_WITH_A_SERVER = ("run", "demo")
 
@@ -89,32 +93,41 @@ def add_concepts_command(commands: argparse._SubParsersAction) -> None:
     add_cli_options(concepts, ConceptSettings)
 
 
-def run_concepts(args: argparse.Namespace) -> int:
-    """Run the learn-concepts flow against one Prefect API; print what each class learned."""
-    from fidoflow.pipeline.settings import ConceptSettings
-
-    from .server import prefect_api
+def flow_inputs(args: argparse.Namespace, model: type[Settings]) -> tuple[str, Settings]:
+    """ARCHIVE resolved and the command's settings, refused before Prefect starts when bad."""
     from .settings import settings_from_cli
 
     archive = str(Path(args.archive).resolve())
     if not Path(archive).exists():
         raise FileNotFoundError(f"archive not found: {args.archive}")
-    settings = settings_from_cli(args, ConceptSettings)
-    settings.to_job(archive, args.out)  # refuse bad settings before Prefect starts
+    settings = settings_from_cli(args, model)
+    settings.to_job(archive, args.out)
+    return archive, settings
+
+
+def on_api(module: str, call: Callable[[ModuleType], dict]) -> dict:
+    """``call(flows.<module>)`` against one Prefect API (started meanwhile the flow imports)."""
+    from .server import prefect_api
 
     def import_flow() -> None:
-        from . import concepts  # noqa: F401
+        importlib.import_module(f"{__package__}.{module}")
 
     with prefect_api(meanwhile=import_flow) as api_url:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from .concepts import learn_concepts
-
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             try:
-                card = learn_concepts(archive, args.out, settings)
+                return call(importlib.import_module(f"{__package__}.{module}"))
             finally:
                 flush_prefect_logs()
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    """Run the learn-concepts flow against one Prefect API; print what each class learned."""
+    from fidoflow.pipeline.settings import ConceptSettings
+
+    archive, settings = flow_inputs(args, ConceptSettings)
+    card = on_api("concepts", lambda flows: flows.learn_concepts(archive, args.out, settings))
     for entry in card["classes"].values():
         print(f"{entry['class']}: {entry['concepts']} concepts, held-out R² "
               f"{entry['val_r2']:.3f}")
@@ -129,28 +142,9 @@ def run_train(args: argparse.Namespace) -> int:
     """Run the train-classifier flow against one Prefect API; print where the model is."""
     from fidoflow.pipeline.settings import TrainSettings
 
-    from .server import prefect_api
-    from .settings import settings_from_cli
-
-    archive = str(Path(args.archive).resolve())
-    if not Path(archive).exists():
-        raise FileNotFoundError(f"archive not found: {args.archive}")
-    settings = settings_from_cli(args, TrainSettings)
-    settings.to_job(archive, args.out)  # refuse bad settings before Prefect starts
-
-    def import_flow() -> None:
-        from . import train  # noqa: F401
-
-    with prefect_api(meanwhile=import_flow) as api_url:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        from .train import train_classifier
-
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            try:
-                summary = train_classifier(archive, args.out, settings, progress=True)
-            finally:
-                flush_prefect_logs()
+    archive, settings = flow_inputs(args, TrainSettings)
+    summary = on_api("train", lambda flows: flows.train_classifier(archive, args.out, settings,
+                                                                   progress=True))
     test = summary["test_accuracy"]
     print(f"best epoch {summary['best_epoch']} of {summary['epochs']}: validation accuracy "
           f"{summary['val_accuracy']:.3f}"

@@ -71,7 +71,19 @@ class Settings(BaseModel):
             raise ValueError(one_line(exc)) from None
 
 
-class RunSettings(Settings):
+class ClassifierSettings(Settings):
+    """The classifier a command reads (``run`` and ``concepts`` alike)."""
+
+    model: str = Field("efficientnet-lite0",
+                       description="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript "
+                                   "file, or a state_dict file with a model card")
+    model_card: str | None = Field(None, description="model card (YAML/JSON) of a state_dict "
+                                                     "model (default: <model>.yaml beside it)")
+    trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
+                                                      "runs code from the file)")
+
+
+class RunSettings(ClassifierSettings):
     """How to explain an archive: methods, FIDO's budget, sharding, model, device."""
 
     method: str | list[str] = Field(
@@ -110,13 +122,6 @@ class RunSettings(Settings):
                          description="Dask worker processes of a local cluster")
     device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
     seed: int = Field(0, description="same inputs and seed give the same masks")
-    model: str = Field("efficientnet-lite0",
-                       description="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript "
-                                   "file, or a state_dict file with a model card")
-    model_card: str | None = Field(None, description="model card (YAML/JSON) of a state_dict "
-                                                     "model (default: <model>.yaml beside it)")
-    trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
-                                                      "runs code from the file)")
     explain_only: bool = Field(False, description="masks and predictions only: skip "
                                                   "re-classification, metrics and report")
     compile: bool = Field(False, description="torch.compile the classifier (GPU runs)")
@@ -275,16 +280,9 @@ class TrainSettings(Settings):
 XNN = XnnConfig()
 
 
-class ConceptSettings(Settings):
+class ConceptSettings(ClassifierSettings):
     """How to learn concepts of a classifier: which model and layer, which classes, the XNN."""
 
-    model: str = Field("efficientnet-lite0",
-                       description="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript "
-                                   "file, or a state_dict file with a model card")
-    model_card: str | None = Field(None, description="model card (YAML/JSON) of a state_dict "
-                                                     "model (default: <model>.yaml beside it)")
-    trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
-                                                      "runs code from the file)")
     layer: str | None = Field(None, description="the layer whose features concepts are learned "
                               "on (default: the input of the global pooling, else the last "
                               "spatial feature map)")
