@@ -12,10 +12,7 @@ keeps the classes it finished, and a rerun trains only the rest.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-
-import torch
 
 from .runfolder import RunFolder
 
@@ -25,12 +22,6 @@ CARD = "concepts.json"
 
 def class_file(index: int) -> str:
     return f"class-{index:05d}.pt"
-
-
-def _torch_bytes(obj: object) -> bytes:
-    sink = io.BytesIO()
-    torch.save(obj, sink)
-    return sink.getvalue()
 
 
 @dataclass
@@ -44,11 +35,10 @@ class ConceptFolder:
         return self.folder.exists(name)
 
     def read(self, name: str) -> dict:
-        with self.folder.fs.open(self.folder.local(name), "rb") as fh:
-            return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+        return self.folder.read_torch(name)
 
     def write(self, name: str, obj: dict) -> None:
-        self.folder.write_bytes_atomic(_torch_bytes(obj), name)
+        self.folder.write_torch(obj, name)
 
     def read_card(self) -> dict:
         if not self.folder.exists(CARD):

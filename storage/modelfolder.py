@@ -13,7 +13,6 @@ training killed at any moment leaves the previous complete checkpoint.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -39,12 +38,6 @@ METRICS = pa.schema([
 ])
 
 
-def _torch_bytes(obj: object) -> bytes:
-    sink = io.BytesIO()
-    torch.save(obj, sink)
-    return sink.getvalue()
-
-
 @dataclass
 class ModelFolder:
     root: str
@@ -59,15 +52,14 @@ class ModelFolder:
         """The last checkpoint, or None when there is none yet."""
         if not self.folder.exists(CHECKPOINT):
             return None
-        with self.folder.fs.open(self.folder.local(CHECKPOINT), "rb") as fh:
-            return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+        return self.folder.read_torch(CHECKPOINT)
 
     def write_checkpoint(self, checkpoint: dict) -> None:
-        self.folder.write_bytes_atomic(_torch_bytes(checkpoint), CHECKPOINT)
+        self.folder.write_torch(checkpoint, CHECKPOINT)
 
     def write_model(self, state: dict[str, torch.Tensor], card: dict) -> None:
         """Weights first, card second: a card always describes weights that exist."""
-        self.folder.write_bytes_atomic(_torch_bytes(state), WEIGHTS)
+        self.folder.write_torch(state, WEIGHTS)
         self.folder.write_bytes_atomic(yaml.safe_dump(card, sort_keys=False).encode(), CARD)
 
     def write_metrics(self, history: list[dict]) -> None:

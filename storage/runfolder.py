@@ -130,6 +130,21 @@ class RunFolder:
         with self.fs.open(self.local(*parts), "rb") as fh:
             return pq.ParquetFile(fh).metadata.num_rows
 
+    def write_torch(self, obj: object, *parts: str) -> None:
+        """``torch.save`` of ``obj`` (tensors, state dicts, checkpoints), written atomically."""
+        import torch
+
+        sink = io.BytesIO()
+        torch.save(obj, sink)
+        self.write_bytes_atomic(sink.getvalue(), *parts)
+
+    def read_torch(self, *parts: str) -> Any:
+        """What ``write_torch`` wrote, on the CPU, tensors only (no pickled code)."""
+        import torch
+
+        with self.fs.open(self.local(*parts), "rb") as fh:
+            return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+
     def write_json(self, obj: dict[str, Any], *parts: str) -> None:
         self.write_bytes_atomic(json.dumps(obj, indent=2, sort_keys=True).encode(), *parts)
 
