@@ -66,8 +66,10 @@ def extract_features(job: ConceptJob) -> dict:
     folder = ConceptFolder(job.out)
     model = job.load()
     key = _key(job, model)
-    if folder.exists(FEATURES) and folder.read(FEATURES)["key"] == key:
-        return summary_of(folder.read(FEATURES))
+    if folder.exists(FEATURES):
+        saved = folder.read(FEATURES)
+        if saved["key"] == key:
+            return summary_of(saved)
     frame = read_archive(job.archive, job.format, job.split, job.images_root)
     usable = frame[frame["manifest_error"].isna()]
     data, skipped = decode_rows(usable, archive_root(job.archive, job.images_root),
@@ -86,7 +88,7 @@ def extract_features(job: ConceptJob) -> dict:
         pooled.append(p)
         logits.append(out)
         labels = data.labels[i:i + job.batch_size]
-        for j, c in enumerate(torch.where(labels >= 0, labels, out.argmax(dim=1)).tolist()):
+        for j, c in enumerate(row_classes(labels, out).tolist()):
             if kept.get(c, 0) < NMF_IMAGES:  # the NMF data: the first images of each class
                 kept[c] = kept.get(c, 0) + 1
                 sample.append(c)
@@ -122,10 +124,14 @@ def classes_to_train(job: ConceptJob) -> list[int]:
     return sorted(set(present.tolist()))
 
 
+def row_classes(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Each image's class for the concepts: its label, else its top-1 prediction."""
+    return torch.where(labels >= 0, labels, logits.argmax(dim=1))
+
+
 def members(features: dict, index: int) -> torch.Tensor:
-    """Rows of class ``index``: its labelled images, else the images predicted as it."""
-    rows = features["labels"] == index
-    return rows if rows.any() else features["logits"].argmax(dim=1) == index
+    """Rows of class ``index`` (``row_classes``)."""
+    return row_classes(features["labels"], features["logits"]) == index
 
 
 def train_class(job: ConceptJob, index: int) -> dict:
