@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fidoflow.flows import stages
+from fidoflow.pipeline import stages
 from fidoflow.pipeline.analysis.aggregate import BootstrapConfig, bootstrap_ci
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
 from fidoflow.pipeline.archive.synthetic import write_camera_traps, write_cub_tree

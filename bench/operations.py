@@ -94,7 +94,7 @@ def write_manifest(folder: Path, rows: int, files: int) -> Path:
 PREPARE = """
 import json, sys, time
 from fidoflow.pipeline.settings import RunSettings
-from fidoflow.flows.stages import prepare_run
+from fidoflow.pipeline.stages import prepare_run
 config = RunSettings(model="synthetic-cnn").to_config(sys.argv[1], sys.argv[2])
 began = time.perf_counter()
 _, shards = prepare_run(config)

@@ -128,7 +128,7 @@ def run(source: Path, out: Path, home: Path, analysis: bool, workers: int) -> di
 PREPARE = """
 import json, resource, sys, time
 from fidoflow.pipeline.settings import RunSettings
-from fidoflow.flows.stages import model_of, prepare_run
+from fidoflow.pipeline.stages import model_of, prepare_run
 config = RunSettings(model="synthetic-cnn", method="saliency").to_config(sys.argv[1], sys.argv[2])
 model_of(config)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

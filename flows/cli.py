@@ -156,7 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def report_lines(config: RunConfig) -> list[str]:
     """Warnings about refused rows and labels the model cannot score (never fatal)."""
-    from .stages import manifest_report
+    from fidoflow.pipeline.stages import manifest_report
 
     try:
         report = manifest_report(config)

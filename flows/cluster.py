@@ -127,7 +127,7 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     client.close()
 
 
-WORKER_PRELOAD = ("distributed", "fidoflow.flows.stages")  # what every shard task imports
+WORKER_PRELOAD = ("distributed", "fidoflow.pipeline.stages")  # what every shard task imports
 FORK = {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
@@ -202,10 +202,9 @@ def build_runner(plan: ClusterPlan) -> TaskRunner:
 def warm_worker(config_json: dict) -> None:
     """On a worker: import the shard tasks' code and load and prepare the run's model, so that
     the first shard starts explaining at once (each worker keeps both for the run)."""
+    from fidoflow.pipeline import stages
     from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.models.device import resolve_device
-
-    from . import stages
 
     config = RunConfig.from_json(config_json)
     stages.model_of(config).on(resolve_device(config.device), config.compile)

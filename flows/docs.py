@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from fidoflow.pipeline.stages import metrics_table
 from fidoflow.storage.tables import TABLES, Table
 
 from .settings import settings_markdown
-from .stages import metrics_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"(<!-- columns: (\w+) -->\n).*?(<!-- /columns -->)", re.DOTALL)

@@ -19,14 +19,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from rich.progress import Progress as RichProgress
 
+from fidoflow.pipeline import stages
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
-from fidoflow.pipeline.plan import needing, tasks
 from fidoflow.pipeline.settings import RunSettings
 from fidoflow.storage import tables
 from fidoflow.storage.lease import Lease
 from fidoflow.storage.runfolder import RunFolder
 
-from . import stages
 from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
 from .reaper import guard_children
 
@@ -43,7 +42,7 @@ def check_worker_task() -> int:
     """Runs on a worker before any shard: the worker can import and run fidoflow's tasks."""
     import os
 
-    from . import stages  # noqa: F401 - what every shard task imports
+    from fidoflow.pipeline import stages  # noqa: F401 - what every shard task imports
     return os.getpid()
 
 
@@ -74,6 +73,14 @@ def run_task(config_json: dict, analysis_json: dict, first: int, last: int,
                           "(%s)", first, last, out["images"], out["errors"],
                           out["analysis_errors"], seconds or "nothing to do")
     return out
+
+
+@task(name="prepare-run", cache_policy=NO_CACHE, persist_result=False)
+def prepare_task(config_json: dict, analysis_json: dict | None) -> stages.Work:
+    """The run folder prepared and what it still needs (stages.plan_work), on a worker: the
+    manifest's rows never pass through the flow's process."""
+    return stages.plan_work(RunConfig.from_json(config_json),
+                            AnalysisConfig.from_json(analysis_json) if analysis_json else None)
 
 
 @task(name="compact-run", cache_policy=NO_CACHE, persist_result=False)
@@ -150,46 +157,30 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     config = RunConfig.from_json(config_json)
     analysis = AnalysisConfig.from_json(analysis_json) if analysis_json else DEFAULT_ANALYSIS
     analysis_json = analysis.to_json()
-    probe = check_worker_task.submit()  # workers start while the run folder is prepared
-    config, n_shards = stages.prepare_run(config, analysis if config.analyse else None)
-    config_json = config.to_json()
-    if config.analyse:
-        stages.record_analysis(config, analysis_json)
-    # shards not explained yet, and those whose files changed since they were
-    explain = set(stages.pending(config, "explain", n_shards)) | stages.changed_shards(config)
-    todo = {"explain": explain}
-    if config.analyse:
-        todo |= {stage: set(stages.pending(config, stage, n_shards)) | explain
-                 for stage in ("reclassify", "evaluate")}
-    wanted = set().union(*todo.values())
-    groups = needing(tasks(n_shards, config.task_size // config.shard_size), wanted)
-    workers_ready(probe)
-    busy = min(config.workers, max(len(groups), 1))
+    workers_ready(check_worker_task.submit())
+    work = prepare_task.submit(config_json, analysis_json if config.analyse else None).result()
+    config, config_json, todo = work.config, work.config.to_json(), work.todo
+    busy = min(config.workers, max(len(work.tasks), 1))
     outcomes: list[dict] = []
-    rows = stages.manifest_rows(config)
-    images = sum(min(config.shard_size, rows - s * config.shard_size) for s in explain)
     with RichProgress(transient=False) as bar:
-        progress = Progress(len(groups), images, bar)
-        waiting, running = list(groups), []
+        progress = Progress(len(work.tasks), work.images, bar)
+        waiting, running = list(work.tasks), []
         while waiting or running:
             while waiting and len(running) < WINDOW * config.workers:
                 group = waiting.pop(0)
-                running.append(run_task.submit(
-                    config_json, analysis_json, group.start, group.stop - 1,
-                    {stage: [s for s in group if s in shards] for stage, shards in todo.items()},
-                    busy))
+                running.append(run_task.submit(config_json, analysis_json, group.start,
+                                               group.stop - 1, work.of_task(group), busy))
             finished = next(as_completed(running))
             running.remove(finished)
             outcomes.append(finished.result())
             progress.advance(outcomes[-1])
-        parts_left = compact_task.submit(config_json, n_shards).result()
+        parts_left = compact_task.submit(config_json, work.shards).result()
         summary = (aggregate_task.submit(config_json, analysis_json).result() if config.analyse
                    else {"summary": None, "report": None})
     if config.analyse:
         publish_artifacts(summary)
-    seconds = {stage: sum(o["seconds"][stage] for o in outcomes)
-               for stage in ("explain", "reclassify", "evaluate")}
-    return {"shards": n_shards, "shards_run": len(explain), "tasks": len(groups),
+    seconds = {stage: sum(o["seconds"][stage] for o in outcomes) for stage in tables.SHARD_STAGES}
+    return {"shards": work.shards, "shards_run": len(todo["explain"]), "tasks": len(work.tasks),
             "images_run": sum(o["images"] for o in outcomes),
             "task_seconds": sum(o["wall"] for o in outcomes),
             "errors": sum(o["errors"] for o in outcomes),

@@ -31,7 +31,7 @@ class RunConfig:
     model: str = "efficientnet-lite0"
     shard_size: int | None = None  # None: chosen from the image count and the workers
     task_size: int | None = None  # images per task (whole shards); None: sized by the work
-    batch_size: int | None = None  # None: flows/stages.images_per_step (device and memory)
+    batch_size: int | None = None  # None: pipeline/stages/worker.images_per_step (device and memory)
     seed: int = 0
     workers: int = 2
     device: str = "auto"

@@ -258,3 +258,4 @@ BY_NAME = {table.name: table for table in TABLES}
 # own parts in errors/ (explain's are plain ``part-XXXXX``).
 DONE_BY = {"explain": PREDICTIONS, "reclassify": RECLASSIFY, "evaluate": METRICS}
 ERROR_PREFIX = {"explain": "part", "reclassify": "reclassify-part", "evaluate": "evaluate-part"}
+SHARD_STAGES = tuple(DONE_BY)  # the stages of a shard, in the order they run

@@ -48,7 +48,7 @@ def identity_run(folder: Path) -> Path:
     """The fixed run, stage by stage in this process; returns the run folder."""
     import torch
 
-    from fidoflow.flows import stages
+    from fidoflow.pipeline import stages
     from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
     from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
     from fidoflow.pipeline.config import AnalysisConfig

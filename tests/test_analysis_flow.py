@@ -18,8 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fidoflow.flows import stages
-from fidoflow.flows.stages import aggregate_run, evaluate_shard, pending, reclassify_shard
+from fidoflow.pipeline import stages
 from fidoflow.pipeline.analysis.aggregate import BootstrapConfig
 from fidoflow.pipeline.analysis.evaluate import EvaluateConfig
 from fidoflow.pipeline.archive.synthetic import write_archive
@@ -27,6 +26,7 @@ from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.loading import LoadedModel
 from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
+from fidoflow.pipeline.stages import aggregate_run, evaluate_shard, pending, reclassify_shard
 from fidoflow.storage import masks, parts, tables
 from fidoflow.storage.runfolder import RunFolder
 from fidoflow.storage.runrecord import RunMismatch
@@ -72,7 +72,7 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, P
                        lambda: [list(truth.image_id)])
     patch = pytest.MonkeyPatch()
     model = synthetic_model()
-    patch.setattr(stages, "worker_model", lambda *args, **kwargs: model)
+    patch.setattr(stages.worker, "worker_model", lambda *args, **kwargs: model)
     try:
         for shard in range(3):
             stages.explain_shard(config, shard)
@@ -191,7 +191,7 @@ def test_rerun_skips_done_shards_and_redoes_a_missing_one(labelled_run) -> None:
     part.unlink()
     assert pending(config, "reclassify", 3) == [1]
     patch = pytest.MonkeyPatch()
-    patch.setattr(stages, "worker_model", lambda *args, **kwargs: synthetic_model())
+    patch.setattr(stages.worker, "worker_model", lambda *args, **kwargs: synthetic_model())
     try:
         reclassify_shard(config, 1, TINY)
     finally:
@@ -248,10 +248,11 @@ def test_fidoflow_run_ends_with_the_analysis_tables_report_and_artifacts(
     out = capsys.readouterr().out
     assert "2 of 2 shards run, 3 images, 0 errors" in out and "in 2 tasks" in out
     # the operator's view: one task run per task (all stages of its shards), the worker probe,
-    # the compaction and the aggregate; the progress artifact at 100 %
-    assert sorted(r.name.rsplit("-", 1)[0] if r.name.startswith(("check", "compact", "agg"))
-                  else r.name for r in task_runs) == [
-        "aggregate-run", "check-worker", "compact-run", "shards 0-0", "shards 1-1"]
+    # the preparation, the compaction and the aggregate; the progress artifact at 100 %
+    assert sorted(r.name if r.name.startswith("shards") else r.name.rsplit("-", 1)[0]
+                  for r in task_runs) == [
+        "aggregate-run", "check-worker", "compact-run", "prepare-run", "shards 0-0",
+        "shards 1-1"]
     assert all(r.state_name == "Completed" for r in task_runs)
     progress = artifacts["fidoflow-progress"]
     assert progress.type == "progress" and float(progress.data) == 100.0

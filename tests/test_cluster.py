@@ -106,7 +106,7 @@ def test_gpu_decisions_taken_on_the_cpu() -> None:
     assert default_batch_size(torch.device("cuda")) == 8
     assert default_batch_size(torch.device("cuda", 1)) == 8
     assert default_batch_size(torch.device("cpu")) == 1
-    from fidoflow.flows.stages import images_per_step
+    from fidoflow.pipeline.stages import images_per_step
 
     assert images_per_step(RunConfig(source="/a", root="/r", batch_size=None, device="cpu")) == 1
     assert images_per_step(RunConfig(source="/a", root="/r", batch_size=5, device="cpu")) == 5

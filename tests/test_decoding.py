@@ -199,7 +199,7 @@ def test_load_batch_turns_any_exception_into_an_error_row(monkeypatch, tmp_path:
 def explain_everything(source: Path, run: Path, **options: object) -> tuple[list, list, list]:
     """prepare_run + explain_shard for every shard with the small synthetic CNN: manifest rows,
     predictions and errors."""
-    from fidoflow.flows import stages
+    from fidoflow.pipeline import stages
     from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.methods import parse_methods
     from fidoflow.storage import parts, tables
@@ -236,7 +236,7 @@ def assert_nothing_lost(manifest: list, predictions: list, errors: list) -> set[
 
 
 def test_every_row_of_a_dirty_folder_ends_in_predictions_or_errors(tmp_path: Path) -> None:
-    from fidoflow.flows import stages
+    from fidoflow.pipeline import stages
     from fidoflow.pipeline.config import RunConfig
 
     expected = dirty_folder(tmp_path / "dirty", outside=tmp_path / "outside")

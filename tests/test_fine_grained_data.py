@@ -28,7 +28,7 @@ TINY = AnalysisConfig(evaluate=EvaluateConfig(steps=4), bootstrap=BootstrapConfi
 
 
 def run_stages(config: RunConfig, analysis: AnalysisConfig = TINY) -> RunFolder:
-    from fidoflow.flows.stages import run_in_process
+    from fidoflow.pipeline.stages import run_in_process
 
     return run_in_process(config, analysis)
 

@@ -249,7 +249,7 @@ def test_bad_label_maps_are_refused(text: str, message: str, tmp_path: Path) -> 
 
 def manifest_of(config) -> tuple:
     """The run's manifest table, as prepare_run writes it, and the label report."""
-    from fidoflow.flows.stages import model_of, write_manifest
+    from fidoflow.pipeline.stages.prepare import model_of, write_manifest
     from fidoflow.storage import tables
     from fidoflow.storage.runfolder import RunFolder
 

@@ -326,8 +326,8 @@ def test_manifest_without_path_column_is_an_archive_error(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("fixture", ["cub", "coco", "csv", "folder"])
 def test_every_reader_fits_the_manifest_schema(fixture: str, tmp_path: Path) -> None:
-    from fidoflow.flows.stages import model_of, write_manifest
     from fidoflow.pipeline.config import RunConfig
+    from fidoflow.pipeline.stages.prepare import model_of, write_manifest
     from fidoflow.storage.runfolder import RunFolder
 
     source = {"cub": lambda: cub_tree(tmp_path / "cub"),

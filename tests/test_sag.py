@@ -136,7 +136,7 @@ def test_a_run_writes_the_graph_table_and_the_report_draws_its_roots(photo_folde
     the report turns an image's rows into one picture per root."""
     import pyarrow.parquet as pq
 
-    from fidoflow.flows import stages
+    from fidoflow.pipeline import stages
     from fidoflow.pipeline.analysis.report import GalleryItem, gallery_html
     from fidoflow.pipeline.analysis.report_items import graph_roots
     from fidoflow.pipeline.config import RunConfig

@@ -24,7 +24,7 @@ def test_labels_are_used_where_rows_have_one_and_the_prediction_elsewhere() -> N
 
 
 def test_a_label_run_explains_the_label_and_records_it(tmp_path: Path) -> None:
-    from fidoflow.flows import stages
+    from fidoflow.pipeline import stages
     from fidoflow.pipeline.archive.synthetic import write_archive
     from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.methods import parse_methods

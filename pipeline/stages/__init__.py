@@ -1,0 +1,51 @@
+"""The stages of a run as plain functions on a run folder: storage/ read, the domain called,
+the results written back. No Prefect or Dask inside: flows/explain_archive.py runs them as
+tasks on a cluster; ``run_in_process`` runs them here (a notebook, a test, a benchmark).
+
+- ``prepare``: manifest, shard and task sizes, run.json, mask store; what a rerun still needs;
+- ``shard``: explain, re-classify and evaluate a shard; a task of shards; compaction;
+- ``aggregate``: summary.parquet and report.html;
+- ``worker``: what each worker process keeps (the model, its batch size, its threads);
+- ``layout``: the tables this run writes (the metrics' columns, the sharded tables).
+"""
+
+from .aggregate import aggregate_run, build_report
+from .inprocess import run_in_process
+from .layout import metrics_table, sharded_tables
+from .prepare import (
+    Work,
+    changed_shards,
+    manifest_report,
+    manifest_rows,
+    pending,
+    plan_work,
+    prepare_run,
+    record_analysis,
+)
+from .shard import compact_run, evaluate_shard, explain_shard, reclassify_shard, run_task
+from .worker import images_per_step, model_of, set_worker_threads, worker_model
+
+__all__ = [
+    "Work",
+    "aggregate_run",
+    "build_report",
+    "changed_shards",
+    "compact_run",
+    "evaluate_shard",
+    "explain_shard",
+    "images_per_step",
+    "manifest_report",
+    "manifest_rows",
+    "metrics_table",
+    "model_of",
+    "pending",
+    "plan_work",
+    "prepare_run",
+    "reclassify_shard",
+    "record_analysis",
+    "run_in_process",
+    "run_task",
+    "set_worker_threads",
+    "sharded_tables",
+    "worker_model",
+]
