@@ -126,17 +126,21 @@ def run(source: Path, out: Path, home: Path, analysis: bool, workers: int) -> di
 
 
 PREPARE = """
-import json, resource, sys, time
+import json, sys, time
 from fidoflow.pipeline.settings import RunSettings
 from fidoflow.pipeline.stages import model_of, prepare_run
+
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss keeps the forking parent's peak)
+    with open("/proc/self/status") as fh:
+        return round(next(int(l.split()[1]) for l in fh if l.startswith("VmHWM")) / 1024)
+
 config = RunSettings(model="synthetic-cnn", method="saliency").to_config(sys.argv[1], sys.argv[2])
 model_of(config)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mb()
 began = time.perf_counter()
 _, shards = prepare_run(config)
 print(json.dumps({"seconds": round(time.perf_counter() - began, 1), "shards": shards,
-                  "imports_rss_mb": round(base / 1024),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+                  "imports_rss_mb": base, "peak_rss_mb": peak_mb()}))
 """
 
 

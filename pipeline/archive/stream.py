@@ -17,6 +17,7 @@ Hash matches are confirmed on the strings themselves, so a collision never refus
 
 from __future__ import annotations
 
+import ctypes
 import math
 import posixpath
 import tempfile
@@ -94,16 +95,30 @@ class _Pass:
         self.stem.append(_hashes([image_id_from_path(p) if p else None for p in derived]))
 
     def done(self) -> dict[str, np.ndarray]:
-        out = {name: np.concatenate(getattr(self, name)) if getattr(self, name)
-               else np.zeros(0, np.uint64)
-               for name in ("has_path", "refused", "has_id", "path_key", "raw_path",
-                            "given_id", "stem")}
+        """The per-row arrays, each batch list emptied as it is joined (never both held)."""
+        out = {}
+        for name in ("has_path", "refused", "has_id", "path_key", "raw_path", "given_id",
+                     "stem"):
+            pieces = getattr(self, name)
+            out[name] = np.concatenate(pieces) if pieces else np.zeros(0, np.uint64)
+            pieces.clear()
         # raw_path and stem hold the rows without an id, in row order: spread them out
         for name in ("raw_path", "stem"):
             full = np.zeros(len(out["has_id"]), np.uint64)
             full[~out["has_id"].astype(bool)] = out[name]
             out[name] = full
         return out
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system: Arrow's pool and the C heap, where the first
+    pass's many batch-sized arrays leave free but unreturned pages (glibc's ``malloc_trim``;
+    elsewhere nothing to do)."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _file_key(path: str, columns: dict[str, list], i: int) -> str:
@@ -115,9 +130,10 @@ def _file_key(path: str, columns: dict[str, list], i: int) -> str:
 
 
 def _first_rows(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per row, the first row with the same key (itself when first; -1 where not valid)."""
-    first = np.full(len(keys), -1, dtype=np.int64)
-    rows = np.nonzero(valid)[0]
+    """Per row, the first row with the same key (itself when first; -1 where not valid), as
+    int32 (a manifest has fewer than 2^31 rows)."""
+    first = np.full(len(keys), -1, dtype=np.int32)
+    rows = np.nonzero(valid)[0].astype(np.int32)
     if len(rows):
         _, index, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
         first[rows] = rows[index][inverse]
@@ -206,7 +222,7 @@ class ManifestStream:
                        np.where(shared_stem, k["raw_path"], k["stem"]))
         nameless = np.nonzero(~k["has_id"] & ~k["has_path"])[0]
         ids[nameless] = _hashes([f"row-{i}" for i in nameless])
-        index = np.arange(n)
+        index = np.arange(n, dtype=np.int32)
         path_first = _first_rows(k["path_key"], k["has_path"] & ~k["refused"])
         id_first = _first_rows(ids, np.ones(n, bool))
         path_dup = (path_first >= 0) & (path_first != index)
@@ -341,8 +357,10 @@ def open_manifest(source: str | Path, format: str | None, split: str,
         mapping = read_label_map(label_map, class_names) if label_map else None
         rank = ({n: i for i, n in enumerate(names)} if chosen.rank_names and not keys.labelled
                 else None)
+        found = keys.done()
+        release_memory()
         return ManifestStream(chosen, archive_root(source, root_override), spill, rows,
-                              keys.done(), names, LabelMapper(names, class_names, mapping), rank,
+                              found, names, LabelMapper(names, class_names, mapping), rank,
                               dict(keys.counts), folder)
     except BaseException:
         folder.cleanup()
