@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/train.py                       # 24 classes, 3 seeds (~10 min on 2 quiet cores)
     .venv/bin/python bench/train.py --seeds 1 --epochs 2  # a quick look
+    .venv/bin/python bench/train.py --backbone efficientnet-lite0 --classes 6 --scene-size 128 \
+        --train 648 --val 72 --test 120 --masks 0 --variants "GCE + block"
+        # issue 23's task: `fidoflow train`'s own recipe (TrainConfig's defaults) from ImageNet
+        # weights, scenes squashed to 224² as the trainer decodes them (~17 min a run)
 
 The fine scenes (pipeline/synthetic.py, ``fine=True``) have classes that differ by two small
 parts, the wing patch (~2 % of the image) and the crown (~0.6 %); train, validation and test
@@ -22,12 +26,14 @@ import statistics
 import time
 
 import torch
+from PIL import Image
 
-from fidoflow.pipeline.archive.synthetic import CROWN, WING, make_dataset
+from fidoflow.pipeline.archive.synthetic import CROWN, DEFAULT_SIZE, WING, make_dataset
+from fidoflow.pipeline.imaging.decode import to_tensor
 from fidoflow.pipeline.imaging.filters import resize_maps
 from fidoflow.pipeline.methods.fido import Fido, FidoConfig
 from fidoflow.pipeline.metrics.box import share_inside
-from fidoflow.pipeline.models.class_maps import build_network
+from fidoflow.pipeline.models.class_maps import BACKBONES, build_network, input_size
 from fidoflow.pipeline.training.data import ImageTensors, TrainData
 from fidoflow.pipeline.training.diversify import DiversifyConfig
 from fidoflow.pipeline.training.loop import TrainConfig, evaluate, fit
@@ -37,14 +43,20 @@ VARIANTS = {
     "CE + block": {"loss": "ce", "diversify": DiversifyConfig()},
     "GCE + block": {"loss": "gce", "diversify": DiversifyConfig()},
 }
+FROM_SCRATCH = {"lr": 3e-3, "batch_size": 64, "epochs": 15}  # the synthetic CNN's bench recipe
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def generate(n: int, seed: int, classes: int, chunk: int = 500):
-    """Fine scenes as uint8 images, labels and part ids (scene i depends on (seed, i) only)."""
-    parts = [make_dataset(min(chunk, n - s), seed + s, classes=classes, fine=True)
+def generate(n: int, seed: int, classes: int, chunk: int = 500, scene: int = DEFAULT_SIZE,
+             size: tuple[int, int] | None = None):
+    """Fine scenes of side ``scene`` as uint8 images, labels and part ids (scene i depends on
+    (seed, i) only); ``size``: squashed to the network's input as the trainer decodes a PNG."""
+    parts = [make_dataset(min(chunk, n - s), seed + s, size=scene, classes=classes, fine=True)
              for s in range(0, n, chunk)]
     images = torch.cat([(p.images * 255).round().to(torch.uint8) for p in parts])
+    if size is not None and tuple(images.shape[-2:]) != size:
+        images = torch.stack([(to_tensor(Image.fromarray(im.permute(1, 2, 0).numpy()), size)
+                               * 255).round().to(torch.uint8) for im in images])
     return (ImageTensors(images, torch.cat([p.labels for p in parts])),
             torch.cat([p.part_ids for p in parts]), parts[0].class_names)
 
@@ -80,9 +92,15 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=720, help="30 scenes a class, as CUB")
     parser.add_argument("--val", type=int, default=480)
     parser.add_argument("--test", type=int, default=1200)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--backbone", default="synthetic-cnn", choices=BACKBONES,
+                        help="efficientnet-lite0: from its ImageNet weights, with TrainConfig's "
+                             "defaults (fidoflow train's recipe) unless given below")
+    parser.add_argument("--scene-size", type=int, default=DEFAULT_SIZE,
+                        help="side of the generated scenes (squashed to the backbone's input)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 15 for the "
+                        "synthetic CNN, TrainConfig's for Lite0 (so for lr and batch)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="seeds first-seed .. first-seed + seeds - 1 (split seeds over processes)")
@@ -106,10 +124,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
 
+    recipe = FROM_SCRATCH if args.backbone == "synthetic-cnn" else {}
+    recipe = {**recipe, **{key: value for key, value in (
+        ("lr", args.lr), ("batch_size", args.batch), ("epochs", args.epochs)) if value}}
+    size = input_size(args.backbone)
     began = time.perf_counter()
-    train, _, names = generate(args.train, 10_000_000, args.classes)
-    val, _, _ = generate(args.val, 20_000_000, args.classes)
-    test, test_parts, _ = generate(args.test, 30_000_000, args.classes)
+    train, _, names = generate(args.train, 10_000_000, args.classes, scene=args.scene_size,
+                               size=size)
+    val, _, _ = generate(args.val, 20_000_000, args.classes, scene=args.scene_size, size=size)
+    test, test_parts, _ = generate(args.test, 30_000_000, args.classes, scene=args.scene_size,
+                                   size=size)
     data = TrainData(train, val, test, list(names))
     print(f"generated {args.train} + {args.val} + {args.test} scenes, {args.classes} classes, "
           f"in {time.perf_counter() - began:.0f} s", flush=True)
@@ -118,17 +142,17 @@ def main() -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in (v.strip() for v in args.variants.split(",")):
             variant = VARIANTS[name]
-            config = TrainConfig(backbone="synthetic-cnn", epochs=args.epochs, lr=args.lr,
-                                 batch_size=args.batch, seed=seed, **variant)
+            config = TrainConfig(backbone=args.backbone, seed=seed, **recipe, **variant)
             start = time.perf_counter()
             result = fit(config, data, device, lambda checkpoint, improved: None)
             seconds = time.perf_counter() - start
             load = os.getloadavg()[0]
-            net = build_network("synthetic-cnn", args.classes)
+            net = build_network(args.backbone, args.classes)
             net.load_state_dict(result.best_state)
             accuracy = evaluate(net, test, device)[1]
             evidence = part_evidence(net, test, test_parts, args.masks) if args.masks else {}
             run = {"variant": name, "seed": seed, "accuracy": accuracy, "seconds": seconds,
+                   "best_epoch": result.best_epoch, "epochs": config.epochs,
                    "load": load, "threads": args.threads,
                    "val": result.history[result.best_epoch - 1]["val_accuracy"], **evidence}
             rows[name].append(run)
@@ -139,7 +163,8 @@ def main() -> None:
                   f"{result.best_epoch}), {seconds:.0f} s at load {load:.1f}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in evidence.items()), flush=True)
 
-    print(f"\n{args.classes} classes, {args.train} training scenes, {args.epochs} epochs, "
+    print(f"\n{args.backbone}, {args.classes} classes, {args.train} training scenes of "
+          f"{args.scene_size}², {config.epochs} epochs, "
           f"{args.seeds} seeds, k = 15 for GCE, masks on {args.masks} test scenes per model; "
           f"total {time.perf_counter() - began:.0f} s\n")
     print_table(rows)

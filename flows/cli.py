@@ -156,25 +156,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def report_lines(config: RunConfig) -> list[str]:
     """Warnings about refused rows and labels the model cannot score (never fatal)."""
+    from fidoflow.pipeline.archive.prepare import manifest_warnings
     from fidoflow.pipeline.stages import manifest_report
 
     try:
-        report = manifest_report(config)
+        return manifest_warnings(manifest_report(config))
     except Exception:  # noqa: BLE001 - a report must never fail a finished run
         return []
-    lines = []
-    if report["refused"]:
-        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["refused"].items()))
-        lines.append(f"warning: {sum(report['refused'].values())} manifest rows refused "
-                     f"before decoding ({kinds}); see errors/")
-    if report["labelled"] and report["label_mode"] == "none":
-        lines.append("warning: no label name matches a model class, so accuracy cannot be "
-                     "computed; give --label-map")
-    elif report["unmapped"]:
-        names = ", ".join(f"{k} ({v})" for k, v in report["unmapped_names"].items())
-        lines.append(f"warning: {report['unmapped']} labelled images have labels the model's "
-                     f"classes do not cover (model_label empty): {names}")
-    return lines
 
 
 def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dict[str, int]:

@@ -25,6 +25,24 @@ def summarise_manifest(frame: pd.DataFrame, labels: dict) -> dict[str, object]:
             "label_mode": labels.get("mode")}
 
 
+def manifest_warnings(report: dict[str, object]) -> list[str]:
+    """``summarise_manifest``'s report as the warnings a finished run prints (never fatal):
+    rows refused before decoding, labels the model's classes do not cover."""
+    lines = []
+    if report["refused"]:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["refused"].items()))
+        lines.append(f"warning: {sum(report['refused'].values())} manifest rows refused "
+                     f"before decoding ({kinds}); see errors/")
+    if report["labelled"] and report["label_mode"] == "none":
+        lines.append("warning: no label name matches a model class, so accuracy cannot be "
+                     "computed; give --label-map")
+    elif report["unmapped"]:
+        names = ", ".join(f"{k} ({v})" for k, v in report["unmapped_names"].items())
+        lines.append(f"warning: {report['unmapped']} labelled images have labels the model's "
+                     f"classes do not cover (model_label empty): {names}")
+    return lines
+
+
 def changed_files(root: Path, images: Iterable[dict], missing: Iterable[dict]) -> set[str]:
     """Image ids whose file (below ``root``) differs in size or modification time from its
     ``images`` record, is gone, or, for a ``missing`` error row, exists now."""
