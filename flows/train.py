@@ -1,4 +1,4 @@
-"""The ``train-classifier`` flow: train a class-map classifier on an archive (flows/training_stage.py)."""
+"""The ``train-classifier`` flow: train a class-map classifier on an archive (pipeline/training/run.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from prefect import flow, get_run_logger
 
 from fidoflow.pipeline.settings import TrainSettings
 from fidoflow.pipeline.training.progress import TrainingBar, epoch_line
-
-from .training_stage import train_model
+from fidoflow.pipeline.training.run import train_model
 
 DEFAULT_SETTINGS = TrainSettings()
 

@@ -1,4 +1,4 @@
-"""Training (pipeline/training, flows/training_stage.py): the diversification block, the
+"""Training (pipeline/training, pipeline/training/run.py): the diversification block, the
 gradient-boosting loss, a tiny real training that learns, resumes exactly after an interruption
 and hands fidoflow a model it loads."""
 
@@ -149,8 +149,8 @@ def test_tiny_training_learns_and_resumes_exactly(tiny_data: TrainData, tmp_path
 
 
 def test_trained_model_folder_loads_as_a_fidoflow_model(tmp_path: Path) -> None:
-    from fidoflow.flows.training_stage import train_model
     from fidoflow.pipeline.settings import TrainSettings
+    from fidoflow.pipeline.training.run import train_model
 
     archive = write_archive(tmp_path / "birds", n=48, seed=4, size=48, classes=3, fine=True)
     out = tmp_path / "model"

@@ -1,5 +1,6 @@
 """``fidoflow train`` as a plain function: archive -> decoded tensors -> fit -> model folder.
-No Prefect inside; flows/train.py wraps it in the ``train-classifier`` flow."""
+No Prefect inside; flows/train.py wraps it in the ``train-classifier`` flow, a notebook can
+call it as it is."""
 
 from __future__ import annotations
 
