@@ -163,7 +163,6 @@ def manifest_report(config: RunConfig) -> dict[str, object]:
     return summarise_manifest(frame, run.read_json(runrecord.RECORD).get("labels", {}))
 
 
-
 @dataclass(frozen=True)
 class Work:
     """What a (re)run of a prepared run folder still has to do: the config with its sizes
