@@ -177,6 +177,8 @@ def print_table(rows: dict[str, list[dict]]) -> None:
           "| both hit | train s/run* |")
     print("|---|---|---|---|---|---|---|---|")
     for name, results in rows.items():
+        if not results:  # a variant not trained in this table's runs
+            continue
         cells = []
         for key in keys:
             if key not in results[0]:
