@@ -11,7 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fidoflow.pipeline.archive.synthetic import CLASS_NAMES, make_dataset, make_scene, write_archive
+from fidoflow.pipeline.archive.synthetic import (
+    CLASS_NAMES,
+    make_dataset,
+    make_scene,
+    write_archive,
+    write_cub_tree,
+)
 from fidoflow.pipeline.metrics.box import boxes_to_masks
 from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
 
@@ -73,6 +79,17 @@ def test_archive_on_disk(tmp_path) -> None:
     expected = data.images[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(first, expected, atol=0.5 / 255 + 1e-6)
     assert table.path[0].startswith(f"{CLASS_NAMES[0]}/")
+
+
+def test_the_cub_tree_gives_every_class_training_and_test_images(tmp_path: Path) -> None:
+    """An even number of classes must not fall into one split each (labels and the split
+    alternating in step)."""
+    tree = write_cub_tree(tmp_path / "cub", 16, seed=1, size=32, classes=4)
+    read = {name: dict(line.split() for line in (tree / name).read_text().splitlines())
+            for name in ("image_class_labels.txt", "train_test_split.txt")}
+    pairs = {(read["image_class_labels.txt"][i], read["train_test_split.txt"][i])
+             for i in read["image_class_labels.txt"]}
+    assert pairs == {(str(c), s) for c in range(1, 5) for s in ("0", "1")}
 
 
 def test_committed_classifier_solves_a_fresh_set() -> None:

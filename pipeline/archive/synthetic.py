@@ -367,7 +367,8 @@ def write_cub_tree(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE
                    classes: int = 8, small_objects: bool = False, fine: bool = False) -> Path:
     """The scenes as a CUB-200-2011 tree: ``images/<class>/<id>.png`` and the metadata files
     (``images.txt``, ``classes.txt`` named like the synthetic classes, ``image_class_labels.txt``,
-    ``train_test_split.txt``: every other image a test image, ``bounding_boxes.txt``: the
+    ``train_test_split.txt``: every other round of the classes a test round, so each class has
+    training and test images, ``bounding_boxes.txt``: the
     bird, ``parts/parts.txt`` and ``parts/part_locs.txt``: the parts of ``_Bird.points``, all
     visible). The discriminative part is the ``left wing`` (and, ``fine``, the ``crown``)."""
     from PIL import Image
@@ -388,7 +389,7 @@ def write_cub_tree(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE
         x0, y0, x1, y1 = scene.object_box.tolist()
         lines["images"].append(f"{i} {relative}")
         lines["labels"].append(f"{i} {scene.label + 1}")
-        lines["split"].append(f"{i} {i % 2}")
+        lines["split"].append(f"{i} {1 - (i - 1) // classes % 2}")  # rounds: train, test, ...
         lines["boxes"].append(f"{i} {x0} {y0} {x1 - x0} {y1 - y0}")
         lines["locs"] += [f"{i} {k} {x:.1f} {y:.1f} 1"
                           for k, (x, y) in enumerate(scene.points.values(), start=1)]
