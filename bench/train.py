@@ -57,8 +57,12 @@ def generate(n: int, seed: int, classes: int, chunk: int = 500, scene: int = DEF
     if size is not None and tuple(images.shape[-2:]) != size:
         images = torch.stack([(to_tensor(Image.fromarray(im.permute(1, 2, 0).numpy()), size)
                                * 255).round().to(torch.uint8) for im in images])
-    return (ImageTensors(images, torch.cat([p.labels for p in parts])),
-            torch.cat([p.part_ids for p in parts]), parts[0].class_names)
+    part_ids = torch.cat([p.part_ids for p in parts])
+    if tuple(part_ids.shape[-2:]) != tuple(images.shape[-2:]):  # the parts squashed alike
+        part_ids = torch.nn.functional.interpolate(
+            part_ids[:, None].float(), size=tuple(images.shape[-2:]), mode="nearest")[:, 0].long()
+    return (ImageTensors(images, torch.cat([p.labels for p in parts])), part_ids,
+            parts[0].class_names)
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
