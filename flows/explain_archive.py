@@ -211,6 +211,7 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
     if plan.task_device:
         config = replace(config, device=plan.task_device)
     with Lease(RunFolder(out)):
+        stages.reopen(config)  # a folder of another run is refused before a cluster starts
         runner = build_runner(plan)
         return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings)
 

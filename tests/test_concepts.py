@@ -153,7 +153,7 @@ def two_part_concepts(root: Path) -> tuple[ColourParts, str]:
     assert layer.describe() == "output of detect"
     pooled, spatial, logits = extract(model, layer, images)
     held = torch.arange(len(images)) % 5 == 0
-    config = XnnConfig(max_concepts=2, steps=800)
+    config = XnnConfig(max_concepts=2, steps=500)
     folder = ConceptFolder(str(root))
     entries = {}
     for index in range(6):
@@ -242,10 +242,11 @@ def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(tmp_path: Path, capsys
                  "synthetic-cnn", "--method", "xnn"]) == 1
     assert "give --concepts DIR" in capsys.readouterr().err
 
-    run = tmp_path / "run"
-    assert main(["run", str(archive), "--out", str(run), "--model", "synthetic-cnn",
+    run = tmp_path / "run"  # on the first 12 scenes: the run's stages are what is tested here
+    few = write_archive(tmp_path / "few", n=12, seed=4, classes=3)
+    assert main(["run", str(few), "--out", str(run), "--model", "synthetic-cnn",
                  "--method", "xnn,nmf", "--concepts", str(out), "--workers", "1"]) == 0
-    assert "48 images, 0 errors" in capsys.readouterr().out
+    assert "12 images, 0 errors" in capsys.readouterr().out
     rows = pd.read_parquet(run / "concepts")
     assert set(rows["method"]) == {"xnn", "nmf"}
     per_image = rows.groupby(["image_id", "method"]).agg(

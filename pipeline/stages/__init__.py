@@ -21,6 +21,7 @@ from .prepare import (
     plan_work,
     prepare_run,
     record_analysis,
+    reopen,
 )
 from .shard import compact_run, evaluate_shard, explain_shard, reclassify_shard, run_task
 from .worker import images_per_step, model_of, set_worker_threads, worker_model
@@ -43,6 +44,7 @@ __all__ = [
     "prepare_run",
     "reclassify_shard",
     "record_analysis",
+    "reopen",
     "run_in_process",
     "run_task",
     "set_worker_threads",

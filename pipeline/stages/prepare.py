@@ -81,6 +81,24 @@ def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
         stream.close()
 
 
+def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
+    """The folder's run.json (None for a new run) and the config with the shard and task sizes
+    its first run chose where these are automatic; refuses a folder of another table schema or
+    of a run with other settings. One small JSON read: the flow checks it before it starts a
+    cluster, so a wrong ``--out`` is refused in a second."""
+    run = RunFolder(config.root)
+    record = runrecord.recorded(run)
+    if record is None:
+        return config, None
+    recorded = record["config"]
+    if config.shard_size is None:  # automatic: whatever the first run chose
+        config = replace(config, shard_size=recorded.get("shard_size"))
+    if config.task_size is None:
+        config = replace(config, task_size=recorded.get("task_size"))
+    runrecord.check_same(run, record, config.results_identity())
+    return config, record
+
+
 def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None
                 ) -> tuple[RunConfig, int]:
     """Create or reopen the run folder: manifest.parquet, run.json, masks.zarr. Returns the
@@ -93,14 +111,8 @@ def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None
     """
     run = RunFolder(config.root)
     model = model_of(config)
-    record = runrecord.recorded(run)
+    config, record = reopen(config)
     if record is not None:
-        recorded = record["config"]
-        if config.shard_size is None:  # automatic: whatever the first run chose
-            config = replace(config, shard_size=recorded.get("shard_size"))
-        if config.task_size is None:
-            config = replace(config, task_size=recorded.get("task_size"))
-        runrecord.check_same(run, record, config.results_identity())
         if not run.exists(tables.MANIFEST.path):
             config, _ = write_manifest(run, config, model, analysis)
     else:
