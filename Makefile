@@ -24,7 +24,7 @@ demo: venv
 
 test: venv
 	mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: venv
 	$(BIN)/ruff check pipeline storage flows tests bench

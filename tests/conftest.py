@@ -85,13 +85,11 @@ SERVER = pytest.StashKey[ExitStack]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first (those with their own server, then the other end-to-end and
-    the long ones), so that pytest-xdist's workers (``--dist worksteal``: an idle one takes
-    over the queue of the other) do not end with one of them running alone."""
+    """The longest tests first (those with their own server, then the other end-to-end ones),
+    so that pytest-xdist's workers do not end with one of them running alone."""
     def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker("own_server"):
-            return 0
-        return 1 if item.get_closest_marker("slow") or item.get_closest_marker("long") else 2
+        return 0 if item.get_closest_marker("own_server") else (
+            1 if item.get_closest_marker("slow") else 2)
 
     items.sort(key=rank)
 

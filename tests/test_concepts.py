@@ -27,7 +27,6 @@ from fidoflow.storage.conceptfolder import ConceptFolder, class_file
 # ---- the layer ------------------------------------------------------------------------------
 
 
-@pytest.mark.long
 def test_the_layer_is_found_on_every_kind_of_model_as_attribution_runs_it() -> None:
     cpu = torch.device("cpu")
     synthetic = load_model("synthetic-cnn").on(cpu)  # batch norms folded: only leaves run
@@ -193,7 +192,6 @@ def assert_contributions_sum(rows: pd.DataFrame) -> None:
     assert np.corrcoef(sums["rebuilt"], sums["logit"])[0, 1] > 0.9
 
 
-@pytest.mark.long
 def test_two_part_known_answer_model(tmp_path: Path) -> None:
     """The two-part test, on 24 unseen scenes of the known-answer model: both methods'
     contributions sum to the rebuilt logit; one NMF concept's map lies more on the wing patch

@@ -23,8 +23,6 @@ from fidoflow.pipeline.metrics.parts import part_shares
 from fidoflow.storage import masks, parts, tables
 from fidoflow.storage.runfolder import RunFolder
 
-pytestmark = pytest.mark.long  # a shared fixture runs for seconds: handed out first
-
 TINY = AnalysisConfig(evaluate=EvaluateConfig(steps=4), bootstrap=BootstrapConfig(resamples=100),
                       gallery=3, flips=1)
 

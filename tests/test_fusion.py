@@ -20,7 +20,6 @@ def batchnorms(module: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
 
 
-@pytest.mark.long
 def test_fused_model_has_the_same_logits_and_input_gradients(loaded) -> None:
     """Exact in float64; in float32 ReLU6 kinks flip on rounding, so gradients agree in norm."""
     x = torch.rand(3, 3, *loaded.input_size, generator=torch.Generator().manual_seed(1))

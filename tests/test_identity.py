@@ -14,8 +14,6 @@ import pytest
 
 from tests.identity_run import REFERENCE, cpu_capability, fingerprint, identity_run
 
-pytestmark = pytest.mark.long  # a shared fixture runs for seconds: handed out first
-
 MOVED_TO_IMAGES = ("width", "height", "sha256")  # manifest columns the images table holds now
 
 

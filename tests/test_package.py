@@ -72,7 +72,6 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
     assert "fidoflow = fidoflow.flows.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
-@pytest.mark.long
 def test_the_installed_package_imports_from_anywhere(tmp_path: Path) -> None:
     """Outside the checkout (as a Dask worker or a deployment's worker runs), by module name."""
     code = ("import fidoflow.flows.explain_archive, fidoflow.pipeline.methods as m; "

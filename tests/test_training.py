@@ -110,7 +110,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.long
 def test_tiny_training_learns_and_resumes_exactly(tiny_data: TrainData, tmp_path: Path,
                                                   one_thread: None) -> None:
     device = torch.device("cpu")
