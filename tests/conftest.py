@@ -84,16 +84,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 SERVER = pytest.StashKey[ExitStack]()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first (those with their own server, then the other end-to-end ones),
-    so that pytest-xdist's workers do not end with one of them running alone."""
-    def rank(item: pytest.Item) -> int:
-        return 0 if item.get_closest_marker("own_server") else (
-            1 if item.get_closest_marker("slow") else 2)
-
-    items.sort(key=rank)
-
-
 @pytest.fixture(scope="session")
 def prefect_server() -> str:
     """The test run's Prefect API server (each CLI run would otherwise start its own: seconds
