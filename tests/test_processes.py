@@ -50,9 +50,13 @@ def start_run(photo_folder: Path, run: Path, home: Path | None,
 
 
 def is_dask_worker(process: psutil.Process) -> bool:
-    """A worker process: spawned (``spawn_main``) or forked by multiprocessing's fork server."""
-    with_parent = [process, process.parent()]
-    lines = [" ".join(p.cmdline()) for p in with_parent if p is not None]
+    """A worker process: spawned (``spawn_main``) or forked by multiprocessing's fork server
+    (not one that ended while it was looked at: a run's short-lived helpers come and go)."""
+    try:
+        with_parent = [process, process.parent()]
+        lines = [" ".join(p.cmdline()) for p in with_parent if p is not None]
+    except psutil.NoSuchProcess:
+        return False
     return "spawn_main" in lines[0] or (len(lines) > 1 and "forkserver" in lines[1])
 
 
