@@ -64,7 +64,7 @@ def test_the_readme_recipe_deploys_and_runs_to_completion(photo_folder: Path,
     env["COLUMNS"] = "200"  # the artifact table shows its keys whole
     try:
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
-                              check=False, capture_output=True, text=True, timeout=150,
+                              check=False, capture_output=True, text=True, timeout=300,
                               start_new_session=True)
     finally:
         pids = [int(p.read_text()) for p in (home / "worker.pid", home / "server.pid")
