@@ -85,7 +85,7 @@ def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
     """The folder's run.json (None for a new run) and the config with the shard and task sizes
     its first run chose where these are automatic; refuses a folder of another table schema or
     of a run with other settings. One small JSON read: the flow checks it before it starts a
-    cluster, so a wrong ``--out`` is refused in a second."""
+    cluster (a wrong ``--out`` costs no cluster start-up), ``prepare_run`` again on the worker."""
     run = RunFolder(config.root)
     record = runrecord.recorded(run)
     if record is None:
