@@ -80,7 +80,7 @@ def main() -> None:
                       "k": [e["concepts"] for e in card["classes"].values()]}))
 
     model = load_model(os.path.abspath(args.model))
-    module = model.on(torch.device("cpu"))
+    module = model.on(torch.device("cpu"), layers=True)
     scenes = make_dataset(args.scenes, seed=12, classes=24, fine=True)
     labels = torch.tensor([model.class_names.index(scenes.class_names[int(y)])
                            for y in scenes.labels])

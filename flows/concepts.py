@@ -1,41 +1,84 @@
-"""The ``learn-concepts`` flow: features in one pass, one task per class's XNN and NMF bank,
-then the card (pipeline/concepts/job.py does the work; this is wiring)."""
+"""The ``learn-concepts`` flow: the features in one pass over the archive, a task per part of
+its images on the Dask cluster that ``plan_cluster`` picks (as ``explain-archive`` gets), then a
+task per class's XNN and NMF bank there, then the card (pipeline/concepts/job.py does the work;
+this is wiring)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from fidoflow.pipeline.concepts import job as steps
 from fidoflow.pipeline.settings import ConceptSettings
+from fidoflow.storage.lease import Lease
+from fidoflow.storage.runfolder import RunFolder
+
+from .checks import check_worker_task, workers_ready
+from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
+from .reaper import guard_children
 
 DEFAULT_SETTINGS = ConceptSettings()
+TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
-@task(name="extract features")
-def extract_features(job: steps.ConceptJob) -> dict:
-    return steps.extract_features(job)
+@task(name="extract-features", task_run_name="images {first}-{last}", retries=1, **TASK)
+def extract_task(job: steps.ConceptJob, rows: pd.DataFrame, first: int, last: int) -> dict:
+    return steps.extract_part(job, rows)
 
 
-@task(name="train class concepts", task_run_name="class {index}")
-def train_class(job: steps.ConceptJob, index: int) -> dict:
+@task(name="merge-features", **TASK)
+def merge_task(job: steps.ConceptJob, firsts: list[int]) -> dict:
+    return steps.merge_features(job, firsts)
+
+
+@task(name="train-class-concepts", task_run_name="class {index}", **TASK)
+def train_task(job: steps.ConceptJob, index: int) -> dict:
     return steps.train_class(job, index)
+
+
+@flow(name="learn-concepts-on-cluster")
+def learn_on_cluster(job: steps.ConceptJob) -> dict:
+    """Extraction parts, merge, classes and card of ``job``, each task on the flow's cluster."""
+    logger = get_run_logger()
+    workers_ready(check_worker_task.submit("fidoflow.pipeline.concepts.job"))
+    summary = steps.extracted(job)
+    if summary is None:
+        parts = steps.extraction_parts(job)
+        done = [extract_task.submit(job, rows, int(rows.index[0]), int(rows.index[-1]))
+                for rows in parts]
+        images = sum(future.result()["images"] for future in done)
+        logger.info("features of %d images in %d tasks", images, len(parts))
+        summary = merge_task.submit(job, [int(rows.index[0]) for rows in parts]).result()
+    logger.info("features of %d images at the %s (%d channels)", summary["images"],
+                f"{summary['layer']['side']} of {summary['layer']['name']}", summary["channels"])
+    trained = {i: train_task.submit(job, i) for i in steps.classes_to_train(job)}
+    entries = {i: future.result() for i, future in trained.items()}
+    for i, entry in entries.items():
+        logger.info("class %d %s: %d concepts, R² %.3f", i, entry["class"], entry["concepts"],
+                    entry["val_r2"])
+    return steps.write_card(job, entries, summary)
 
 
 @flow(name="learn-concepts", log_prints=False)
 def learn_concepts(archive: str, out: str, settings: ConceptSettings = DEFAULT_SETTINGS) -> dict:
     """Learn each class's concepts of ``settings.model`` on ``archive`` into ``out`` (a rerun
-    keeps the classes already trained with the same settings). ``settings`` are the options of
-    fidoflow/pipeline/settings.py (the CLI's ``--options`` by the same names)."""
+    keeps the parts extracted and the classes trained with the same settings). ``settings``
+    are the options of fidoflow/pipeline/settings.py (the CLI's ``--options`` by the same
+    names); the folder's lease keeps a second training out of it."""
+    guard_children()
     job = settings.to_job(archive, out)
-    logger = get_run_logger()
-    extracted = extract_features(job)
-    logger.info("features of %d images at the %s (%d channels)", extracted["images"],
-                f"{extracted['layer']['side']} of {extracted['layer']['name']}",
-                extracted["channels"])
-    classes = steps.classes_to_train(job)
-    futures = {i: train_class.submit(job, i) for i in classes}
-    entries = {i: future.result() for i, future in futures.items()}
-    for i, entry in entries.items():
-        logger.info("class %d %s: %d concepts, R² %.3f", i, entry["class"], entry["concepts"],
-                    entry["val_r2"])
-    return steps.write_card(job, entries, extracted)
+    plan = plan_cluster(settings.workers, settings.device, settings.dask_address, out,
+                        visible_gpus(), settings.cluster, settings.cluster_options)
+    if plan.address:
+        check_scheduler(plan.address)
+    if plan.task_device:
+        job = replace(job, device=plan.task_device)
+    with Lease(RunFolder(out)):
+        card = steps.finished_card(job)
+        if card is not None:
+            get_run_logger().info("%s holds every class's concepts already", out)
+            return card
+        return learn_on_cluster.with_options(task_runner=build_runner(plan))(job)

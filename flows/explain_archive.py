@@ -16,7 +16,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import as_completed
 from rich.progress import Progress as RichProgress
 
 from fidoflow.pipeline import stages
@@ -26,6 +26,7 @@ from fidoflow.storage import tables
 from fidoflow.storage.lease import Lease
 from fidoflow.storage.runfolder import RunFolder
 
+from .checks import check_worker_task, workers_ready
 from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
 from .reaper import guard_children
 
@@ -34,26 +35,6 @@ PROGRESS_ARTIFACT = "fidoflow-progress"
 WINDOW = 2  # tasks in flight per worker
 REPORT_ARTIFACT = "fidoflow-report"
 DEFAULT_SETTINGS = RunSettings()
-WORKER_CHECK_SECONDS = 180.0  # a remote cluster may still be starting its workers
-
-
-@task(name="check-worker", cache_policy=NO_CACHE, persist_result=False)
-def check_worker_task() -> int:
-    """Runs on a worker before any shard: the worker can import and run fidoflow's tasks."""
-    import os
-
-    from fidoflow.pipeline import stages  # noqa: F401 - what every shard task imports
-    return os.getpid()
-
-
-def workers_ready(probe: PrefectFuture) -> None:
-    """Fail with one line when no worker runs the probe (tasks that cannot be imported there,
-    workers that die or never come), instead of waiting for shards that never run."""
-    try:
-        probe.result(timeout=WORKER_CHECK_SECONDS)
-    except Exception as exc:  # any cause ends the run, named
-        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        raise RuntimeError(f"the Dask workers cannot run fidoflow's tasks ({cause})") from exc
 
 
 @task(name="explain-shards", cache_policy=NO_CACHE, persist_result=False, retries=1,
@@ -157,7 +138,7 @@ def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[st
     config = RunConfig.from_json(config_json)
     analysis = AnalysisConfig.from_json(analysis_json) if analysis_json else DEFAULT_ANALYSIS
     analysis_json = analysis.to_json()
-    workers_ready(check_worker_task.submit())
+    workers_ready(check_worker_task.submit("fidoflow.pipeline.stages"))
     work = prepare_task.submit(config_json, analysis_json if config.analyse else None).result()
     config, config_json, todo = work.config, work.config.to_json(), work.todo
     busy = min(config.workers, max(len(work.tasks), 1))

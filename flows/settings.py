@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 from typing import Literal
 
-from fidoflow.pipeline.settings import ConceptSettings, RunSettings, Settings, TrainSettings
+from fidoflow.pipeline.settings import (
+    ConceptSettings,
+    RunSettings,
+    Settings,
+    TrainSettings,
+    default_workers,
+)
 
 # ---- the docs' projection ------------------------------------------------------------------
 
@@ -32,7 +38,7 @@ def settings_table(model: type[Settings]) -> list[str]:
     rows = ["| CLI option | setting | type | default | meaning |", "|---|---|---|---|---|"]
     for name, info in model.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        if name == "workers" and model is RunSettings:
+        if info.default_factory is default_workers:  # this machine's count is no default
             default = "min(2, cores)"
         kind = _literal_choices(info.annotation)
         shown = " \\| ".join(kind) if kind else _scalar_type(info.annotation).__name__

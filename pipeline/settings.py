@@ -83,7 +83,32 @@ class ClassifierSettings(Settings):
                                                       "runs code from the file)")
 
 
-class RunSettings(ClassifierSettings):
+class ClusterSettings(Settings):
+    """Where a command's tasks run (flows/cluster.py decides): a local cluster of ``workers``,
+    a cluster class scaled to them, or an existing scheduler."""
+
+    workers: int = Field(default_factory=default_workers, ge=1,
+                         description="Dask worker processes of a local cluster")
+    cluster: str | None = Field(None, description="a Dask cluster class to start instead of a "
+                                "local cluster, e.g. dask_jobqueue.SLURMCluster or "
+                                "dask_kubernetes.operator.KubeCluster, scaled to --workers")
+    cluster_options: str | None = Field(None, description="YAML file of the cluster class's "
+                                        "keyword arguments (queue, cores, memory, image, ...)")
+    dask_address: str | None = Field(None, description="an existing Dask scheduler "
+                                                       "(tcp://host:port) instead of a local cluster")
+
+    def check_cluster(self) -> None:
+        """One line for options that cannot go together or a missing options file."""
+        if self.cluster is not None and self.dask_address is not None:
+            raise ValueError("give --cluster or --dask-address, not both")
+        if self.cluster_options is not None:
+            if self.cluster is None:
+                raise ValueError("--cluster-options needs --cluster")
+            if not Path(self.cluster_options).exists():
+                raise FileNotFoundError(f"cluster-options not found: {self.cluster_options}")
+
+
+class RunSettings(ClusterSettings, ClassifierSettings):
     """How to explain an archive: methods, FIDO's budget, sharding, model, device."""
 
     method: str | list[str] = Field(
@@ -118,20 +143,11 @@ class RunSettings(ClassifierSettings):
                                   "and the device; at most 2000 tasks a run)")
     batch_size: int | None = Field(None, ge=1, description="images per optimisation step "
                                                            "(default: 8 on a GPU, 1 on a CPU)")
-    workers: int = Field(default_factory=default_workers, ge=1,
-                         description="Dask worker processes of a local cluster")
     device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
     seed: int = Field(0, description="same inputs and seed give the same masks")
     explain_only: bool = Field(False, description="masks and predictions only: skip "
                                                   "re-classification, metrics and report")
     compile: bool = Field(False, description="torch.compile the classifier (GPU runs)")
-    cluster: str | None = Field(None, description="a Dask cluster class to start instead of a "
-                                "local cluster, e.g. dask_jobqueue.SLURMCluster or "
-                                "dask_kubernetes.operator.KubeCluster, scaled to --workers")
-    cluster_options: str | None = Field(None, description="YAML file of the cluster class's "
-                                        "keyword arguments (queue, cores, memory, image, ...)")
-    dask_address: str | None = Field(None, description="an existing Dask scheduler "
-                                                       "(tcp://host:port) instead of a local cluster")
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
         None, description="force an archive reader instead of detecting it")
     split: Literal[SPLITS] = Field("all", description="keep the train or test rows only")  # type: ignore[valid-type]
@@ -170,11 +186,8 @@ class RunSettings(ClassifierSettings):
                 raise ValueError(f"unknown model {model!r}: neither a built-in "
                                  f"({', '.join(BUILTINS)}) nor a model file")
             model = absolute(model)
-        if self.cluster is not None and self.dask_address is not None:
-            raise ValueError("give --cluster or --dask-address, not both")
-        if self.cluster_options is not None and self.cluster is None:
-            raise ValueError("--cluster-options needs --cluster")
-        for option in ("model_card", "label_map", "images_root", "cluster_options", "concepts"):
+        self.check_cluster()
+        for option in ("model_card", "label_map", "images_root", "concepts"):
             value = getattr(self, option)
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"{option.replace('_', '-')} not found: {value}")
@@ -280,7 +293,7 @@ class TrainSettings(Settings):
 XNN = XnnConfig()
 
 
-class ConceptSettings(ClassifierSettings):
+class ConceptSettings(ClusterSettings, ClassifierSettings):
     """How to learn concepts of a classifier: which model and layer, which classes, the XNN."""
 
     layer: str | None = Field(None, description="the layer whose features concepts are learned "
@@ -306,7 +319,6 @@ class ConceptSettings(ClassifierSettings):
     device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
     batch_size: int = Field(32, ge=1, description="images per forward pass of the feature "
                                                   "extraction")
-    workers: int = Field(4, ge=1, description="threads decoding the images")
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
         None, description="force an archive reader instead of detecting it")
     split: Literal[SPLITS] = Field("all", description="learn on the train or test rows only")  # type: ignore[valid-type]
@@ -323,8 +335,9 @@ class ConceptSettings(ClassifierSettings):
         config = XnnConfig(max_concepts=self.max_concepts, hidden=self.hidden,
                            steps=self.steps, lr=self.lr, weight_decay=self.weight_decay,
                            alpha_rec=self.alpha_rec, alpha_pt=self.alpha_pt, seed=self.seed)
+        self.check_cluster()
         classes = tuple(c.strip() for c in (self.classes or "").split(",") if c.strip())
         model = self.model if self.model in BUILTINS else absolute(self.model)
         return ConceptJob(archive, out, model, config, absolute(self.model_card),
                           self.trust_model_code, self.layer, classes, self.device, self.format,
-                          self.split, absolute(self.images_root), self.batch_size, self.workers)
+                          self.split, absolute(self.images_root), self.batch_size)

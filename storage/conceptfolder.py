@@ -1,8 +1,9 @@
 """The output folder of ``fidoflow concepts``: the features of one pass over the archive, one
 file per class (its XNN and its NMF concept bank), and a card the concept methods read.
 
-    <dir>/features.pt        pooled features, logits, labels, image ids (+ spatial activations
-                             of a sample of each class's images, for the NMF baseline)
+    <dir>/features.pt        pooled features, logits, labels, image ids of every image
+    <dir>/parts/features-00000256.pt   one extraction task's images from row 256 (until merged)
+    <dir>/samples/class-00012.pt       spatial activations of class 12's first images (NMF data)
     <dir>/class-00012.pt     class 12: XNN state, its k and scores per k, NMF bank
     <dir>/concepts.json      the card: model, layer, settings, per class k, R², files
 
@@ -24,6 +25,16 @@ def class_file(index: int) -> str:
     return f"class-{index:05d}.pt"
 
 
+def part_file(first: int) -> str:
+    """The features of the extraction task whose rows start at ``first``."""
+    return f"parts/features-{first:08d}.pt"
+
+
+def sample_file(index: int) -> str:
+    """Class ``index``'s spatial activations: what its NMF bank is fitted on."""
+    return f"samples/class-{index:05d}.pt"
+
+
 @dataclass
 class ConceptFolder:
     root: str
@@ -32,13 +43,16 @@ class ConceptFolder:
         self.folder = RunFolder(self.root)
 
     def exists(self, name: str) -> bool:
-        return self.folder.exists(name)
+        return self.folder.exists(*name.split("/"))
 
     def read(self, name: str) -> dict:
-        return self.folder.read_torch(name)
+        return self.folder.read_torch(*name.split("/"))
 
     def write(self, name: str, obj: dict) -> None:
-        self.folder.write_torch(obj, name)
+        self.folder.write_torch(obj, *name.split("/"))
+
+    def remove(self, name: str) -> None:
+        self.folder.remove(*name.split("/"))
 
     def read_card(self) -> dict:
         if not self.folder.exists(CARD):

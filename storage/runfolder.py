@@ -43,6 +43,11 @@ class RunFolder:
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.local(*parts))
 
+    def remove(self, *parts: str) -> None:
+        """Delete one file (gone already is fine)."""
+        if self.exists(*parts):
+            self.fs.rm(self.local(*parts))
+
     def makedirs(self, *parts: str) -> None:
         self.fs.makedirs(self.local(*parts), exist_ok=True)
 

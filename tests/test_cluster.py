@@ -65,7 +65,7 @@ def test_a_flow_whose_workers_die_fails_naming_the_cause() -> None:
     """Workers that die on a task end the flow with an error instead of a hang."""
     from prefect import flow, task
 
-    from fidoflow.flows.explain_archive import workers_ready
+    from fidoflow.flows.checks import workers_ready
     from fidoflow.flows.server import prefect_api
 
     @task(name="dies")

@@ -22,7 +22,7 @@ from fidoflow.pipeline.concepts.xnn import XnnConfig, fit_xnn, prune, pull_away
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.class_maps import build_network
 from fidoflow.pipeline.models.loading import load_model
-from fidoflow.storage.conceptfolder import ConceptFolder, class_file
+from fidoflow.storage.conceptfolder import FEATURES, ConceptFolder, class_file, sample_file
 
 # ---- the layer ------------------------------------------------------------------------------
 
@@ -43,6 +43,78 @@ def test_the_layer_is_found_on_every_kind_of_model_as_attribution_runs_it() -> N
     with pytest.raises(ValueError, match="TorchScript") as err:
         feature_layer(scripted, torch.rand(1, 3, 8, 8))
     assert "\n" not in str(err.value)
+
+
+def export_synthetic_cnn(folder: Path) -> Path:
+    """The built-in synthetic CNN as a user ships a model: an exported program (dynamic batch)
+    with a card naming its classes."""
+    import yaml
+
+    loaded = load_model("synthetic-cnn")
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(loaded.module, (torch.rand(2, 3, 96, 96),),
+                                  dynamic_shapes={"x": {0: batch}})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "birds.pt2"
+    torch.export.save(program, path)
+    (folder / "birds.yaml").write_text(yaml.safe_dump({"classes": loaded.class_names,
+                                                       "input_size": 96}))
+    return path
+
+
+def test_an_exported_program_shows_its_layers_to_the_methods_that_read_them(
+        tmp_path: Path) -> None:
+    cpu, probe = torch.device("cpu"), torch.rand(2, 3, 96, 96)
+    exported = load_model(str(export_synthetic_cnn(tmp_path)))
+    flat = exported.on(cpu)  # what the other methods run: one graph, no modules to hook
+    with pytest.raises(ValueError, match="spatial feature map"):
+        feature_layer(flat, probe)
+    layered = exported.on(cpu, layers=True)
+    assert layered is exported.on(cpu, layers=True)  # prepared once per process
+    layer = feature_layer(layered, probe)
+    assert layer.describe() == "output of features.4.2"
+    from fidoflow.pipeline.methods.gradcam import last_conv_layer
+
+    assert last_conv_layer(layered) == "features.4.0"  # its leaves are named by their operator
+    plain = load_model("synthetic-cnn")
+    builtin = plain.on(cpu)
+    assert plain.on(cpu, layers=True) is builtin  # a module with its layers runs as it is
+    ours, theirs = extract(layered, layer, probe), extract(builtin, layer, probe)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_features_extracted_in_parts_equal_one_pass_and_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fidoflow.pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.concepts import job as steps
+
+    archive = str(write_archive(tmp_path / "birds", n=40, seed=4, classes=3))
+    config = XnnConfig(max_concepts=1, steps=5)
+    whole = ConceptJob(archive, str(tmp_path / "whole"), "synthetic-cnn", config, device="cpu")
+    steps.learn_concepts(whole)
+    monkeypatch.setattr(steps, "PART_IMAGES", 16)
+    monkeypatch.setattr(steps, "NMF_IMAGES", 5)  # fewer than a class has in one part
+    split = ConceptJob(archive, str(tmp_path / "split"), "synthetic-cnn", config, device="cpu")
+    parts = steps.extraction_parts(split)
+    assert [len(rows) for rows in parts] == [16, 16, 8]
+    for rows in parts[:2]:
+        steps.extract_part(split, rows)
+    kept = (tmp_path / "split" / "parts" / "features-00000000.pt").stat().st_mtime_ns
+    for rows in parts:  # a rerun extracts only the part not yet there
+        steps.extract_part(split, rows)
+    assert (tmp_path / "split" / "parts" / "features-00000000.pt").stat().st_mtime_ns == kept
+    steps.merge_features(split, [int(rows.index[0]) for rows in parts])
+    assert not list((tmp_path / "split" / "parts").iterdir())  # merged, removed
+    one, many = (ConceptFolder(j.out).read(FEATURES) for j in (whole, split))
+    assert many["ids"] == one["ids"] and many["key"] == one["key"]
+    for name in ("pooled", "logits", "labels"):
+        torch.testing.assert_close(many[name], one[name])
+    for index in range(3):  # each class's NMF data: its first images in archive order
+        first = ConceptFolder(split.out).read(sample_file(index))["spatial"]
+        torch.testing.assert_close(
+            first, ConceptFolder(whole.out).read(sample_file(index))["spatial"][:5])
+    assert steps.extraction_parts(split) == []  # extracted: nothing to do
 
 
 # ---- the XNN's and NMF's pieces ------------------------------------------------------------
@@ -224,9 +296,10 @@ def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(tmp_path: Path, capsys
     from fidoflow.pipeline.archive.synthetic import write_archive
 
     archive = write_archive(tmp_path / "birds", n=48, seed=4, classes=3)
+    model = str(export_synthetic_cnn(tmp_path / "model"))  # the layers of an exported program
     out = tmp_path / "concepts"
-    args = ["concepts", str(archive), "--model", "synthetic-cnn", "--out", str(out),
-            "--steps", "200", "--max-concepts", "3", "--device", "cpu"]
+    args = ["concepts", str(archive), "--model", model, "--out", str(out),
+            "--steps", "200", "--max-concepts", "3", "--device", "cpu", "--workers", "1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "3 classes, features of 48 images at the output of features.4.2" in printed
@@ -239,13 +312,13 @@ def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(tmp_path: Path, capsys
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("class-*.pt")} == stamps
 
     assert main(["run", str(archive), "--out", str(tmp_path / "no"), "--model",
-                 "synthetic-cnn", "--method", "xnn"]) == 1
+                 model, "--method", "xnn"]) == 1
     assert "give --concepts DIR" in capsys.readouterr().err
 
     run = tmp_path / "run"  # on the first 12 scenes: the run's stages are what is tested here
     few = write_archive(tmp_path / "few", n=12, seed=4, classes=3)
-    assert main(["run", str(few), "--out", str(run), "--model", "synthetic-cnn",
-                 "--method", "xnn,nmf", "--concepts", str(out), "--workers", "1"]) == 0
+    assert main(["run", str(few), "--out", str(run), "--model", model,  # Grad-CAM: a layer too
+                 "--method", "xnn,nmf,gradcam", "--concepts", str(out), "--workers", "1"]) == 0
     assert "12 images, 0 errors" in capsys.readouterr().out
     rows = pd.read_parquet(run / "concepts")
     assert set(rows["method"]) == {"xnn", "nmf"}

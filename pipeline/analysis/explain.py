@@ -136,7 +136,7 @@ def explain_rows(
     seeds = [image_seed(seed, str(rows[i]["image_id"])) for i in ok]
     for name, spec in methods.items():
         began = time.perf_counter()
-        with spec.build(module) as method:
+        with spec.build(model.on(where, compile_model, spec.reads_layers)) as method:
             out = method.attribute(images, targets.to(where), seeds, batch_size, mask_size)
         seconds = (time.perf_counter() - began) / len(ok)
         for map_name in spec.map_names:

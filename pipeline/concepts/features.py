@@ -107,9 +107,8 @@ def tapped(model: nn.Module, layer: FeatureLayer, leaf: bool = False
 def check_spatial(features: torch.Tensor | None, layer: FeatureLayer) -> torch.Tensor:
     """The activations as (N, C, h, w), or a one-line error naming the layer."""
     if features is None:
-        raise ValueError(f"the {layer.describe()} never ran in the model's forward (a model "
-                         "that hides its layers, e.g. an exported program); name another "
-                         "with --layer")
+        raise ValueError(f"the {layer.describe()} never ran in the model's forward; name "
+                         "another with --layer")
     if features.dim() != 4:
         raise ValueError(f"the {layer.describe()} gives a {features.dim()}-d tensor; concepts "
                          "need a (N, C, h, w) feature map: name a convolutional layer with "

@@ -1,12 +1,18 @@
-"""``fidoflow concepts`` as plain steps (no Prefect inside; flows/concepts.py wires them):
+"""``fidoflow concepts`` as plain steps (no Prefect inside; flows/concepts.py wires them onto
+the cluster):
 
-1. ``extract_features``: one pass of the frozen classifier over the archive's images, in
-   batches: pooled features, logits, labels, and the spatial activations of the first
-   ``NMF_IMAGES`` images of each class (by label, else by prediction: the NMF baseline's data)
-   into ``features.pt``;
-2. ``train_class``: one class's XNN (k chosen by the BIC-like score) and NMF bank into its own
-   file; a class already trained with the same settings is kept (resume);
-3. ``write_card``: ``concepts.json``, what ``--method xnn,nmf --concepts DIR`` reads.
+1. ``extraction_parts``: the archive's usable rows in parts of ``PART_IMAGES`` (none when
+   ``features.pt`` holds features of this model, layer and data already);
+2. ``extract_part`` (one task per part, on any worker): the frozen classifier over the part's
+   images in batches: pooled features, logits, labels, and the spatial activations of the
+   part's first ``NMF_IMAGES`` images of each class (by label, else by prediction), into
+   ``parts/``; a part already extracted with the same key is kept (resume);
+3. ``merge_features``: the parts in archive order into ``features.pt``, and each class's first
+   ``NMF_IMAGES`` spatial activations (the NMF baseline's data) into ``samples/``; the parts
+   are removed;
+4. ``train_class`` (one task per class): its XNN (k chosen by the BIC-like score) and NMF bank
+   into its own file; a class already trained with the same settings is kept (resume);
+5. ``write_card``: ``concepts.json``, what ``--method xnn,nmf --concepts DIR`` reads.
 """
 
 from __future__ import annotations
@@ -14,20 +20,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pandas as pd
 import torch
 
 from fidoflow.pipeline.archive.readers import archive_root, read_archive
-from fidoflow.pipeline.concepts.features import extract, feature_layer
+from fidoflow.pipeline.concepts.features import FeatureLayer, extract, feature_layer
 from fidoflow.pipeline.concepts.nmf import fit_nmf
 from fidoflow.pipeline.concepts.xnn import XnnConfig, choose_xnn
 from fidoflow.pipeline.imaging.decode import DecodeLimits
 from fidoflow.pipeline.models.device import resolve_device
-from fidoflow.pipeline.models.loading import LoadedModel, load_model
+from fidoflow.pipeline.models.loading import LoadedModel
 from fidoflow.pipeline.provenance import code_version
+from fidoflow.pipeline.stages.worker import worker_model
 from fidoflow.pipeline.training.data import decode_rows, in_validation
-from fidoflow.storage.conceptfolder import CARD, FEATURES, ConceptFolder, class_file
+from fidoflow.storage.conceptfolder import (
+    CARD,
+    FEATURES,
+    ConceptFolder,
+    class_file,
+    part_file,
+    sample_file,
+)
 
 NMF_IMAGES = 64  # images per class whose spatial activations the NMF bank is fitted on
+PART_IMAGES = 256  # images one extraction task decodes and runs: the extraction's unit of resume
+DECODE_THREADS = 4  # threads decoding a part's images (PIL releases the GIL)
 VAL_FRACTION = 0.2  # features held out (by image id) to score each k and report R²
 UNLABELLED = -1
 
@@ -49,10 +66,10 @@ class ConceptJob:
     split: str = "all"
     images_root: str | None = None
     batch_size: int = 32
-    workers: int = 4
 
     def load(self) -> LoadedModel:
-        return load_model(self.model, self.model_card, self.trust_model_code)
+        """The model, loaded once per process (a worker's parts and classes share it)."""
+        return worker_model(self.model, self.model_card, self.trust_model_code)
 
 
 def _key(job: ConceptJob, model: LoadedModel) -> dict:
@@ -61,25 +78,51 @@ def _key(job: ConceptJob, model: LoadedModel) -> dict:
             "split": job.split, "format": job.format, "images_root": job.images_root}
 
 
-def extract_features(job: ConceptJob) -> dict:
-    """Features of every decodable image (kept when ``features.pt`` holds the same key)."""
+def extracted(job: ConceptJob) -> dict | None:
+    """The summary of ``features.pt`` when it holds this job's features, else None."""
     folder = ConceptFolder(job.out)
-    model = job.load()
-    key = _key(job, model)
-    if folder.exists(FEATURES):
-        saved = folder.read(FEATURES)
-        if saved["key"] == key:
-            return summary_of(saved)
+    if not folder.exists(FEATURES):
+        return None
+    saved = folder.read(FEATURES)
+    return summary_of(saved) if saved["key"] == _key(job, job.load()) else None
+
+
+def extraction_parts(job: ConceptJob) -> list[pd.DataFrame]:
+    """The archive's usable rows in parts of ``PART_IMAGES`` (each keeps its row numbers);
+    none when ``features.pt`` is this job's already."""
+    if extracted(job) is not None:
+        return []
     frame = read_archive(job.archive, job.format, job.split, job.images_root)
-    usable = frame[frame["manifest_error"].isna()]
-    data, skipped = decode_rows(usable, archive_root(job.archive, job.images_root),
+    usable = frame[frame["manifest_error"].isna()].reset_index(drop=True)
+    if len(usable) == 0:
+        raise ValueError(f"{job.archive} lists no usable image")
+    return [usable.iloc[i:i + PART_IMAGES] for i in range(0, len(usable), PART_IMAGES)]
+
+
+def probe_layer(job: ConceptJob, module: torch.nn.Module, model: LoadedModel,
+                device: torch.device) -> FeatureLayer:
+    """The feature layer, found on a fixed probe batch: every part finds the same one."""
+    probe = torch.rand(2, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
+    return feature_layer(module, probe.to(device), job.layer)
+
+
+def extract_part(job: ConceptJob, rows: pd.DataFrame) -> dict:
+    """Features of the part's decodable images into ``parts/`` (kept when already there with
+    the same key); returns how many images it held and skipped."""
+    folder = ConceptFolder(job.out)
+    name = part_file(int(rows.index[0]))
+    model = job.load()
+    key = {**_key(job, model), "rows": [int(rows.index[0]), len(rows)]}
+    if folder.exists(name):
+        saved = folder.read(name)
+        if saved["key"] == key:
+            return {"images": len(saved["ids"]), "skipped": saved["skipped"]}
+    data, skipped = decode_rows(rows, archive_root(job.archive, job.images_root),
                                 model.class_names, model.input_size, model.resize,
-                                DecodeLimits(), job.workers, unknown=UNLABELLED)
-    if len(data) == 0:
-        raise ValueError(f"no image of {job.archive} could be decoded")
+                                DecodeLimits(), DECODE_THREADS, unknown=UNLABELLED)
     device = resolve_device(job.device)
-    module = model.on(device)
-    layer = feature_layer(module, data.images[:2].to(device).float() / 255, job.layer)
+    module = model.on(device, layers=True)
+    layer = probe_layer(job, module, model, device)
     pooled, logits, sample, spatial = [], [], [], []
     kept: dict[int, int] = {}
     for i in range(0, len(data), job.batch_size):
@@ -87,19 +130,65 @@ def extract_features(job: ConceptJob) -> dict:
         p, s, out = extract(module, layer, images, job.batch_size)
         pooled.append(p)
         logits.append(out)
-        labels = data.labels[i:i + job.batch_size]
-        for j, c in enumerate(row_classes(labels, out).tolist()):
+        for j, c in enumerate(row_classes(data.labels[i:i + job.batch_size], out).tolist()):
             if kept.get(c, 0) < NMF_IMAGES:  # the NMF data: the first images of each class
                 kept[c] = kept.get(c, 0) + 1
                 sample.append(c)
                 spatial.append(s[j].half())
-    features = {"key": key, "layer": {"name": layer.name, "side": layer.side},
-                "class_names": model.class_names, "ids": list(data.ids),
-                "labels": data.labels, "pooled": torch.cat(pooled), "logits": torch.cat(logits),
-                "sample_class": torch.tensor(sample, dtype=torch.long),
-                "spatial": torch.stack(spatial), "skipped": skipped}
+    folder.write(name, {"key": key, "layer": {"name": layer.name, "side": layer.side},
+                        "class_names": model.class_names, "ids": list(data.ids),
+                        "labels": data.labels,
+                        "pooled": torch.cat(pooled) if pooled else None,
+                        "logits": torch.cat(logits) if logits else None,
+                        "sample_class": torch.tensor(sample, dtype=torch.long),
+                        "spatial": torch.stack(spatial) if spatial else None,
+                        "skipped": skipped})
+    return {"images": len(data), "skipped": skipped}
+
+
+def merge_features(job: ConceptJob, firsts: list[int]) -> dict:
+    """The parts starting at rows ``firsts`` into ``features.pt`` and ``samples/`` (written
+    first: ``features.pt`` is what says the extraction is done); the parts are removed."""
+    folder = ConceptFolder(job.out)
+    parts = [folder.read(part_file(first)) for first in sorted(firsts)]
+    layers = {(p["layer"]["name"], p["layer"]["side"]) for p in parts}
+    if len(layers) != 1:
+        raise RuntimeError(f"the feature parts disagree on the layer: {sorted(layers)}")
+    full = [p for p in parts if p["pooled"] is not None]
+    if not full:
+        raise ValueError(f"no image of {job.archive} could be decoded")
+    samples: dict[int, list[torch.Tensor]] = {}
+    for part in full:
+        for c, activation in zip(part["sample_class"].tolist(), part["spatial"], strict=True):
+            if len(samples.setdefault(c, [])) < NMF_IMAGES:
+                samples[c].append(activation)
+    for c, activations in samples.items():
+        folder.write(sample_file(c), {"spatial": torch.stack(activations)})
+    key = {k: v for k, v in parts[0]["key"].items() if k != "rows"}
+    features = {"key": key, "layer": parts[0]["layer"], "class_names": parts[0]["class_names"],
+                "ids": [i for p in full for i in p["ids"]],
+                "labels": torch.cat([p["labels"] for p in full]),
+                "pooled": torch.cat([p["pooled"] for p in full]),
+                "logits": torch.cat([p["logits"] for p in full]),
+                "sampled": {c: len(a) for c, a in samples.items()},
+                "skipped": sum(p["skipped"] for p in parts)}
     folder.write(FEATURES, features)
+    for first in firsts:
+        folder.remove(part_file(first))
     return summary_of(features)
+
+
+def finished_card(job: ConceptJob) -> dict | None:
+    """The card, when the folder holds everything this job would make: its features, and every
+    class it would train, trained with its settings (a rerun then starts no cluster)."""
+    folder = ConceptFolder(job.out)
+    if not folder.exists(CARD) or extracted(job) is None:
+        return None
+    card = folder.read_card()
+    classes = {str(i) for i in classes_to_train(job)}
+    if card["config"] != job.config.as_dict() or set(card["classes"]) != classes:
+        return None
+    return card
 
 
 def summary_of(features: dict) -> dict:
@@ -151,8 +240,7 @@ def train_class(job: ConceptJob, index: int) -> dict:
     own = members(features, index)
     with torch.no_grad():
         share = fitted.net.contributions(fitted.net.encode(pooled[own])).mean(dim=0)
-    in_class = features["sample_class"] == index
-    spatial = features["spatial"][in_class].float()
+    spatial = folder.read(sample_file(index))["spatial"].float()
     rows = spatial.permute(0, 2, 3, 1).reshape(-1, spatial.shape[1])
     bank = fit_nmf(rows, fitted.net.concepts, seed=job.config.seed + index)
     record = {"class": features["class_names"][index], "index": index,
@@ -160,7 +248,7 @@ def train_class(job: ConceptJob, index: int) -> dict:
               "concepts": fitted.net.concepts, "hidden": job.config.hidden,
               "xnn": fitted.net.state_dict(), "scores": scores, "val_r2": fitted.val_r2,
               "mean_contribution": share.tolist(), "images": int(own.sum()),
-              "nmf": bank, "nmf_images": int(in_class.sum())}
+              "nmf": bank, "nmf_images": len(spatial)}
     folder.write(name, record)
     return entry_of(record)
 
@@ -172,11 +260,12 @@ def entry_of(record: dict) -> dict:
             "scores": record["scores"], "nmf_images": record["nmf_images"]}
 
 
-def write_card(job: ConceptJob, entries: dict[int, dict], extracted: dict) -> dict:
-    """``concepts.json``, written last (what the concept methods read)."""
-    card = {"model": job.model, "model_card": job.model_card, "layer": extracted["layer"],
-            "channels": extracted["channels"], "images": extracted["images"],
-            "skipped": extracted["skipped"], "archive": job.archive, "split": job.split,
+def write_card(job: ConceptJob, entries: dict[int, dict], summary: dict) -> dict:
+    """``concepts.json``, written last (what the concept methods read); ``summary``: of the
+    features (``summary_of``)."""
+    card = {"model": job.model, "model_card": job.model_card, "layer": summary["layer"],
+            "channels": summary["channels"], "images": summary["images"],
+            "skipped": summary["skipped"], "archive": job.archive, "split": job.split,
             "config": job.config.as_dict(),
             "classes": {str(i): entries[i] for i in sorted(entries)},
             "code_version": code_version(),
@@ -186,10 +275,15 @@ def write_card(job: ConceptJob, entries: dict[int, dict], extracted: dict) -> di
 
 
 def learn_concepts(job: ConceptJob) -> dict:
-    """The three steps in one process (the flow runs them as tasks)."""
-    extracted = extract_features(job)
+    """Every step in this process, one after the other (the flow runs them as tasks)."""
+    summary = extracted(job)
+    if summary is None:
+        parts = extraction_parts(job)
+        for rows in parts:
+            extract_part(job, rows)
+        summary = merge_features(job, [int(rows.index[0]) for rows in parts])
     entries = {i: train_class(job, i) for i in classes_to_train(job)}
-    return write_card(job, entries, extracted)
+    return write_card(job, entries, summary)
 
 
 __all__ = ["CARD", "ConceptJob", "learn_concepts"]

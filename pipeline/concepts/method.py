@@ -47,6 +47,7 @@ class ConceptMethod(Method):
     scalar_names: ClassVar[tuple[str, ...]] = ("concepts", "reconstructed", "logit")
     table: ClassVar[str | None] = "concepts"
     min_batch: ClassVar[int] = 1
+    reads_layers: ClassVar[bool] = True
 
     def concepts_of(self, bank: ConceptBank, target: int, images: torch.Tensor
                     ) -> ClassConcepts | None:

@@ -64,6 +64,7 @@ class Method:
     scalar_names: ClassVar[tuple[str, ...]] = ()
     min_batch: ClassVar[int] = 8  # images per ``explain`` call at least (FIDO: its slots decide)
     table: ClassVar[str | None] = None  # the run-folder table its Attribution.rows fill
+    reads_layers: ClassVar[bool] = False  # hooks or names the classifier's layers (Grad-CAM)
 
     def __init__(self, model: nn.Module, config: Any = None) -> None:
         self.model = model

@@ -42,6 +42,8 @@ def last_conv_layer(model: nn.Module) -> str:
 class GradCam(Method):
     """Grad-CAM maps at the layer's resolution (7×7 for Lite0 at 224²)."""
 
+    reads_layers = True
+
     def explain(self, images: torch.Tensor, targets: torch.Tensor,
                 seeds: list[int]) -> Attribution:
         from captum.attr import LayerGradCam

@@ -106,6 +106,11 @@ class MethodSpec:
         return kind(self.kind).method.map_names
 
     @property
+    def reads_layers(self) -> bool:
+        """Whether it needs the classifier's named layers (``Method.reads_layers``)."""
+        return kind(self.kind).method.reads_layers
+
+    @property
     def table(self) -> str | None:
         """The run-folder table its extra rows go to (``Method.table``), if any."""
         return kind(self.kind).method.table

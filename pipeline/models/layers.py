@@ -6,10 +6,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# the one aten operator of an unflattened exported program's leaf -> the layer it was
+ATEN_LAYERS = {"conv2d": "Conv2d", "batch_norm": "BatchNorm2d", "linear": "Linear",
+               "relu": "ReLU", "relu_": "ReLU", "adaptive_avg_pool2d": "AdaptiveAvgPool2d",
+               "adaptive_max_pool2d": "AdaptiveMaxPool2d", "avg_pool2d": "AvgPool2d"}
+
 
 def type_name(module: nn.Module) -> str:
     """A module's class name, also for a TorchScript module (which keeps it as
-    ``original_name``)."""
+    ``original_name``) and for a leaf of an unflattened exported program (an
+    ``InterpreterModule``, named here by the one layer operator its graph runs)."""
+    graph = getattr(module, "graph", None)
+    if type(module).__name__ == "InterpreterModule" and graph is not None:
+        ops = [str(node.target).split(".") for node in graph.nodes if node.op == "call_function"]
+        if len(ops) == 1 and len(ops[0]) > 1 and ops[0][1] in ATEN_LAYERS:
+            return ATEN_LAYERS[ops[0][1]]
     return getattr(module, "original_name", type(module).__name__)
 
 

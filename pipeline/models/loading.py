@@ -66,6 +66,23 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+class ExportedGraph(nn.Module):
+    """An exported program's flat module (``ExportedProgram.module()``): an inference graph
+    whose ``train()``/``eval()`` torch refuses. Its mode never changes, so switching it (every
+    method's ``with`` does) is a no-op here instead of an error."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.flat = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flat(x)
+
+    def train(self, mode: bool = True) -> ExportedGraph:
+        self.training = mode
+        return self
+
+
 @dataclass
 class LoadedModel:
     """A frozen classifier and what a run records about it."""
@@ -77,15 +94,35 @@ class LoadedModel:
     identity: str  # sha256 of the weights file(s) and card: which model made the masks
     resize: str = "squash"
     details: dict = field(default_factory=dict)  # architecture, files, normalisation
-    _prepared: dict[tuple[str, bool], nn.Module] = field(default_factory=dict, repr=False, compare=False)
+    program: torch.export.ExportedProgram | None = field(default=None, repr=False, compare=False)
+    _prepared: dict[tuple[str, bool, bool], nn.Module] = field(default_factory=dict, repr=False,
+                                                               compare=False)
 
-    def on(self, device: torch.device, compile_model: bool = False) -> nn.Module:
+    def on(self, device: torch.device, compile_model: bool = False,
+           layers: bool = False) -> nn.Module:
         """The classifier fused and laid out for ``device`` (pipeline/models/device.py), prepared once
-        per process and device: every shard a worker explains reuses it."""
-        key = (str(device), compile_model)
+        per process and device: every shard a worker explains reuses it. ``layers``: a method
+        reads named layers (hooks, Grad-CAM); an exported program, whose ``.module()`` runs
+        as one flat graph, is then rebuilt with its module tree (``torch.export.unflatten``:
+        ~1.5× slower on Lite0, so only for those methods)."""
+        layered = layers and self.program is not None
+        key = (str(device), compile_model, layered)
         if key not in self._prepared:
-            self._prepared[key] = prepare_module(self.module, device, compile_model, self.input_size)
+            module = self.with_layers() if layered else self.module
+            self._prepared[key] = prepare_module(module, device, compile_model, self.input_size)
         return self._prepared[key]
+
+    def with_layers(self) -> nn.Module:
+        """The exported program unflattened, normalised as ``module`` is, frozen."""
+        assert self.program is not None
+        net = torch.export.unflatten(self.program)
+        if isinstance(self.module, Normalized):
+            net = Normalized(net, tuple(self.module.mean.flatten().tolist()),
+                             tuple(self.module.std.flatten().tolist()))
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net
 
     def describe(self) -> dict[str, object]:
         """What run.json records."""
@@ -352,7 +389,9 @@ def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn
     """The network in ``path`` (without normalisation) and how it was loaded."""
     if is_exported_program(path):
         try:
-            return torch.export.load(str(path)).module(), {"format": "torch.export"}
+            program = torch.export.load(str(path))
+            return ExportedGraph(program.module()), {"format": "torch.export",
+                                                     "_program": program}
         except Exception as exc:
             raise ModelError(f"cannot load the exported program {path}: {exc}") from exc
     if is_torchscript(path):
@@ -416,14 +455,14 @@ def load_model(spec: str = BUILTIN, card: str | Path | None = None,
     model_card = read_card(card_path) if card_path is not None else None
     net, how = _load_file(path, model_card, trust_code)
     arch = how.pop("_arch", None)
+    program = how.pop("_program", None)
     input_size = (model_card.input_size if model_card and model_card.input_size
                   else arch.input_size if arch else (224, 224))
     mean = model_card.mean if model_card and model_card.mean else arch.mean if arch else None
     std = model_card.std if model_card and model_card.std else arch.std if arch else None
     if (mean is None) != (std is None):
         raise ModelError("a model card gives mean and std together")
-    module = Normalized(net, mean, std) if mean is not None else net
-    _freeze(module)
+    module = (Normalized(net, mean, std) if mean is not None else net).eval()
     for p in module.parameters():
         p.requires_grad_(False)
     k = _output_classes(module, input_size, spec)
@@ -439,20 +478,7 @@ def load_model(spec: str = BUILTIN, card: str | Path | None = None,
                "std": list(std) if std else None,
                "card": str(model_card.path) if model_card else None}
     return LoadedModel(path.name, module, list(names), input_size, identity,
-                       model_card.resize if model_card else "squash", details)
-
-
-def _freeze(module: nn.Module) -> None:
-    """Inference mode; exported programs are inference graphs already and refuse ``eval()``."""
-    try:
-        module.eval()
-    except NotImplementedError:
-        for m in module.modules():
-            try:
-                m.eval()
-            except NotImplementedError:
-                pass
-            m.training = False
+                       model_card.resize if model_card else "squash", details, program)
 
 
 def _output_classes(module: nn.Module, input_size: tuple[int, int], spec: str) -> int:
