@@ -14,8 +14,10 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .server import ApiServer, api_server, flush_prefect_logs, prefect_home
 
@@ -24,9 +26,11 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from fidoflow.pipeline.config import RunConfig
-    from fidoflow.pipeline.settings import RunSettings, Settings
+    from fidoflow.pipeline.settings import ClusterSettings, RunSettings, Settings
 
-COMMANDS_WITH_A_SERVER = ("run", "demo")
+COMMANDS_WITH_A_SERVER = ("run", "demo", "concepts")
+S = TypeVar("S", bound="ClusterSettings")
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,12 +126,28 @@ def on_api(module: str, call: Callable[[ModuleType], dict]) -> dict:
                 flush_prefect_logs()
 
 
-def run_concepts(args: argparse.Namespace) -> int:
-    """Run the learn-concepts flow against one Prefect API; print what each class learned."""
+def run_concepts(args: argparse.Namespace, api: ApiServer) -> int:
+    """Run the learn-concepts flow against ``api`` on a cluster started meanwhile
+    (``prestart``; none when the folder holds every class already); print what each class
+    learned."""
+    from fidoflow.pipeline.concepts import job as steps
     from fidoflow.pipeline.settings import ConceptSettings
 
+    from .reaper import guard_children
+
+    guard_children()
     archive, settings = flow_inputs(args, ConceptSettings)
-    card = on_api("concepts", lambda flows: flows.learn_concepts(archive, args.out, settings))
+    job = settings.to_job(archive, args.out)
+
+    def warm(task_device: str | None) -> Callable[[], object]:
+        return partial(steps.warm_worker, replace(job, device=task_device or job.device))
+
+    with ExitStack() as clusters:
+        if steps.finished_card(job) is None:
+            settings = prestart(clusters, settings, args.out, "concepts", warm)
+        from .concepts import learn_concepts
+
+        card = on_server(api, lambda: learn_concepts(archive, args.out, settings))
     for entry in card["classes"].values():
         print(f"{entry['class']}: {entry['concepts']} concepts, held-out R² "
               f"{entry['val_r2']:.3f}")
@@ -165,51 +185,65 @@ def report_lines(config: RunConfig) -> list[str]:
         return []
 
 
-def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dict[str, int]:
-    """Run the flow against ``api`` (booting since the command began unless PREFECT_API_URL
-    is set).
-
-    While the API server boots, this process imports the flow and starts the run's local Dask
-    cluster, whose workers import the tasks and load the model meanwhile: start-up costs the
-    slowest of them, not their sum.
-    """
+def prestart(clusters: ExitStack, settings: S, out: str, flow_module: str,
+             warm: Callable[[str | None], Callable[[], object]]) -> S:
+    """The cluster of ``plan_cluster``, started now when it is local (or CUDA), its workers
+    running ``warm(task_device)()`` (import the tasks, load the model) while this process
+    imports ``flow_module`` and the API server boots: start-up costs the slowest of them, not
+    their sum. Returns ``settings`` pointed at the cluster (``dask_address``); the cluster
+    closes with ``clusters``."""
     from .cluster import plan_cluster, prestarted, start_fork_server, visible_gpus
+
+    plan = plan_cluster(settings.workers, settings.device, settings.dask_address, out,
+                        visible_gpus(), settings.cluster, settings.cluster_options)
+    if plan.kind == "local":
+        start_fork_server()  # the local workers' imports begin now, beside the flow's
+    importlib.import_module(f"{__package__}.{flow_module}")
+    address = clusters.enter_context(prestarted(plan, warm(plan.task_device)))
+    if not address:
+        return settings
+    update: dict[str, str] = {"dask_address": address}
+    if settings.device.startswith("cuda"):
+        update["device"] = "cuda"  # each worker sees only its own GPU
+    return settings.model_copy(update=update)
+
+
+def on_server(api: ApiServer, call: Callable[[], T]) -> T:
+    """``call()`` against ``api`` once it answers (a private server: no flow heartbeats, which
+    no one watches and which cost ~1 s at each flow's end); its logs sent before it stops."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+
+    updates = {PREFECT_API_URL: api.ready()}
+    if api.private:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with temporary_settings(updates=updates):
+        try:
+            return call()
+        finally:
+            flush_prefect_logs()
+
+
+def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dict[str, int]:
+    """Run the explain-archive flow against ``api`` (booting since the command began unless
+    PREFECT_API_URL is set) on a cluster started meanwhile (``prestart``)."""
+    from .cluster import warm_worker
     from .reaper import guard_children
 
     guard_children()  # the API server and the Dask cluster end with this process, however
+    config = settings.to_config(source, out)
+
+    def warm(task_device: str | None) -> Callable[[], object]:
+        return partial(warm_worker, replace(config, device=task_device or config.device).to_json())
+
     with ExitStack() as clusters:
-        config = settings.to_config(source, out)
-        plan = plan_cluster(config.workers, config.device, settings.dask_address, out,
-                            visible_gpus(), settings.cluster, settings.cluster_options)
-        if plan.task_device:
-            config.device = plan.task_device
-        if plan.kind == "local":
-            start_fork_server()  # the local workers' imports begin now, beside the flow's
-        from . import explain_archive  # noqa: F401
-
-        address = clusters.enter_context(prestarted(plan, config.to_json()))
-        api_url = api.ready()
-        if address:
-            update = {"dask_address": address}
-            if settings.device.startswith("cuda"):
-                update["device"] = "cuda"  # each worker sees only its own GPU
-            settings = settings.model_copy(update=update)
-        from prefect.settings import (
-            PREFECT_API_URL,
-            PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-            temporary_settings,
-        )
-
+        settings = prestart(clusters, settings, out, "explain_archive", warm)
         from .explain_archive import run_flow
 
-        updates = {PREFECT_API_URL: api_url}
-        if api.private:  # no one watches a private server for crashed runs; each flow's
-            updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None  # heartbeat costs ~1 s at its end
-        with temporary_settings(updates=updates):
-            try:
-                return run_flow(source, out, settings)
-            finally:
-                flush_prefect_logs()
+        return on_server(api, lambda: run_flow(source, out, settings))
 
 
 def terminate_on_sigterm() -> None:
@@ -295,7 +329,7 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
         if args.command == "train":
             return run_train(args)
         if args.command == "concepts":
-            return run_concepts(args)
+            return run_concepts(args, api)
         settings = settings_from_cli(args)
         if args.command == "demo":
             from fidoflow.pipeline.archive.demo import prepare_demo_archive

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -211,10 +211,11 @@ def warm_worker(config_json: dict) -> None:
 
 
 @contextmanager
-def prestarted(plan: ClusterPlan, config_json: dict) -> Iterator[str | None]:
-    """For a ``local`` or ``cuda`` plan: start the cluster now and warm its workers in the
-    background, yielding its address (the CLI overlaps this with the API server's boot); the
-    cluster closes when the block ends. Other plans yield None: the flow makes its own."""
+def prestarted(plan: ClusterPlan, warm: Callable[[], object]) -> Iterator[str | None]:
+    """For a ``local`` or ``cuda`` plan: start the cluster now and run ``warm`` on each worker
+    in the background (import the tasks, load the model), yielding its address (the CLI
+    overlaps this with the API server's boot); the cluster closes when the block ends. Other
+    plans yield None: the flow makes its own."""
     if plan.kind not in ("local", "cuda"):
         yield None
         return
@@ -233,10 +234,10 @@ def prestarted(plan: ClusterPlan, config_json: dict) -> Iterator[str | None]:
     with dask.config.set(FORK if fork else {}):
         cluster = getattr(importlib.import_module(module), name)(**kwargs)
     with cluster, Client(cluster, set_as_default=False) as client:
-        def warm() -> None:
+        def warm_all() -> None:
             with suppress(Exception):  # a model that cannot load fails the run itself, named
-                client.run(warm_worker, config_json)
+                client.run(warm)
 
-        warming = threading.Thread(target=warm, daemon=True, name="fidoflow-warm-workers")
+        warming = threading.Thread(target=warm_all, daemon=True, name="fidoflow-warm-workers")
         warming.start()
         yield cluster.scheduler_address

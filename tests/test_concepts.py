@@ -299,7 +299,7 @@ def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(tmp_path: Path, capsys
     model = str(export_synthetic_cnn(tmp_path / "model"))  # the layers of an exported program
     out = tmp_path / "concepts"
     args = ["concepts", str(archive), "--model", model, "--out", str(out),
-            "--steps", "200", "--max-concepts", "3", "--device", "cpu", "--workers", "1"]
+            "--steps", "100", "--max-concepts", "2", "--device", "cpu", "--workers", "1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "3 classes, features of 48 images at the output of features.4.2" in printed

@@ -72,6 +72,12 @@ class ConceptJob:
         return worker_model(self.model, self.model_card, self.trust_model_code)
 
 
+def warm_worker(job: ConceptJob) -> None:
+    """On a worker: load the model with its layers now, so that its first part starts at once
+    (each worker keeps it for the job)."""
+    job.load().on(resolve_device(job.device), layers=True)
+
+
 def _key(job: ConceptJob, model: LoadedModel) -> dict:
     """What decides the features: a rerun with another model, layer or data extracts again."""
     return {"model": model.identity, "layer": job.layer, "archive": job.archive,
