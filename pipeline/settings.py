@@ -270,7 +270,7 @@ class TrainSettings(Settings):
     seed: int = Field(BASE.seed, description="same data and seed give the same model (CPU)")
     device: Device = Field("auto", description="auto (a GPU with bf16 autocast when there is "
                                                "one), cpu, cuda, cuda:0")
-    workers: int = Field(4, ge=1, description="threads decoding the images")
+    decode_threads: int = Field(4, ge=1, description="threads decoding the images")
     format: Literal[FORMATS] | None = Field(  # type: ignore[valid-type]
         None, description="force an archive reader instead of detecting it")
     images_root: str | None = Field(None, description="where a COCO JSON's or manifest's image "
@@ -287,7 +287,8 @@ class TrainSettings(Settings):
             crop_scale=self.crop_scale, flip=self.flip, val_fraction=self.val_fraction,
             seed=self.seed)
         return TrainJob(archive, out, config, device=self.device, format=self.format,
-                        images_root=absolute(self.images_root), workers=self.workers)
+                        images_root=absolute(self.images_root),
+                        decode_threads=self.decode_threads)
 
 
 XNN = XnnConfig()

@@ -68,7 +68,7 @@ def split_frame(frame: pd.DataFrame, val_fraction: float) -> dict[str, pd.DataFr
 
 def decode_rows(rows: pd.DataFrame, root: Path, classes: list[str], size: tuple[int, int],
                 resize: str = "squash", limits: DecodeLimits | None = None,
-                workers: int = 4, unknown: int | None = None) -> tuple[ImageTensors, int]:
+                threads: int = 4, unknown: int | None = None) -> tuple[ImageTensors, int]:
     """Decode ``rows`` (labels by name into ``classes``); returns the tensors and how many rows
     were skipped (an image that would not decode, or a label outside ``classes`` unless
     ``unknown`` is the label such rows get)."""
@@ -87,7 +87,7 @@ def decode_rows(rows: pd.DataFrame, root: Path, classes: list[str], size: tuple[
 
     pairs = list(zip(rows["path"].astype(str), rows["label_name"].astype(str),
                      rows["image_id"].astype(str), strict=True))
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool:
         decoded = [d for d in pool.map(one, pairs) if d is not None]
     images = (torch.stack([d[0] for d in decoded]) if decoded
               else torch.zeros(0, 3, *size, dtype=torch.uint8))
@@ -97,7 +97,7 @@ def decode_rows(rows: pd.DataFrame, root: Path, classes: list[str], size: tuple[
 
 def load_frame(frame: pd.DataFrame, root: Path, size: tuple[int, int], val_fraction: float,
                resize: str = "squash", limits: DecodeLimits | None = None,
-               workers: int = 4) -> TrainData:
+               threads: int = 4) -> TrainData:
     """Manifest rows of an archive -> TrainData; classes are the training rows' label names,
     sorted."""
     parts = split_frame(frame, val_fraction)
@@ -107,7 +107,7 @@ def load_frame(frame: pd.DataFrame, root: Path, size: tuple[int, int], val_fract
                          f"have {len(classes)}")
     loaded, skipped = {}, 0
     for name, rows in parts.items():
-        loaded[name], lost = decode_rows(rows, root, classes, size, resize, limits, workers)
+        loaded[name], lost = decode_rows(rows, root, classes, size, resize, limits, threads)
         skipped += lost
     if len(loaded["train"]) == 0 or len(loaded["val"]) == 0:
         raise ValueError("no training or no validation image could be decoded")

@@ -19,7 +19,7 @@ class TrainJob:
     device: str = "auto"
     format: str | None = None
     images_root: str | None = None
-    workers: int = 4
+    decode_threads: int = 4
 
 
 def model_card(config: TrainConfig, classes: list[str]) -> dict:

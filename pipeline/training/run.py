@@ -29,7 +29,7 @@ def train_model(job: TrainJob, report: Callable[[dict], None] | None = None) -> 
     device = resolve_device(job.device)
     frame = read_archive(job.archive, job.format, "all", job.images_root)
     data = load_frame(frame, archive_root(job.archive, job.images_root), input_size(config.backbone),
-                      config.val_fraction, limits=DecodeLimits(), workers=job.workers)
+                      config.val_fraction, limits=DecodeLimits(), threads=job.decode_threads)
     if resume is not None:
         check_resume(resume, config, data.class_names)
     card = model_card(config, data.class_names)
