@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .runfolder import RunFolder
 
 FEATURES = "features.pt"
+PARTS = "parts"  # the extraction tasks' features until they are merged
 CARD = "concepts.json"
 
 
@@ -27,7 +28,7 @@ def class_file(index: int) -> str:
 
 def part_file(first: int) -> str:
     """The features of the extraction task whose rows start at ``first``."""
-    return f"parts/features-{first:08d}.pt"
+    return f"{PARTS}/features-{first:08d}.pt"
 
 
 def sample_file(index: int) -> str:

@@ -44,9 +44,9 @@ class RunFolder:
         return self.fs.exists(self.local(*parts))
 
     def remove(self, *parts: str) -> None:
-        """Delete one file (gone already is fine)."""
+        """Delete a file or a folder with what it holds (gone already is fine)."""
         if self.exists(*parts):
-            self.fs.rm(self.local(*parts))
+            self.fs.rm(self.local(*parts), recursive=True)
 
     def makedirs(self, *parts: str) -> None:
         self.fs.makedirs(self.local(*parts), exist_ok=True)

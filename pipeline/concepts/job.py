@@ -9,7 +9,7 @@ the cluster):
    ``parts/``; a part already extracted with the same key is kept (resume);
 3. ``merge_features``: the parts in archive order into ``features.pt``, and each class's first
    ``NMF_IMAGES`` spatial activations (the NMF baseline's data) into ``samples/``; the parts
-   are removed;
+   are removed with their folder;
 4. ``train_class`` (one task per class): its XNN (k chosen by the BIC-like score) and NMF bank
    into its own file; a class already trained with the same settings is kept (resume);
 5. ``write_card``: ``concepts.json``, what ``--method xnn,nmf --concepts DIR`` reads.
@@ -36,6 +36,7 @@ from fidoflow.pipeline.training.data import decode_rows, in_validation
 from fidoflow.storage.conceptfolder import (
     CARD,
     FEATURES,
+    PARTS,
     ConceptFolder,
     class_file,
     part_file,
@@ -179,8 +180,7 @@ def merge_features(job: ConceptJob, firsts: list[int]) -> dict:
                 "sampled": {c: len(a) for c, a in samples.items()},
                 "skipped": sum(p["skipped"] for p in parts)}
     folder.write(FEATURES, features)
-    for first in firsts:
-        folder.remove(part_file(first))
+    folder.remove(PARTS)
     return summary_of(features)
 
 

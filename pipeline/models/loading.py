@@ -29,6 +29,8 @@ import json
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -64,6 +66,15 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+
+@contextmanager
+def export_quiet() -> Iterator[None]:
+    """Without the FutureWarning torch.export raises on its own deprecated pytree API
+    (``LeafSpec``): torch's to fix, not the user's, and it would print in every worker."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        yield
 
 
 class ExportedGraph(nn.Module):
@@ -109,13 +120,15 @@ class LoadedModel:
         key = (str(device), compile_model, layered)
         if key not in self._prepared:
             module = self.with_layers() if layered else self.module
-            self._prepared[key] = prepare_module(module, device, compile_model, self.input_size)
+            fold = self.input_size if self.program is None else None  # an exported graph is
+            self._prepared[key] = prepare_module(module, device, compile_model, fold)  # as made
         return self._prepared[key]
 
     def with_layers(self) -> nn.Module:
         """The exported program unflattened, normalised as ``module`` is, frozen."""
         assert self.program is not None
-        net = torch.export.unflatten(self.program)
+        with export_quiet():
+            net = torch.export.unflatten(self.program)
         if isinstance(self.module, Normalized):
             net = Normalized(net, tuple(self.module.mean.flatten().tolist()),
                              tuple(self.module.std.flatten().tolist()))
@@ -389,7 +402,8 @@ def _load_file(path: Path, card: ModelCard | None, trust_code: bool) -> tuple[nn
     """The network in ``path`` (without normalisation) and how it was loaded."""
     if is_exported_program(path):
         try:
-            program = torch.export.load(str(path))
+            with export_quiet():
+                program = torch.export.load(str(path))
             return ExportedGraph(program.module()), {"format": "torch.export",
                                                      "_program": program}
         except Exception as exc:
