@@ -23,12 +23,11 @@ from .server import ApiServer, api_server, flush_prefect_logs, prefect_home
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import ModuleType
 
     from fidoflow.pipeline.config import RunConfig
     from fidoflow.pipeline.settings import ClusterSettings, RunSettings, Settings
 
-COMMANDS_WITH_A_SERVER = ("run", "demo", "concepts")
+COMMANDS_WITH_A_SERVER = ("run", "demo", "concepts", "train")
 S = TypeVar("S", bound="ClusterSettings")
 T = TypeVar("T")
 
@@ -97,33 +96,16 @@ def add_concepts_command(commands: argparse._SubParsersAction) -> None:
     add_cli_options(concepts, ConceptSettings)
 
 
-def flow_inputs(args: argparse.Namespace, model: type[Settings]) -> tuple[str, Settings]:
-    """ARCHIVE resolved and the command's settings, refused before Prefect starts when bad."""
+def flow_inputs(args: argparse.Namespace, model: type[Settings]) -> tuple[str, Settings, object]:
+    """ARCHIVE resolved, the command's settings and the job they describe (``to_job``),
+    refused before the flow starts when bad."""
     from .settings import settings_from_cli
 
     archive = str(Path(args.archive).resolve())
     if not Path(archive).exists():
         raise FileNotFoundError(f"archive not found: {args.archive}")
     settings = settings_from_cli(args, model)
-    settings.to_job(archive, args.out)
-    return archive, settings
-
-
-def on_api(module: str, call: Callable[[ModuleType], dict]) -> dict:
-    """``call(flows.<module>)`` against one Prefect API (started meanwhile the flow imports)."""
-    from .server import prefect_api
-
-    def import_flow() -> None:
-        importlib.import_module(f"{__package__}.{module}")
-
-    with prefect_api(meanwhile=import_flow) as api_url:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            try:
-                return call(importlib.import_module(f"{__package__}.{module}"))
-            finally:
-                flush_prefect_logs()
+    return archive, settings, settings.to_job(archive, args.out)
 
 
 def run_concepts(args: argparse.Namespace, api: ApiServer) -> int:
@@ -136,8 +118,7 @@ def run_concepts(args: argparse.Namespace, api: ApiServer) -> int:
     from .reaper import guard_children
 
     guard_children()
-    archive, settings = flow_inputs(args, ConceptSettings)
-    job = settings.to_job(archive, args.out)
+    archive, settings, job = flow_inputs(args, ConceptSettings)
 
     def warm(task_device: str | None) -> Callable[[], object]:
         return partial(steps.warm_worker, replace(job, device=task_device or job.device))
@@ -158,13 +139,14 @@ def run_concepts(args: argparse.Namespace, api: ApiServer) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Run the train-classifier flow against one Prefect API; print where the model is."""
+def run_train(args: argparse.Namespace, api: ApiServer) -> int:
+    """Run the train-classifier flow against ``api``; print where the model is."""
     from fidoflow.pipeline.settings import TrainSettings
 
-    archive, settings = flow_inputs(args, TrainSettings)
-    summary = on_api("train", lambda flows: flows.train_classifier(archive, args.out, settings,
-                                                                   progress=True))
+    archive, settings, _ = flow_inputs(args, TrainSettings)
+    from .train import train_classifier
+
+    summary = on_server(api, lambda: train_classifier(archive, args.out, settings, progress=True))
     test = summary["test_accuracy"]
     print(f"best epoch {summary['best_epoch']} of {summary['epochs']}: validation accuracy "
           f"{summary['val_accuracy']:.3f}"
@@ -327,7 +309,7 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # a torn-down cluster is not news
     try:
         if args.command == "train":
-            return run_train(args)
+            return run_train(args, api)
         if args.command == "concepts":
             return run_concepts(args, api)
         settings = settings_from_cli(args)

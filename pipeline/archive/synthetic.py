@@ -369,7 +369,8 @@ def write_cub_tree(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE
     (``images.txt``, ``classes.txt`` named like the synthetic classes, ``image_class_labels.txt``,
     ``train_test_split.txt``: every other round of the classes a test round, so each class has
     training and test images, ``bounding_boxes.txt``: the bird, ``parts/parts.txt`` and
-    ``parts/part_locs.txt``: the parts of ``_Bird.points``, all visible). The discriminative part is the ``left wing`` (and, ``fine``, the ``crown``)."""
+    ``parts/part_locs.txt``: the parts of ``_Bird.points``, all visible). The discriminative
+    part is the ``left wing`` (and, ``fine``, the ``crown``)."""
     from PIL import Image
 
     root = Path(root)

@@ -177,7 +177,6 @@ def merge_features(job: ConceptJob, firsts: list[int]) -> dict:
                 "labels": torch.cat([p["labels"] for p in full]),
                 "pooled": torch.cat([p["pooled"] for p in full]),
                 "logits": torch.cat([p["logits"] for p in full]),
-                "sampled": {c: len(a) for c, a in samples.items()},
                 "skipped": sum(p["skipped"] for p in parts)}
     folder.write(FEATURES, features)
     folder.remove(PARTS)

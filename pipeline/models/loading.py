@@ -94,6 +94,15 @@ class ExportedGraph(nn.Module):
         return self
 
 
+def frozen(module: nn.Module) -> nn.Module:
+    """``module`` in inference mode with no parameter taking gradients (a classifier to
+    explain, never to train)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 @dataclass
 class LoadedModel:
     """A frozen classifier and what a run records about it."""
@@ -120,8 +129,9 @@ class LoadedModel:
         key = (str(device), compile_model, layered)
         if key not in self._prepared:
             module = self.with_layers() if layered else self.module
-            fold = self.input_size if self.program is None else None  # an exported graph is
-            self._prepared[key] = prepare_module(module, device, compile_model, fold)  # as made
+            # an exported graph stays as it was exported: the fusion tracer cannot see inside
+            fold = self.input_size if self.program is None else None
+            self._prepared[key] = prepare_module(module, device, compile_model, fold)
         return self._prepared[key]
 
     def with_layers(self) -> nn.Module:
@@ -132,10 +142,7 @@ class LoadedModel:
         if isinstance(self.module, Normalized):
             net = Normalized(net, tuple(self.module.mean.flatten().tolist()),
                              tuple(self.module.std.flatten().tolist()))
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return net
+        return frozen(net)
 
     def describe(self) -> dict[str, object]:
         """What run.json records."""
@@ -476,9 +483,7 @@ def load_model(spec: str = BUILTIN, card: str | Path | None = None,
     std = model_card.std if model_card and model_card.std else arch.std if arch else None
     if (mean is None) != (std is None):
         raise ModelError("a model card gives mean and std together")
-    module = (Normalized(net, mean, std) if mean is not None else net).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    module = frozen(Normalized(net, mean, std) if mean is not None else net)
     k = _output_classes(module, input_size, spec)
     names = (model_card.classes if model_card and model_card.classes
              else arch.class_names if arch and arch.class_names else None)
