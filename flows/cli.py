@@ -178,9 +178,10 @@ def prestart(clusters: ExitStack, settings: S, out: str, flow_module: str,
 
     plan = plan_cluster(settings.workers, settings.device, settings.dask_address, out,
                         visible_gpus(), settings.cluster, settings.cluster_options)
+    tasks_module = f"{__package__}.{flow_module}"
     if plan.kind == "local":
-        start_fork_server()  # the local workers' imports begin now, beside the flow's
-    importlib.import_module(f"{__package__}.{flow_module}")
+        start_fork_server(tasks_module)  # the local workers' imports begin now, beside the flow's
+    importlib.import_module(tasks_module)
     address = clusters.enter_context(prestarted(plan, warm(plan.task_device)))
     if not address:
         return settings

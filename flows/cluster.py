@@ -127,7 +127,9 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
     client.close()
 
 
-WORKER_PRELOAD = ("distributed", "fidoflow.pipeline.stages")  # what every shard task imports
+# what every task imports on a worker: Dask, the pipeline, and Prefect's task engine (each
+# worker's first task otherwise spent ~1.7 s importing it, the flow waiting)
+WORKER_PRELOAD = ("distributed", "fidoflow.pipeline.stages", "prefect.task_engine")
 FORK = {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
@@ -146,12 +148,13 @@ def configure_dask() -> None:
                      "distributed.scheduler.allowed-failures": 1})
 
 
-def start_fork_server() -> None:
+def start_fork_server(tasks_module: str | None = None) -> None:
     """Start, now, the process that the CLI's local workers fork from (``prestarted``).
 
-    It imports Dask, torch and the tasks' code once, while the caller goes on with its own
-    imports, instead of each worker importing them afresh after the cluster starts (~3 s of
-    CPU a worker on a machine whose every core the start-up uses). It gets the environment
+    It imports Dask, torch, Prefect and the tasks' code (``tasks_module``, the flow's) once,
+    while the caller goes on with its own imports, instead of each worker importing them afresh
+    after the cluster starts (~4 s of CPU a worker on a machine whose every core the start-up
+    uses). It gets the environment
     Dask gives a worker before it spawns; each worker is given the caller's environment as it
     is when the cluster starts (a fork server lives as long as its process). Only the CLI's
     clusters fork: flows started otherwise spawn their workers as Dask does by default.
@@ -166,7 +169,8 @@ def start_fork_server() -> None:
         if value is not None:
             os.environ[name] = str(value)  # as the nanny sets them before each spawn
     with dask.config.set(FORK):
-        get_mp_context().set_forkserver_preload(list(WORKER_PRELOAD))
+        get_mp_context().set_forkserver_preload(
+            [*WORKER_PRELOAD, *([tasks_module] if tasks_module else [])])
     forkserver.ensure_running()
 
 

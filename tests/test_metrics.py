@@ -13,6 +13,7 @@ from fidoflow.pipeline.imaging.filters import total_variation
 from fidoflow.pipeline.metrics.box import box_iou_fdr, boxes_to_masks, share_inside
 from fidoflow.pipeline.metrics.deletion_insertion import deletion_insertion, igos_blur
 from fidoflow.pipeline.metrics.pointing import pointing_game
+from fidoflow.pipeline.models.device import CPU_FORWARD_BATCH, GPU_FORWARD_BATCH, forward_batch
 
 WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1])  # of the 4 pixels of a 2x2 image, row-major
 
@@ -57,6 +58,28 @@ def test_steps_not_dividing_the_pixels_keep_both_ends() -> None:
 def test_ties_break_by_pixel_order() -> None:
     tied = deletion_insertion(**toy([0.5, 0.5, 0.5, 0.5]))
     torch.testing.assert_close(tied.deletion_curve[0], torch.tensor([1, .6, .3, .1, 0]))
+
+
+class CountingPasses(WeightedPixels):
+    """WeightedPixels that remembers how many images each forward pass held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes.append(len(x))
+        return super().forward(x)
+
+
+def test_on_a_cpu_the_curves_pass_a_few_images_at_a_time_with_the_same_answer() -> None:
+    model = CountingPasses()
+    default = deletion_insertion(**{**toy([0.4, 0.3, 0.2, 0.1]), "model": model})
+    assert max(model.passes) == CPU_FORWARD_BATCH == forward_batch(torch.device("cpu"))
+    wide = deletion_insertion(**toy([0.4, 0.3, 0.2, 0.1]), batch_size=64)
+    torch.testing.assert_close(default.deletion_curve, wide.deletion_curve)
+    torch.testing.assert_close(default.insertion_curve, wide.insertion_curve)
+    assert forward_batch(torch.device("cuda")) == GPU_FORWARD_BATCH > CPU_FORWARD_BATCH
 
 
 def test_images_in_one_batch_do_not_interact_and_low_resolution_maps_upsample() -> None:

@@ -30,7 +30,8 @@ BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")  # the manifest's ground-
 class EvaluateConfig:
     """``steps``: deletion/insertion curve points minus one (50: 2 % of the pixels per step,
     AUC within ~1e-3 of 100 steps at half the cost); ``baseline``: what deleted pixels become
-    ("blur": I-GOS's blur, or "zeros"); ``batch_size``: perturbed images per forward pass."""
+    ("blur": I-GOS's blur, or "zeros"); ``batch_size``: perturbed images per forward pass
+    (None: what suits the device, pipeline/models/device.forward_batch)."""
 
     steps: int = 50
     baseline: str = "blur"
@@ -38,7 +39,7 @@ class EvaluateConfig:
     smooth_sigma: float = 3.0
     threshold: float = 0.5
     reference_size: int = REFERENCE_SIZE
-    batch_size: int = 64
+    batch_size: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

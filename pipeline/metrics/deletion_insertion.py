@@ -14,6 +14,7 @@ from torch import nn
 
 from fidoflow.pipeline.imaging.filters import REFERENCE_SIZE, gaussian_blur, resize_maps
 from fidoflow.pipeline.metrics.base import Column, Metric, MetricBatch, register
+from fidoflow.pipeline.models.device import forward_batch
 from fidoflow.pipeline.perturbation import Perturbation
 
 if TYPE_CHECKING:
@@ -44,15 +45,16 @@ def igos_blur(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
                        targets: torch.Tensor, steps: int = 100, baseline: str = "blur",
-                       batch_size: int = 64) -> DeletionInsertion:
+                       batch_size: int | None = None) -> DeletionInsertion:
     """RISE deletion and insertion: the target's softmax probability as the most salient pixels
     are replaced by the baseline ("blur": I-GOS blur, or "zeros") / restored from it.
 
     Step k changes the first floor(k * H * W / steps) pixels of the ranking (saliency descending,
     ties by row-major index), so the curves run from nothing changed (k = 0) to everything
     changed (k = steps) inclusive; AUC is the trapezoid over the fraction changed, in [0, 1].
-    The model (eval mode) sees at most ``batch_size`` images per forward pass: all images
-    times a chunk of steps, deletion and insertion together.
+    The model (eval mode) sees at most ``batch_size`` images per forward pass (None: what suits
+    the device, ``forward_batch``): all images times a chunk of steps, deletion and insertion
+    together.
     """
     if baseline not in ("blur", "zeros"):
         raise ValueError(f"unknown baseline {baseline!r}; expected 'blur' or 'zeros'")
@@ -67,7 +69,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     scene = Perturbation(model, images, base, targets.to(device))
 
     probs = torch.empty(2, n, steps + 1, device=device)
-    per = max(1, batch_size // 2)
+    per = max(1, (batch_size or forward_batch(device)) // 2)
     for start in range(0, n * (steps + 1), per):
         item = torch.arange(start, min(start + per, n * (steps + 1)), device=device)
         k, i = item // n, item % n

@@ -41,6 +41,18 @@ def default_batch_size(device: torch.device, free_bytes: int | None = None,
     return int(min(max(GPU_MEMORY_SHARE * free_bytes // bytes_per_image, low), high))
 
 
+CPU_FORWARD_BATCH = 4  # images per gradient-free forward pass on a CPU
+GPU_FORWARD_BATCH = 64
+
+
+def forward_batch(device: torch.device) -> int:
+    """Images per forward pass of a gradient-free sweep (deletion and insertion curves). On a
+    CPU 4: larger batches fall out of cache (Lite0 at 224², 1 or 2 threads, both curves of an
+    image at 50 steps: 0.9–1.8 s at 4 a pass, 2.4–3.4 s at 64; bench/RESULTS.md); on a GPU 64,
+    where a pass is bound by its launch, not by memory."""
+    return GPU_FORWARD_BATCH if device.type == "cuda" else CPU_FORWARD_BATCH
+
+
 @torch.no_grad()
 def activation_bytes(module: nn.Module, input_size: tuple[int, int]) -> int:
     """Bytes of every leaf module's output for one image in float32 on the CPU: what a forward
