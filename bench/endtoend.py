@@ -177,11 +177,13 @@ def floor_seconds(images: int) -> dict:
 STARTUP_LINE = re.compile(r"start-up: the first shard started ([\d.]+) s after the command")
 
 
-def timed(command: list[str]) -> dict[str, float]:
-    """Wall seconds of ``command``, and the start-up a fidoflow run reports (first shard began
-    that long after the command, in the CLI's own clock)."""
+def timed(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall seconds of ``command`` (in ``env``, default this process's), and the start-up a
+    fidoflow run reports (first shard began that long after the command, in the CLI's own
+    clock)."""
     began = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT,
+                          env=env)
     if done.returncode:
         raise SystemExit(f"{command[:4]} failed: {done.stderr[-2000:]}")
     record = {"seconds": time.perf_counter() - began}

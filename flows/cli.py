@@ -6,6 +6,7 @@ options are projected from the settings declarations (fidoflow/pipeline/settings
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
 import os
@@ -356,5 +357,17 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
     return 0
 
 
+def entry() -> None:
+    """The console script: ``main``, its exit handlers (log files flushed, Prefect's services
+    stopped), then the exit without the interpreter's teardown of torch's and Prefect's
+    modules, which took 1.0–1.6 s after every finished run (bench/RESULTS.md). An error that
+    ends ``main`` with an exception exits the usual way."""
+    status = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

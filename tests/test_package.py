@@ -69,7 +69,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
         assert needed in names
     assert not [n for n in names if n.startswith(("fidoflow/tests/", "fidoflow/bench/"))]
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "fidoflow = fidoflow.flows.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "fidoflow = fidoflow.flows.cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 def test_the_installed_package_imports_from_anywhere(tmp_path: Path) -> None:
@@ -79,3 +79,19 @@ def test_the_installed_package_imports_from_anywhere(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, check=True)
     assert int(out.stdout) >= 10
+
+
+def test_the_console_script_prints_everything_and_exits_with_the_commands_status(
+        tmp_path: Path) -> None:
+    """``entry`` leaves without the interpreter's teardown: what it printed to a pipe (block
+    buffered) still arrives whole, with main's exit status."""
+    script = Path(sys.executable).with_name("fidoflow")
+    listed = subprocess.run([script, "methods"], capture_output=True, text=True, check=False,
+                            cwd=tmp_path, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.rstrip().endswith("key=value:key=value")
+    assert listed.stdout.count("defaults:") >= 10
+    refused = subprocess.run([script, "run", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+                             capture_output=True, text=True, check=False, cwd=tmp_path,
+                             timeout=120, env={"PATH": "/usr/bin:/bin", "PREFECT_HOME": str(tmp_path)})
+    assert refused.returncode == 2 and "source folder not found" in refused.stderr
