@@ -154,10 +154,10 @@ def start_fork_server(tasks_module: str | None = None) -> None:
     It imports Dask, torch, Prefect and the tasks' code (``tasks_module``, the flow's) once,
     while the caller goes on with its own imports, instead of each worker importing them afresh
     after the cluster starts (~4 s of CPU a worker on a machine whose every core the start-up
-    uses). It gets the environment
-    Dask gives a worker before it spawns; each worker is given the caller's environment as it
-    is when the cluster starts (a fork server lives as long as its process). Only the CLI's
-    clusters fork: flows started otherwise spawn their workers as Dask does by default.
+    uses). It gets the environment Dask gives a worker before it spawns; each worker is given
+    the caller's environment as it is when the cluster starts (a fork server lives as long as
+    its process). Only the CLI's clusters fork: flows started otherwise spawn their workers as
+    Dask does by default.
     """
     from multiprocessing import forkserver
 
