@@ -116,15 +116,28 @@ def visible_gpus() -> int:
 
 
 def check_scheduler(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with one line, when no Dask scheduler answers at ``address``."""
-    from distributed import Client
+    """Fail in seconds, with one line, when no Dask scheduler answers at ``address``: nothing
+    answers, or a Dask worker or nanny does (its address is not the scheduler's)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.core import rpc
+
+    async def identity() -> dict:
+        async with rpc(address, timeout=timeout) as remote:
+            return await remote.identity()
 
     try:
-        client = Client(address, timeout=timeout, set_as_default=False)
+        with ThreadPoolExecutor(1) as thread:  # a loop of its own, whatever the caller runs
+            found = thread.submit(asyncio.run, identity()).result(timeout=timeout + 5)
     except (OSError, TimeoutError, ValueError) as exc:
         raise ValueError(f"no Dask scheduler answers at {address} ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
-    client.close()
+    kind = found.get("type") if isinstance(found, dict) else None
+    if kind != "Scheduler":
+        raise ValueError(f"a Dask {str(kind or 'server').lower()} answers at {address}, not a "
+                         "scheduler: give the scheduler's address (what `dask scheduler` "
+                         "prints, tcp://host:8786 by default)")
 
 
 # what every task imports on a worker: Dask, the pipeline, and Prefect's task engine (each

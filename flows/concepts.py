@@ -40,10 +40,12 @@ def train_task(job: steps.ConceptJob, index: int) -> dict:
 
 
 @flow(name="learn-concepts-on-cluster")
-def learn_on_cluster(job: steps.ConceptJob) -> dict:
-    """Extraction parts, merge, classes and card of ``job``, each task on the flow's cluster."""
+def learn_on_cluster(job: steps.ConceptJob, lease_token: str | None = None) -> dict:
+    """Extraction parts, merge, classes and card of ``job``, each task on the flow's cluster
+    (whose workers must see the folder's lease, ``lease_token``, before any task runs)."""
     logger = get_run_logger()
-    workers_ready(check_worker_task.submit("fidoflow.pipeline.concepts.job"))
+    workers_ready(check_worker_task.submit("fidoflow.pipeline.concepts.job", job.out,
+                                           lease_token))
     summary = steps.extracted(job)
     if summary is None:
         parts = steps.extraction_parts(job)
@@ -70,15 +72,16 @@ def learn_concepts(archive: str, out: str, settings: ConceptSettings = DEFAULT_S
     names); the folder's lease keeps a second training out of it."""
     guard_children()
     job = settings.to_job(archive, out)
+    out = job.out  # absolute: the workers' working directories are not this process's
     plan = plan_cluster(settings.workers, settings.device, settings.dask_address, out,
                         visible_gpus(), settings.cluster, settings.cluster_options)
     if plan.address:
         check_scheduler(plan.address)
     if plan.task_device:
         job = replace(job, device=plan.task_device)
-    with Lease(RunFolder(out)):
+    with Lease(RunFolder(out)) as lease:
         card = steps.finished_card(job)
         if card is not None:
             get_run_logger().info("%s holds every class's concepts already", out)
             return card
-        return learn_on_cluster.with_options(task_runner=build_runner(plan))(job)
+        return learn_on_cluster.with_options(task_runner=build_runner(plan))(job, lease.token)

@@ -129,16 +129,19 @@ class Progress:
 
 
 @flow(name="explain-run")
-def explain_run(config_json: dict, analysis_json: dict | None = None) -> dict[str, object]:
+def explain_run(config_json: dict, analysis_json: dict | None = None,
+                lease_token: str | None = None) -> dict[str, object]:
     """Explain, re-classify and evaluate every shard of the run described by ``config_json``
     (a RunConfig) that still needs it, in tasks of whole shards (pipeline/plan.py), at most
     ``WINDOW`` × workers of them in flight, so that the flow's memory and the Prefect database
     grow with the window, not the archive; then compact the run's parts and aggregate.
-    ``analysis_json`` (an AnalysisConfig; default: its defaults) sets the analysis stages."""
+    ``analysis_json`` (an AnalysisConfig; default: its defaults) sets the analysis stages;
+    ``lease_token`` (the folder's lease, taken by the caller) is what a worker must find there
+    before any task runs."""
     config = RunConfig.from_json(config_json)
     analysis = AnalysisConfig.from_json(analysis_json) if analysis_json else DEFAULT_ANALYSIS
     analysis_json = analysis.to_json()
-    workers_ready(check_worker_task.submit("fidoflow.pipeline.stages"))
+    workers_ready(check_worker_task.submit("fidoflow.pipeline.stages", config.root, lease_token))
     work = prepare_task.submit(config_json, analysis_json if config.analyse else None).result()
     config, config_json, todo = work.config, work.config.to_json(), work.todo
     busy = min(config.workers, max(len(work.tasks), 1))
@@ -185,16 +188,18 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
     """
     guard_children()
     config = settings.to_config(archive, out)
+    out = config.root  # absolute: the workers' working directories are not this process's
     plan = plan_cluster(config.workers, config.device, settings.dask_address, out, visible_gpus(),
                         settings.cluster, settings.cluster_options)
     if plan.address:
         check_scheduler(plan.address)
     if plan.task_device:
         config = replace(config, device=plan.task_device)
-    with Lease(RunFolder(out)):
+    with Lease(RunFolder(out)) as lease:
         stages.reopen(config)  # a folder of another run is refused before a cluster starts
         runner = build_runner(plan)
-        return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings)
+        return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings,
+                                                            lease.token)
 
 
 def run_flow(archive: str, out: str, settings: RunSettings,

@@ -1,6 +1,9 @@
-"""One Prefect API for a whole run: a local server on a free 127.0.0.1 port, stopped by PID.
+"""One Prefect API for a whole run: a local server on a 127.0.0.1 port, stopped by PID.
 
-Without it every Dask worker process would start its own temporary server (~10 s each).
+Without it every Dask worker process would start its own temporary server (~10 s each). The
+port is bound here and the bound socket handed to the server process (``python -m
+fidoflow.flows.server FD``), so no other process can take it between the choice and the
+server's start (a Dask worker did: the health check then talked to Dask).
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ IDLE_SERVICES = ("cancellation_cleanup", "db_vacuum", "event_persister", "event_
                  "cleanup_reconciler", "triggers")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a port of 127.0.0.1 the OS chose, held until closed, inheritable
+    by a child process that listens on it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
 
 
 def prefect_home() -> Path:
@@ -79,16 +85,15 @@ def api_server() -> Iterator[ApiServer]:
     if os.environ.get("PREFECT_API_URL"):
         yield ApiServer(os.environ["PREFECT_API_URL"])
         return
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
     # the task-run recorder alone of the server's services: the run's tasks are in its
     # database (and the UI), the schedulers and sweepers a private server needs not run
-    env = dict(os.environ, **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false"
-                              for name in IDLE_SERVICES})
-    with open(prefect_home() / "server.log", "ab") as log:
+    env = dict(os.environ, PREFECT_SERVER_UI_ENABLED="false",
+               **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false"
+                  for name in IDLE_SERVICES})
+    with bound_socket() as sock, open(prefect_home() / "server.log", "ab") as log:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
         process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--no-ui"],
+            [sys.executable, "-m", __name__, str(sock.fileno())], pass_fds=(sock.fileno(),),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
     os.environ["PREFECT_API_URL"] = url  # processes started from now on use it
@@ -126,3 +131,19 @@ def flush_prefect_logs() -> None:
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=5)
+
+
+def serve(fd: int) -> None:
+    """The server process: Prefect's API app (its services as the environment enables them)
+    under uvicorn, listening on the inherited socket ``fd``, as ``prefect server start`` runs
+    it in the foreground."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    sock = socket.socket(fileno=fd)
+    config = uvicorn.Config(create_app(final=True), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

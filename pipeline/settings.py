@@ -199,7 +199,7 @@ class RunSettings(ClusterSettings, ClassifierSettings):
             if "concepts" in kind(spec.kind).run_options:
                 check_concepts(spec.config.concepts, model, name)
         return RunConfig(
-            source=archive if "://" in archive else absolute(archive), root=out,
+            source=location(archive), root=location(out),
             methods=methods, mask_size=self.mask_size or RunConfig.mask_size,
             target=self.target, model=model, shard_size=self.shard_size,
             task_size=self.task_size,
@@ -230,6 +230,12 @@ def one_line(exc: ValidationError) -> str:
 def absolute(path: str | None) -> str | None:
     """``path`` resolved (None stays None): a deployment's worker may run elsewhere."""
     return None if path is None else str(Path(path).resolve())
+
+
+def location(where: str) -> str:
+    """A run folder or archive as every process reads it: a URL as given, a local path made
+    absolute here (a Dask worker's working directory is not the command's)."""
+    return where if "://" in where else str(Path(where).resolve())
 
 
 BASE, BLOCK = TrainConfig(), DiversifyConfig()
@@ -286,7 +292,7 @@ class TrainSettings(Settings):
             weight_decay=self.weight_decay, batch_size=self.batch_size,
             crop_scale=self.crop_scale, flip=self.flip, val_fraction=self.val_fraction,
             seed=self.seed)
-        return TrainJob(archive, out, config, device=self.device, format=self.format,
+        return TrainJob(location(archive), location(out), config, device=self.device, format=self.format,
                         images_root=absolute(self.images_root),
                         decode_threads=self.decode_threads)
 
@@ -339,6 +345,6 @@ class ConceptSettings(ClusterSettings, ClassifierSettings):
         self.check_cluster()
         classes = tuple(c.strip() for c in (self.classes or "").split(",") if c.strip())
         model = self.model if self.model in BUILTINS else absolute(self.model)
-        return ConceptJob(archive, out, model, config, absolute(self.model_card),
+        return ConceptJob(location(archive), location(out), model, config, absolute(self.model_card),
                           self.trust_model_code, self.layer, classes, self.device, self.format,
                           self.split, absolute(self.images_root), self.batch_size)

@@ -50,6 +50,13 @@ def holder_gone(record: dict, now: float) -> bool:
     return started is None or abs(started - float(record.get("pid_started", 0))) > 1.0
 
 
+def sees_lease(run: RunFolder, token: str) -> bool:
+    """True when ``run``'s lease file holds ``token``: this process sees the folder its writer
+    sees (a Dask worker on another node may see an empty local folder of the same name)."""
+    held = Lease(run).holder()
+    return held is not None and held.get("token") == token
+
+
 @dataclass
 class Lease:
     """The lease of ``run``; use as a context manager or ``acquire()`` / ``release()``."""

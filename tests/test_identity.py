@@ -1,8 +1,11 @@
 """The same masks and tables as before the structure change (issue 21): a fixed run of every
 method kind through every stage against the fingerprint written before the code moved
 (tests/identity_run.py). Bit for bit where torch runs the same CPU kernels as when it was
-written (the recorded CPU capability); within one float16 step of the maps and 1e-5 of the table
-values on a CPU with other vector units, whose reductions round differently."""
+written (the recorded CPU capability). On a CPU with other vector units, whose reductions round
+differently, each map may differ by one float16 step (a stored value rounds the other way), and
+a table value by 1e-5 of itself; the tables computed from the maps (re-classification, metrics,
+summary), whose ranks and crops a one-step change can move further than that, are compared as
+this code computes them from the reference's own maps."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pytest
 from tests.identity_run import REFERENCE, cpu_capability, fingerprint, identity_run
 
 MOVED_TO_IMAGES = ("width", "height", "sha256")  # manifest columns the images table holds now
+FROM_MAPS = ("reclassify", "metrics", "summary")  # tables the analysis stages compute from maps
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,17 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return json.loads(gzip.decompress(REFERENCE.read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def from_reference_maps(tmp_path_factory: pytest.TempPathFactory, fresh: dict,
+                        reference: dict) -> dict:
+    """The fresh run's fingerprint, its analysis tables recomputed from the reference's maps
+    when the maps differ (the same fingerprint when they do not)."""
+    if fresh["maps"] == reference["maps"]:
+        return fresh
+    return fingerprint(identity_run(tmp_path_factory.mktemp("identity-maps"),
+                                    reference["maps"]))
 
 
 def null(value: object) -> object:
@@ -70,15 +85,19 @@ def test_every_map_is_the_one_stored_before(fresh: dict, reference: dict) -> Non
         old = np.array(values, dtype=np.uint16).view(np.float16)
         if exact:
             assert np.array_equal(new.view(np.uint16), old.view(np.uint16)), name
-        else:
-            np.testing.assert_allclose(new, old, rtol=1e-3, atol=1e-3, err_msg=name)
+        else:  # one float16 step of the value (it rounded the other way), or float32's
+            # rounding at the map's scale (2^-16 of its largest value, values near 0)
+            step = np.maximum(np.spacing(np.abs(old)), np.spacing(np.abs(new))).astype(float)
+            scale = 2.0 ** -16 * float(np.nanmax(np.abs(old.astype(float)), initial=0.0))
+            assert (np.abs(new.astype(float) - old.astype(float)) <= step + scale).all(), name
 
 
 @pytest.mark.parametrize("table", ["manifest", "predictions", "sag", "reclassify", "metrics",
                                    "summary"])
-def test_every_table_row_is_the_one_written_before(fresh: dict, reference: dict,
-                                                   table: str) -> None:
-    old, new = reference["tables"][table], fresh["tables"][table]
+def test_every_table_row_is_the_one_written_before(fresh: dict, from_reference_maps: dict,
+                                                   reference: dict, table: str) -> None:
+    source = from_reference_maps if table in FROM_MAPS else fresh
+    old, new = reference["tables"][table], source["tables"][table]
     if table == "manifest":  # the worker that reads a file records these now (issue 18); the
         # manifest is streamed from Arrow, so pandas reads its empty text as NaN, not None
         old = [{k: null(v) for k, v in row.items() if k not in MOVED_TO_IMAGES} for row in old]

@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from fidoflow.flows.cli import main
-from fidoflow.flows.server import free_port
+from tests.ports import reserved_port
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +62,13 @@ def answers(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
 
 @pytest.fixture
 def s3_endpoint(monkeypatch, tmp_path: Path) -> str:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()",
-                               "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with reserved_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()",
+                                   "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         answers(url, server)
+    try:
         for key, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test",
                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"
                            }.items():

@@ -5,13 +5,14 @@ by their bare names, which would collide with other distributions' ``pipeline``)
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.wheel import build_wheel, module_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("pipeline", "storage", "flows")
@@ -52,12 +53,7 @@ def test_storage_does_not_import_the_domain() -> None:
 
 
 def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
-    source = tmp_path / "source"  # a copy: setuptools leaves build/ beside what it builds
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".*", "build", "runs", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(source)], check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("fidoflow-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"fidoflow"}
@@ -68,6 +64,10 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
                    "fidoflow/pipeline/data/synthetic_cnn.pt", "fidoflow/storage/runfolder.py"):
         assert needed in names
     assert not [n for n in names if n.startswith(("fidoflow/tests/", "fidoflow/bench/"))]
+    assert "fidoflow/setup.py" not in names
+    modules = {n.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+               for n in names if n.endswith(".py")}
+    assert modules == module_names()  # every module of the checkout, nothing else
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "fidoflow = fidoflow.flows.cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fidoflow.flows.server import free_port
 from fidoflow.storage import parts, tables
 from fidoflow.storage.runfolder import RunFolder
+from tests.ports import reserved_port
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_the_readme_recipe_deploys_and_runs_to_completion(photo_folder: Path,
     home.mkdir()
     script = recipe()
     assert 'runs/demo-archive' in script and '--port 4200' in script
-    script = (script.replace("4200", str(free_port()))
+    script = (script
               .replace('"$PWD/.cache/prefect"', f'"{home}"')
               .replace('"$PWD/runs/demo-archive"', f'"{photo_folder}"')
               .replace('"$PWD/runs/adhoc" --watch',
@@ -63,9 +63,11 @@ def test_the_readme_recipe_deploys_and_runs_to_completion(photo_folder: Path,
     env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # the worker picks the run up sooner
     env["COLUMNS"] = "200"  # the artifact table shows its keys whole
     try:
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env,
-                              check=False, capture_output=True, text=True, timeout=300,
-                              start_new_session=True)
+        with reserved_port() as port:  # the server binds it beside the hold; no one else can
+            done = subprocess.run(["bash", "-euo", "pipefail", "-c",
+                                   script.replace("4200", str(port))], cwd=ROOT, env=env,
+                                  check=False, capture_output=True, text=True, timeout=300,
+                                  start_new_session=True)
     finally:
         pids = [int(p.read_text()) for p in (home / "worker.pid", home / "server.pid")
                 if p.exists() and p.read_text().strip()]
