@@ -42,26 +42,15 @@ def find_chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's Chromium; installed with apt-get where missing and allowed (root), else skip."""
+    """Debian's Chromium, which `make browser` installs (.ci/run calls it); missing, the test
+    is skipped on a developer's machine and fails in CI, where it must run."""
     found = find_chromium()
     if found:
         return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and "
-                    "apt-get: `apt-get install -y chromium`)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    done = subprocess.run(install, check=False, capture_output=True, text=True, env=env,
-                          timeout=900)
-    if done.returncode != 0:  # stale package lists: refresh once
-        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True, env=env,
-                       timeout=600)
-        done = subprocess.run(install, check=False, capture_output=True, text=True, env=env,
-                          timeout=900)
-    found = find_chromium()
-    if not found:
-        pytest.skip(f"`apt-get install -y chromium` failed: {done.stderr.strip()[-300:]}")
-    return found
+    message = "chromium is not installed: run `make browser` (apt-get install chromium, as root)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def render_in_browser(chromium: str, page: Path, tmp: Path,
