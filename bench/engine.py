@@ -315,7 +315,7 @@ def photo_share(loaded) -> list[dict]:
 
 def gradient_variance(n_images: int, draws: int, samples: int) -> list[dict]:
     """Spread of d(data term)/d(theta) over independent noise draws at fixed theta, CD vs SCD
-    with each sampler's own temperature (the variance lever, per ALGORITHM.md)."""
+    with each sampler's own temperature (the variance lever, per docs/method.md)."""
     bench = load_benchmark(n_images)
     rows = []
     for theta_value in (0.0, 2.0):

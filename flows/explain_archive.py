@@ -182,7 +182,7 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
                     analysis_settings: dict | None = None) -> dict[str, object]:
     """Explain ``archive`` into the run folder ``out`` (what deployments and the CLI run).
 
-    ``settings`` are the run's options (flows/settings.py; the CLI's ``--options`` by the same
+    ``settings`` are the run's options (pipeline/settings.py; the CLI's ``--options`` by the same
     names), validated before anything starts. The run takes the folder's lease first, so a second
     run on ``out`` fails at once; the explain-run subflow gets the cluster ``plan_cluster`` picks.
     """

@@ -142,7 +142,8 @@ class RunSettings(ClusterSettings, ClassifierSettings):
                                   "shards (default: about 30 s of work, from the methods' cost "
                                   "and the device; at most 2000 tasks a run)")
     batch_size: int | None = Field(None, ge=1, description="images per optimisation step "
-                                                           "(default: 8 on a GPU, 1 on a CPU)")
+                                   "(default: 1 on a CPU; on a GPU as many as fill 60 % of its "
+                                   "free memory, 8 to 1024)")
     device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
     seed: int = Field(0, description="same inputs and seed give the same masks")
     explain_only: bool = Field(False, description="masks and predictions only: skip "

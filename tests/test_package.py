@@ -1,5 +1,5 @@
 """The package as installed and as read: one top-level import name, and the house rules of
-DESIGN.md (pipeline/ and storage/ import neither Prefect nor Dask; nothing imports the folders
+CONTRIBUTING.md (pipeline/ and storage/ import neither Prefect nor Dask; nothing imports the folders
 by their bare names, which would collide with other distributions' ``pipeline``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluating masks (ALGORITHM.md, "Evaluation protocols") for a batch of images: every
+"""Evaluating masks (docs/method.md, "What each metric means") for a batch of images: every
 registered metric (fidoflow/pipeline/metrics/: deletion/insertion, pointing game, share in the
 box, box IoU and FDR, total variation) on the images that have what it needs.
 

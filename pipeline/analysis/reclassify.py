@@ -1,6 +1,6 @@
 """Mask-guided re-classification: classify views of an image built from its saliency map.
 
-The paper's "improve accuracy without fine-tuning" (ALGORITHM.md, "Mask-guided
+The paper's "improve accuracy without fine-tuning" (docs/method.md, "Mask-guided
 re-classification"), with the same model and no training:
 
 - ``crop``: the saliency map resized to the picture, smoothed (sigma 3), thresholded at 0.5

@@ -1,6 +1,6 @@
 """FIDO with simplified (SCD) or classic (CD) concrete dropout, many images per optimisation step.
 
-Implements ../ALGORITHM.md: joint SSR + SDR objective, one forward/backward over 2·N·B blended
+Implements docs/method.md ("FIDO: the objective"): joint SSR + SDR objective, one forward/backward over 2·N·B blended
 images per step, per-image random streams, penalties normalised by the mask area so that their
 weights do not depend on the mask size. Images stream through N slots (continuous batching): one
 that is done, after its iterations or once its masks settle, hands its slot to the next.
@@ -34,7 +34,7 @@ class FidoConfig:
     both are per-cell averages, so the same weights serve a 28² and a 224² mask. The defaults were chosen by the sweep recorded in
     bench/RESULTS.md on the synthetic fine-grained benchmark (never on the demo photos).
 
-    ``lo_cap`` (None = the plain objective of ALGORITHM.md) caps each sample's evidence: an SSR
+    ``lo_cap`` (None = the plain objective of the papers) caps each sample's evidence: an SSR
     blend whose target log-odds exceed +cap, or an SDR blend below -cap, earns nothing more, so
     once a region is *sufficient* (or *destroying*) only the penalties act and shrink it. That
     makes the mask's extent follow sufficiency rather than the balance of ``l1`` against the

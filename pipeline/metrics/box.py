@@ -1,5 +1,5 @@
 """Box metrics: the share of the map's mass inside the ground-truth box, and SCD's box IoU and
-FDR of the thresholded map's box (ALGORITHM.md, "Evaluation protocols").
+FDR of the thresholded map's box (docs/method.md, "What each metric means").
 
 Saliency maps (N, h, w) of any resolution are upsampled bilinearly to the image size before
 they are compared with pixels. Boxes are (N, 4) = x0, y0, x1, y1 in pixel edges of the image:

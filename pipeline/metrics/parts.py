@@ -1,6 +1,6 @@
 """Part locations (CUB-200-2011's 15 parts, or a manifest's ``parts``): how much of a map's mass
 lies near each visible part, which part its peak is nearest to, and a part pointing game
-(ALGORITHM.md, "Parts (CUB-200-2011)").
+(docs/method.md, "What each metric means").
 
 A part's neighbourhood is a disc around its centre whose radius is ``PART_RADIUS`` times the
 geometric mean of the object box's sides (the square root of its area), so that the disc covers
