@@ -157,6 +157,18 @@ def run_train(args: argparse.Namespace, api: ApiServer) -> int:
     return 0
 
 
+def increment_line(entry: dict) -> str:
+    """What this run of the folder found in the archive (its row of ``increments/``)."""
+    number = entry["increment"]
+    if number == 1:
+        return f"increment 1: {entry['images_new']} images listed"
+    line = (f"increment {number}: {entry['images_new']} new images, "
+            f"{entry['images_changed']} changed, {entry['images_removed']} removed, "
+            f"{entry['images_back']} back")
+    return line + ("; the archive lists no image now: every row is flagged removed, none "
+                   "deleted" if entry["images_listed"] == 0 else "")
+
+
 def report_lines(config: RunConfig) -> list[str]:
     """Warnings about refused rows and labels the model cannot score (never fatal)."""
     from fidoflow.pipeline.archive.prepare import manifest_warnings
@@ -335,6 +347,7 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
         return fail(exc)
     if args.command == "demo":
         print_demo_table(config.root)
+    print(increment_line(outcome["increment"]))
     print(f"{outcome['shards_run']} of {outcome['shards']} shards run, "
           f"{outcome['images_run']} images, {outcome['errors']} errors "
           f"({outcome['shard_seconds']:.1f} s of shard work, {outcome['task_seconds']:.1f} s of "

@@ -17,6 +17,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from rich.progress import Progress as RichProgress
 
 from fidoflow.pipeline import stages
@@ -57,11 +58,14 @@ def run_task(config_json: dict, analysis_json: dict, first: int, last: int,
 
 
 @task(name="prepare-run", cache_policy=NO_CACHE, persist_result=False)
-def prepare_task(config_json: dict, analysis_json: dict | None) -> stages.Work:
-    """The run folder prepared and what it still needs (stages.plan_work), on a worker: the
-    manifest's rows never pass through the flow's process."""
+def prepare_task(config_json: dict, analysis_json: dict | None,
+                 flow_run_id: str | None) -> stages.Work:
+    """The run folder prepared, or its next increment listed, and what it still needs
+    (stages.plan_work), on a worker: the manifest's rows never pass through the flow's
+    process."""
     return stages.plan_work(RunConfig.from_json(config_json),
-                            AnalysisConfig.from_json(analysis_json) if analysis_json else None)
+                            AnalysisConfig.from_json(analysis_json) if analysis_json else None,
+                            flow_run_id)
 
 
 @task(name="compact-run", cache_policy=NO_CACHE, persist_result=False)
@@ -142,7 +146,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None,
     analysis = AnalysisConfig.from_json(analysis_json) if analysis_json else DEFAULT_ANALYSIS
     analysis_json = analysis.to_json()
     workers_ready(check_worker_task.submit("fidoflow.pipeline.stages", config.root, lease_token))
-    work = prepare_task.submit(config_json, analysis_json if config.analyse else None).result()
+    work = prepare_task.submit(config_json, analysis_json if config.analyse else None,
+                               str(flow_run.get_id() or "") or None).result()
     config, config_json, todo = work.config, work.config.to_json(), work.todo
     busy = min(config.workers, max(len(work.tasks), 1))
     outcomes: list[dict] = []
@@ -163,6 +168,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None,
                    else {"summary": None, "report": None})
     if config.analyse:
         publish_artifacts(summary)
+    stages.finish_increment(config, sum(o["images"] for o in outcomes),
+                            sum(o["errors"] for o in outcomes))
     seconds = {stage: sum(o["seconds"][stage] for o in outcomes) for stage in tables.SHARD_STAGES}
     return {"shards": work.shards, "shards_run": len(todo["explain"]), "tasks": len(work.tasks),
             "images_run": sum(o["images"] for o in outcomes),
@@ -174,7 +181,8 @@ def explain_run(config_json: dict, analysis_json: dict | None = None,
             "analysis_errors": sum(o["analysis_errors"] for o in outcomes),
             "reclassified": len(todo.get("reclassify", ())),
             "evaluated": len(todo.get("evaluate", ())), "parts": parts_left,
-            "summary": summary["summary"], "report": summary["report"]}
+            "summary": summary["summary"], "report": summary["report"],
+            "increment": work.increment}
 
 
 @flow(name="explain-archive")

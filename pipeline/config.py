@@ -17,7 +17,8 @@ from fidoflow.pipeline.methods import MethodSpec, parse_methods
 @dataclass
 class RunConfig:
     """Everything that decides a run's results (``root``, ``workers``, ``device`` and
-    ``trust_model_code`` only decide where, how fast and what may be loaded).
+    ``trust_model_code`` only decide where, how fast and what may be loaded; ``increment``
+    which run of the folder writes the rows).
 
     ``source`` is a folder or a manifest/COCO file; ``format`` forces a reader (None: detect);
     ``images_root`` is where a file source's image paths are relative to (None: its folder).
@@ -48,6 +49,7 @@ class RunConfig:
     detection_categories: str = "animal"  # and the categories (names or keys, comma list)
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_pixels: int = DEFAULT_BOMB_PIXELS
+    increment: int | None = None  # which run of the folder this is (prepare_run numbers it)
 
     @property
     def archive_root(self) -> Path:
@@ -62,7 +64,8 @@ class RunConfig:
     def results_identity(self) -> dict[str, object]:
         """The part of the config that must match for a rerun to resume into the same folder."""
         record = self.to_json()
-        for key in ("root", "workers", "device", "compile", "analyse", "trust_model_code"):
+        for key in ("root", "workers", "device", "compile", "analyse", "trust_model_code",
+                    "increment"):
             record.pop(key)
         return record
 

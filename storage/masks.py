@@ -27,35 +27,54 @@ class MisalignedRegion(ValueError):
     """A write that would share a Zarr chunk or storage object with another writer."""
 
 
-def _ids(group: zarr.Group, n_images: int, chunk: int,
-         image_ids: Iterable[Sequence[str]]) -> None:
-    """The ``image_id`` coordinate of ``group``, written piece by piece."""
-    ids = group.create_array("image_id", shape=(n_images,), dtype=str,
-                             chunks=(max(min(n_images, chunk), 1),), dimension_names=DIMS[:1])
-    start = 0
-    for piece in image_ids:
+IdPieces = Callable[[int], Iterable[tuple[int, Sequence[str]]]]  # from a row: (first row, ids)
+
+
+def _ids(group: zarr.Group, n_images: int, chunk: int, image_ids: IdPieces) -> None:
+    """The ``image_id`` coordinate of ``group`` at ``n_images`` rows, the rows it lacks written
+    piece by piece (rows of no image keep the empty id)."""
+    if "image_id" in group:
+        ids = group["image_id"]
+        have = ids.shape[0]
+        if have >= n_images:
+            return
+        ids.resize((n_images,))
+    else:
+        ids = group.create_array("image_id", shape=(n_images,), dtype=str,
+                                 chunks=(max(min(n_images, chunk), 1),),
+                                 dimension_names=DIMS[:1])
+        have = 0
+    for start, piece in image_ids(have):
         values = np.asarray(list(piece), dtype=object)
         ids[start:start + len(values)] = values
-        start += len(values)
-    if start != n_images:
-        raise ValueError(f"{n_images} mask rows but {start} image ids")
+
+
+def _rows(array: zarr.Array, n_images: int, what: str) -> None:
+    """Grow ``array`` along ``image`` to ``n_images`` rows (an increment's new shards)."""
+    if array.shape[0] > n_images:
+        raise ValueError(f"{what} has {array.shape[0]} rows; the manifest needs {n_images}")
+    if array.shape[0] < n_images:
+        array.resize((n_images, *array.shape[1:]))
 
 
 def create_store(
     url: str, n_images: int, shard_size: int, task_size: int, mask_size: int,
-    methods: Mapping[str, dict], image_ids: Callable[[], Iterable[Sequence[str]]],
+    methods: Mapping[str, dict], image_ids: IdPieces,
 ) -> zarr.Group:
-    """Create (or reopen, if it matches) the store for ``methods``: instance name -> its
-    record (``kind``, ``config``, ``maps``: the names of the arrays it writes).
-    ``image_ids()`` yields the ids in row order, in pieces, each time it is called."""
+    """Create, reopen or grow (an increment's new shards) the store for ``methods``: instance
+    name -> its record (``kind``, ``config``, ``maps``: the names of the arrays it writes), at
+    ``n_images`` mask rows. ``image_ids(first)`` yields (mask row, ids) pieces of the rows
+    from ``first`` on."""
     root = zarr.open_group(url, mode="a")
-    root.attrs.update({"schema_version": SCHEMA_VERSION, "rows": "manifest.parquet row order",
+    root.attrs.update({"schema_version": SCHEMA_VERSION,
+                       "rows": "shard × shard_size + row within the shard (manifest order)",
                        "shard_size": shard_size, "task_size": task_size})
     ids_chunk = max(task_size, 65536)
-    if "image_id" not in root:
-        _ids(root, n_images, ids_chunk, image_ids())
+    _ids(root, n_images, ids_chunk, image_ids)
     sharded = task_size > shard_size
-    if CROPS not in root:  # where each row's crop lies in its file (NaN: the whole picture)
+    if CROPS in root:
+        _rows(root[CROPS], n_images, f"{url}/{CROPS}")
+    else:  # where each row's crop lies in its file (NaN: the whole picture)
         root.create_array(CROPS, shape=(n_images, 4), dtype="float32", chunks=(shard_size, 4),
                           shards=(task_size, 4) if sharded else None, fill_value=np.nan,
                           dimension_names=("image", "corner"),
@@ -65,14 +84,14 @@ def create_store(
         group = root.require_group(method)
         group.attrs.update({"method": method, "kind": params["kind"], "params": params["config"],
                             "maps": list(params["maps"])})
-        if "image_id" not in group:
-            _ids(group, n_images, ids_chunk, image_ids())
+        _ids(group, n_images, ids_chunk, image_ids)
         for name in params["maps"]:
             if name in group:
                 existing = group[name]
-                if existing.shape != (n_images, mask_size, mask_size):
+                if existing.shape[1:] != (mask_size, mask_size):
                     raise ValueError(f"{url}/{method}/{name} has shape {existing.shape}; "
-                                     f"this run needs {(n_images, mask_size, mask_size)}")
+                                     f"this run needs maps of {mask_size}²")
+                _rows(existing, n_images, f"{url}/{method}/{name}")
                 continue
             group.create_array(
                 name, shape=(n_images, mask_size, mask_size), dtype="float16",
@@ -81,6 +100,17 @@ def create_store(
                 fill_value=np.nan, dimension_names=DIMS, attributes={"coordinates": "image_id"},
             )
     return root
+
+
+def _whole_chunks(array: zarr.Array, start: int, values: np.ndarray) -> np.ndarray:
+    """``values`` for rows from ``start``, padded with NaN to the end of their last chunk (or
+    of the array): a shard shorter than its chunk (an increment's last) owns the rest of it."""
+    chunk, stop = array.chunks[0], start + len(values)
+    end = min(-(-stop // chunk) * chunk, array.shape[0])
+    if stop >= end:
+        return values
+    pad = np.full((end - stop, *values.shape[1:]), np.nan, dtype=values.dtype)
+    return np.concatenate([values, pad])
 
 
 def _check_aligned(array: zarr.Array, start: int, stop: int, what: str) -> None:
@@ -101,15 +131,17 @@ def write_region(url: str, method: str, start: int, maps: Mapping[str, np.ndarra
     group = zarr.open_group(url, mode="r+")[method]
     for name, values in maps.items():
         array = group[name]
+        values = _whole_chunks(array, start, values.astype(np.float16))
         _check_aligned(array, start, start + len(values), f"{method}/{name}")
-        array[start:start + len(values)] = values.astype(np.float16)
+        array[start:start + len(values)] = values
 
 
 def write_crops(url: str, start: int, boxes: np.ndarray) -> None:
     """Rows [start, start + n) of the crop boxes (aligned as the maps are)."""
     array = zarr.open_group(url, mode="r+")[CROPS]
+    boxes = _whole_chunks(array, start, boxes.astype(np.float32))
     _check_aligned(array, start, start + len(boxes), CROPS)
-    array[start:start + len(boxes)] = boxes.astype(np.float32)
+    array[start:start + len(boxes)] = boxes
 
 
 def read_crops(url: str, rows: slice = slice(None)) -> np.ndarray:

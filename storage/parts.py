@@ -87,20 +87,26 @@ def pending(run: RunFolder, stage: str, n_shards: int) -> list[int]:
     return [s for s in range(n_shards) if s not in done]
 
 
-def _with_shard(table: Table, shard: int, data: pa.Table) -> pa.Table:
-    if "shard" in table.schema.names and "shard" not in data.column_names:
-        data = data.append_column("shard", pa.array([shard] * data.num_rows, pa.int32()))
+STAMPS = ("shard", "increment")  # columns a part's writer fills in for every row
+
+
+def _stamped(table: Table, shard: int, increment: int | None, data: pa.Table) -> pa.Table:
+    """``data`` with its shard and the increment that writes it, where ``table`` has them."""
+    for name, value in zip(STAMPS, (shard, increment), strict=True):
+        if name in table.schema.names and name not in data.column_names:
+            data = data.append_column(name, pa.array([value] * data.num_rows, pa.int32()))
     return data
 
 
 def write_part(run: RunFolder, table: Table, shard: int, rows: pa.Table | Sequence[dict],
-               prefix: str = DEFAULT_PREFIX) -> None:
-    """Write ``rows`` (an Arrow table or records, with the shard filled in and cast to the
-    table's schema, so every part agrees) atomically as the shard's own part."""
+               prefix: str = DEFAULT_PREFIX, increment: int | None = None) -> None:
+    """Write ``rows`` (an Arrow table or records, with the shard and the writing
+    ``increment`` filled in and cast to the table's schema, so every part agrees) atomically as
+    the shard's own part."""
     schema = table.schema
-    plain = pa.schema([f for f in schema if f.name != "shard"])
+    plain = pa.schema([f for f in schema if f.name not in STAMPS])
     data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), plain)
-    data = _with_shard(table, shard, data)
+    data = _stamped(table, shard, increment, data)
     run.write_table(data.select(schema.names).cast(schema), table.path, part_name(shard, prefix))
 
 
@@ -146,13 +152,14 @@ def read_errors(run: RunFolder) -> pa.Table:
 
 
 def finish_shard(run: RunFolder, stage: str, shard: int, records: Sequence[dict],
-                 errors: Sequence[dict], table: Table | None = None) -> None:
+                 errors: Sequence[dict], table: Table | None = None,
+                 increment: int | None = None) -> None:
     """Write the shard's error part of ``stage`` when it has errors (no empty parts), then its
     stage part (``table``, default the stage's own), which marks it done: a crash never leaves
-    a shard looking done."""
+    a shard looking done. ``increment``: the run of the folder that writes them."""
     if errors:
-        write_part(run, ERRORS, shard, errors, prefix=ERROR_PREFIX[stage])
-    write_part(run, table or DONE_BY[stage], shard, records)
+        write_part(run, ERRORS, shard, errors, prefix=ERROR_PREFIX[stage], increment=increment)
+    write_part(run, table or DONE_BY[stage], shard, records, increment=increment)
 
 
 def merge(run: RunFolder, table: Table, first: int, last: int,

@@ -15,6 +15,23 @@ from .tables import MANIFEST, PREDICTIONS
 Todo = list[tuple[int, dict]]  # (map row within the shard, manifest row)
 
 
+def mask_rows(shards: np.ndarray, shard_size: int) -> np.ndarray:
+    """The mask row of each manifest row, from the manifest's ``shard`` column (rows in shard
+    order): shard × shard_size + the row's place within its shard."""
+    shards = np.asarray(shards, dtype=np.int64)
+    if not len(shards):
+        return shards
+    first = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])  # each shard's first row
+    place = np.arange(len(shards)) - np.repeat(first, np.diff(np.r_[first, len(shards)]))
+    return shards * shard_size + place
+
+
+def n_mask_rows(shards: np.ndarray, shard_size: int) -> int:
+    """Rows the mask arrays need: up to the last shard's last row."""
+    rows = mask_rows(shards, shard_size)
+    return int(rows[-1]) + 1 if len(rows) else 0
+
+
 def shard_rows(run: RunFolder, shard: int, shard_size: int) -> tuple[int, list[dict]]:
     """The first mask row of ``shard`` and its manifest records."""
     rows = run.read_table(MANIFEST.path, filters=[("shard", "==", shard)]).to_pylist()

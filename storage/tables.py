@@ -64,6 +64,7 @@ def _c(name: str, kind: pa.DataType, doc: str) -> Column:
 
 
 S, I32, F32, F64, B = pa.string(), pa.int32(), pa.float32(), pa.float64(), pa.bool_()
+WRITTEN_IN = _c("increment", I32, "the run of the folder (`increments`) that wrote the row")
 PART = pa.struct([("name", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
 
 MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
@@ -73,7 +74,9 @@ MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
     _c("label_name", S, "the archive's class name"),
     _c("split", S, "`train`, `test`, ... as the archive names it"),
     _c("shard", I32, "the shard the row belongs to (the unit of resume; a task holds whole "
-                     "shards): row index // shard size"),
+                     "shards): the rows an increment adds fill new shards after the folder's, "
+                     "`shard_size` rows each, in listing order"),
+    _c("increment", I32, "the run of the folder (`increments`) that listed the row first"),
     _c("box_x0", F32, "object box, left edge, pixels of the original image"),
     _c("box_y0", F32, "object box, top edge"),
     _c("box_x1", F32, "object box, right edge (x0 + width)"),
@@ -98,8 +101,35 @@ MANIFEST = Table("manifest", "manifest.parquet", "prepare", ("image_id",), (
                            "exists. Accuracy is measured against this column only"),
     _c("manifest_error", S, "why the row was refused before decoding; null otherwise"),
     _c("manifest_message", S, "the details"),
-), "One row per input image, in the order of the mask rows (row i of `masks.zarr` = row i "
-   "here), written in row groups; no file is opened to make it (`images` records the files).",
+), "One row per input image, by shard; the mask row of the k-th row of shard s is "
+   "s × shard_size + k (the last shard of an increment may be short: its chunk's other rows "
+   "hold NaN maps and an empty `image_id`). Written in row groups; no file is opened to make "
+   "it (`images` records the files). A later increment appends rows; none moves or goes.",
+   sharded=False)
+
+INCREMENTS = Table("increments", "increments", "prepare", ("increment",), (
+    _c("increment", I32, "1 for the run that made the folder, then one more per run into it"),
+    _c("started", S, "when it began listing the archive (UTC, ISO 8601)"),
+    _c("ended", S, "when its last stage finished; null while it runs or when it was stopped"),
+    _c("images_listed", I32, "manifest rows the archive's listing gave this time"),
+    _c("images_new", I32, "images it listed for the first time (manifest rows it added)"),
+    _c("images_changed", I32, "images whose file changed since it was read (shards redone)"),
+    _c("images_removed", I32, "images the archive stopped listing in this increment"),
+    _c("images_back", I32, "removed images it listed again"),
+    _c("images_explained", I32, "images its explain stage ran"),
+    _c("images_failed", I32, "of those, images that ended as `errors` rows"),
+    _c("first_shard", I32, "the first shard it added (null when it added none)"),
+    _c("code_version", S, "fidoflow's version (and git commit where known)"),
+    _c("flow_run_id", S, "the Prefect flow run that ran it (null outside Prefect)"),
+), "One file per run of the folder (`increments/increment-XXXXX.parquet`), written when it "
+   "starts and again when it ends.", sharded=False)
+
+REMOVED = Table("removed", "removed.parquet", "prepare", ("image_id",), (
+    _c("image_id", S, "a manifest id whose file the archive no longer lists"),
+    _c("removed_in", I32, "the increment that found it gone"),
+    _c("last_seen", S, "when an increment last listed it (its start, UTC)"),
+), "The folder's images its archive no longer lists; their rows and maps stay. Rewritten by "
+   "each increment (an image listed again leaves it); the summary leaves them out.",
    sharded=False)
 
 IMAGES = Table("images", "images", "explain", ("image_id",), (
@@ -112,6 +142,7 @@ IMAGES = Table("images", "images", "explain", ("image_id",), (
                      "decode"),
     _c("height", I32, "height as displayed; null when it did not decode"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One row per file the explain stage read (refused and missing files have none): what a "
    "rerun compares with the file to redo the shards whose files changed.")
 
@@ -136,6 +167,7 @@ PREDICTIONS = Table("predictions", "predictions", "explain", ("image_id", "metho
     _c("seconds", F32, "the method's compute time per image (the shard's time for the method "
                        "/ its images)"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One row per (image, method) the explain stage explained.")
 
 SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
@@ -150,6 +182,7 @@ SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
     _c("root", B, "true for a root"),
     _c("grid", I32, "patches per side (7 by default)"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "Graph nodes of the methods that explain with a graph (`sag`), written by the explain "
    "stage beside `predictions`.")
 
@@ -170,6 +203,7 @@ CONCEPTS = Table("concepts", "concepts", "explain", ("image_id", "method", "conc
                              "bias); NMF: the logit"),
     _c("logit", F32, "the classifier's own logit of the target"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One row per (image, concept method, concept of the target class), written by the explain "
    "stage beside `predictions` (`fidoflow concepts` trains what the methods read).")
 
@@ -180,6 +214,7 @@ ERRORS = Table("errors", "errors", ("explain", "reclassify", "evaluate"), ("imag
     _c("error_type", S, "exception class (`CorruptImage`, `MissingFile`, ...)"),
     _c("message", S, "what went wrong"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One row per image a stage could not use.")
 
 RECLASSIFY = Table("reclassify", "reclassify", "reclassify", ("image_id", "method", "variant"), (
@@ -205,6 +240,7 @@ RECLASSIFY = Table("reclassify", "reclassify", "reclassify", ("image_id", "metho
     _c("crop_y1", I32, "crop box, bottom edge (exclusive)"),
     _c("seconds", F32, "the shard's re-classification time spread over its rows"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One baseline row per explained image (`none`/`global`) and one row per (method, variant).")
 
 METRICS = Table("metrics", "metrics", "evaluate", ("image_id", "method"), (
@@ -213,6 +249,7 @@ METRICS = Table("metrics", "metrics", "evaluate", ("image_id", "method"), (
     _c("target", I32, "the class the mask explains (`predictions.target`)"),
     _c("seconds", F32, "evaluation time per image"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One row per (image, method); between `target` and `seconds`, one column per value of "
    "each registered metric.")
 
@@ -228,6 +265,7 @@ PARTS = Table("parts", "parts", "evaluate", ("image_id", "method", "part"), (
     _c("share", F32, "share of the map's mass inside the disc (discs may overlap)"),
     _c("nearest", B, "true for the visible part nearest to the map's maximum"),
     _c("shard", I32, "the shard (the unit of resume) the row belongs to"),
+    WRITTEN_IN,
 ), "One row per (image, method, visible part) of the images with part locations (CUB's "
    "`parts/part_locs.txt`, a manifest's `parts`).")
 
@@ -251,7 +289,8 @@ SUMMARY = Table("summary", "summary.parquet", "aggregate",
     _c("n", pa.int64(), "images behind the value (for `errors` and `run`: images in the run)"),
 ), "Every aggregate of the run in one tidy long table.", sharded=False)
 
-TABLES = (MANIFEST, IMAGES, PREDICTIONS, SAG, CONCEPTS, ERRORS, RECLASSIFY, METRICS, PARTS, SUMMARY)
+TABLES = (MANIFEST, INCREMENTS, REMOVED, IMAGES, PREDICTIONS, SAG, CONCEPTS, ERRORS, RECLASSIFY,
+          METRICS, PARTS, SUMMARY)
 BY_NAME = {table.name: table for table in TABLES}
 
 # The table whose part marks a shard done for each stage, and the name prefix of the stage's

@@ -28,6 +28,7 @@ METHODS = ("scd:iterations=4:samples=2,cd:iterations=3:samples=2,"
            "sag:batch=32")
 IMAGES, SHARD, SIZE, MASK = 6, 4, 96, 8
 TIMING = {"seconds", "started"}  # columns that hold wall-clock time
+LATER = ("shard", "increment")  # bookkeeping columns the rows gained after the reference
 
 
 def write_source(folder: Path) -> Path:
@@ -132,11 +133,11 @@ def fingerprint(run: Path) -> dict[str, object]:
             "statistic", "stage"]
     for folder in ("predictions", "reclassify", "metrics", "errors", "sag"):
         files = sorted((run / folder).glob("*.parquet"))
-        if files:  # rows name their shard since the reference was written: not compared
+        if files:  # rows name their shard and increment since the reference was written
             table = pa.concat_tables([pq.read_table(f) for f in files])
-            tables[folder] = _rows(table.drop_columns([c for c in ("shard",)
+            tables[folder] = _rows(table.drop_columns([c for c in LATER
                                                        if c in table.column_names]), keys)
-    manifest = pq.read_table(run / "manifest.parquet")
+    manifest = pq.read_table(run / "manifest.parquet").drop_columns(["increment"])
     tables["manifest"] = _rows(manifest, keys)
     summary = pq.read_table(run / "summary.parquet").to_pandas()
     summary = summary[summary["section"] != "timing"]

@@ -69,7 +69,7 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, P
     masks.create_store(folder.masks_url, 10, 4, 4, 12,
                        {"scd": {**config.methods["scd"].to_json(),
                                 "maps": config.methods["scd"].map_names}},
-                       lambda: [list(truth.image_id)])
+                       lambda first: [(0, list(truth.image_id))])
     patch = pytest.MonkeyPatch()
     model = synthetic_model()
     patch.setattr(stages.worker, "worker_model", lambda *args, **kwargs: model)

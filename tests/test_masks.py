@@ -18,7 +18,7 @@ IDS = [f"img-{i}" for i in range(10)]
 
 def store(tmp_path: Path, shard: int = 2, task: int = 4) -> str:
     url = str(tmp_path / "masks.zarr")
-    masks.create_store(url, 10, shard, task, 4, METHODS, lambda: [IDS[:6], IDS[6:]])
+    masks.create_store(url, 10, shard, task, 4, METHODS, lambda first: [(0, IDS[:6]), (6, IDS[6:])])
     return url
 
 
@@ -44,7 +44,7 @@ def test_writes_that_could_share_a_chunk_or_an_object_are_refused(tmp_path: Path
 
 def test_the_last_short_shard_is_allowed(tmp_path: Path) -> None:
     url = str(tmp_path / "masks.zarr")
-    masks.create_store(url, 10, 4, 8, 4, METHODS, lambda: [IDS])
+    masks.create_store(url, 10, 4, 8, 4, METHODS, lambda first: [(0, IDS)])
     masks.write_region(url, "scd", 8, {"joint": np.ones((2, 4, 4))})
     assert not np.isnan(masks.read_maps(url, "scd")[8:]).any()
 

@@ -45,13 +45,14 @@ def manifest_warnings(report: dict[str, object]) -> list[str]:
 
 def changed_files(root: Path, images: Iterable[dict], missing: Iterable[dict]) -> set[str]:
     """Image ids whose file (below ``root``) differs in size or modification time from its
-    ``images`` record, is gone, or, for a ``missing`` error row, exists now."""
+    ``images`` record, or, for a ``missing`` error row, exists now. A file that is gone is no
+    change: redoing its shard could only replace its explanation by an error (an increment
+    records it removed instead)."""
     changed: set[str] = set()
     for record in images:
         try:
             stat = os.stat(root / record["path"])
         except OSError:
-            changed.add(record["image_id"])
             continue
         if stat.st_size != record["bytes"] or stat.st_mtime_ns != record["mtime_ns"]:
             changed.add(record["image_id"])

@@ -15,6 +15,7 @@ from .layout import metrics_table, sharded_tables
 from .prepare import (
     Work,
     changed_shards,
+    finish_increment,
     manifest_report,
     manifest_rows,
     pending,
@@ -34,6 +35,7 @@ __all__ = [
     "compact_run",
     "evaluate_shard",
     "explain_shard",
+    "finish_increment",
     "images_per_step",
     "manifest_report",
     "manifest_rows",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fidoflow.pipeline.analysis.aggregate import build_summary, timings_of
 from fidoflow.pipeline.analysis.report import render_report
@@ -21,7 +23,9 @@ from fidoflow.pipeline.analysis.report_items import (
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.storage import masks, parts, runrecord, tables
 from fidoflow.storage.runfolder import RunFolder
+from fidoflow.storage.shards import mask_rows
 
+from .increment import removed_ids
 from .layout import metrics_table
 from .worker import model_of
 
@@ -32,12 +36,22 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
     and the number of summary rows (for the caller's artifacts)."""
     run = RunFolder(config.root)
     manifest_table = run.read_table(tables.MANIFEST.path)
-    manifest = manifest_table.to_pandas()
-    predictions = parts.read_parts(run, tables.PREDICTIONS).to_pandas()
-    reclassified = parts.read_parts(run, tables.RECLASSIFY).to_pandas()
-    metrics = parts.read_parts(run, metrics_table()).to_pandas()
-    errors = parts.read_errors(run).to_pandas()
-    located = parts.read_parts(run, tables.PARTS).to_pandas()
+    gone = removed_ids(run)  # their rows stay in the folder; the summary is of the archive now
+    manifest_table = manifest_table.append_column("mask_row", pa.array(
+        mask_rows(manifest_table["shard"].to_numpy(), config.shard_size)))
+    if gone:
+        manifest_table = manifest_table.filter(pc.invert(pc.is_in(
+            manifest_table["image_id"], pa.array(sorted(gone), pa.string()))))
+
+    def present(table: tables.Table) -> pd.DataFrame:
+        frame = (parts.read_errors(run) if table is tables.ERRORS
+                 else parts.read_parts(run, table)).to_pandas()
+        return frame[~frame["image_id"].isin(gone)] if gone else frame
+
+    manifest = manifest_table.drop_columns(["mask_row"]).to_pandas()
+    predictions, reclassified = present(tables.PREDICTIONS), present(tables.RECLASSIFY)
+    metrics, errors, located = present(metrics_table()), present(tables.ERRORS), present(
+        tables.PARTS)
     summary = build_summary(manifest, reclassified, metrics, errors,
                             timings_of(predictions, reclassified, metrics), analysis.bootstrap,
                             located)
@@ -53,9 +67,10 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
 def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
                  manifest: list[dict], reclassified, metrics, summary) -> str:
     """The report's HTML (self-contained): pictures from the archive, maps from the store.
-    ``manifest``: its rows as Arrow gives them (None where a value is missing)."""
+    ``manifest``: its rows as Arrow gives them (None where a value is missing), each with
+    its ``mask_row``."""
     model = model_of(config)
-    rows_by_id = {r["image_id"]: (i, r) for i, r in enumerate(manifest)}
+    rows_by_id = {r["image_id"]: (r.pop("mask_row"), r) for r in manifest}
     names = {method: masks.map_names(run.masks_url, method) for method in config.methods}
 
     def pictures(row: dict, longest: int):

@@ -7,12 +7,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fidoflow.pipeline.archive.prepare import changed_files, summarise_manifest
-from fidoflow.pipeline.archive.stream import EmptyArchive, open_manifest
+from fidoflow.pipeline.archive.stream import ROWS, EmptyArchive, ManifestStream, open_manifest
 from fidoflow.pipeline.config import AnalysisConfig, RunConfig
 from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.loading import LoadedModel
@@ -31,7 +33,9 @@ from fidoflow.pipeline.plan import (
 from fidoflow.pipeline.provenance import code_version
 from fidoflow.storage import masks, parts, runrecord, tables
 from fidoflow.storage.runfolder import SCHEMA_VERSION, RunFolder
+from fidoflow.storage.shards import mask_rows, n_mask_rows
 
+from . import increment
 from .worker import model_of, visible_gpu
 
 ROW_GROUP_ROWS = 8192  # manifest rows per row group, rounded to whole tasks
@@ -56,29 +60,75 @@ def plan_run(config: RunConfig, model: LoadedModel, images: int,
     return replace(config, shard_size=shard,
                    task_size=task_size(images, config.workers, shard, per_image))
 
+def _listing(config: RunConfig, model: LoadedModel) -> ManifestStream:
+    """The archive's rows, streamed (nothing opened or hashed); an archive with none is
+    refused."""
+    stream = open_manifest(config.source, config.format, config.split, config.images_root,
+                           model.class_names, config.label_map,
+                           {"detection_threshold": config.detection_threshold,
+                            "detection_categories": config.detection_categories}, config.crop)
+    if stream.rows == 0:
+        stream.close()
+        where = "" if config.split == "all" else f" in the {config.split} split"
+        raise EmptyArchive(f"{config.source} holds no images{where} (folders are searched "
+                           "recursively for image files); nothing to do")
+    return stream
+
+
 def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
                    analysis: AnalysisConfig | None = None) -> tuple[RunConfig, dict]:
     """Stream the archive's rows into manifest.parquet (row groups of whole shards); returns
     the config with its shard and task sizes resolved, and what run.json records of the
     archive: the label report (``labels``) and the items that made no row (``archive``, e.g.
     empty camera-trap frames). Nothing is written when the archive itself is refused."""
-    stream = open_manifest(config.source, config.format, config.split, config.images_root,
-                           model.class_names, config.label_map,
-                           {"detection_threshold": config.detection_threshold,
-                            "detection_categories": config.detection_categories}, config.crop)
+    stream = _listing(config, model)
     try:
-        if stream.rows == 0:
-            where = "" if config.split == "all" else f" in the {config.split} split"
-            raise EmptyArchive(f"{config.source} holds no images{where} (folders are searched "
-                               "recursively for image files); nothing to do")
         config = plan_run(config, model, stream.rows, analysis)
         group = max(1, ROW_GROUP_ROWS // config.task_size) * config.task_size
         run.makedirs()
-        run.write_batches(stream.batches(config.shard_size, group), tables.MANIFEST.schema,
-                          tables.MANIFEST.path, row_group_size=group)
+        first = pa.array([config.increment], pa.int32())
+        batches = (batch.append_column("increment", pa.repeat(first[0], batch.num_rows))
+                   for batch in stream.batches(config.shard_size, group))
+        run.write_batches(batches, tables.MANIFEST.schema, tables.MANIFEST.path,
+                          row_group_size=group)
         return config, {"labels": stream.mapper.report(), "archive": stream.counts}
     finally:
         stream.close()
+
+
+def extend_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
+                    last_listed: str | None) -> dict[str, int | None]:
+    """An increment's listing: the archive listed again and compared with the manifest
+    (pipeline/stages/increment.py); its new rows appended as new shards (the manifest
+    rewritten whole, atomically, old rows unchanged), its removals recorded. An archive that
+    lists nothing any more removes every row. Returns the counts for the increments table."""
+    known = run.read_table(tables.MANIFEST.path, columns=["image_id", "path", "shard"])
+    try:
+        stream = _listing(config, model)
+    except EmptyArchive:
+        listing = None
+    else:
+        try:
+            listing = pa.Table.from_batches(list(stream.batches(config.shard_size,
+                                                                ROW_GROUP_ROWS)),
+                                            ROWS)
+        finally:
+            stream.close()
+    found = (increment.compare(known, listing) if listing is not None
+             else increment.Comparison(tables.MANIFEST.schema.empty_table(),
+                                       known["image_id"].to_pylist()))
+    first_shard = int(pc.max(known["shard"]).as_py()) + 1 if known.num_rows else 0
+    if found.new.num_rows:
+        added = increment.numbered(found.new, first_shard, config.shard_size, config.increment)
+        with run.fs.open(run.local(tables.MANIFEST.path), "rb") as fh:
+            old = pq.ParquetFile(fh).read()
+        run.write_batches(iter([*old.to_batches(), *added.to_batches()]),
+                          tables.MANIFEST.schema, tables.MANIFEST.path,
+                          row_group_size=ROW_GROUP_ROWS)
+    removed, back = increment.record_removed(run, found.gone, config.increment, last_listed)
+    return {"images_listed": listing.num_rows if listing is not None else 0,
+            "images_new": found.new.num_rows, "images_removed": removed, "images_back": back,
+            "first_shard": first_shard if found.new.num_rows else None}
 
 
 def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
@@ -99,12 +149,14 @@ def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
     return config, record
 
 
-def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None
-                ) -> tuple[RunConfig, int]:
-    """Create or reopen the run folder: manifest.parquet, run.json, masks.zarr. Returns the
-    config with its shard and task sizes resolved (chosen now, or those the folder was made
-    with) and the number of shards; ``analysis`` (when the run analyses) counts in the tasks'
-    cost.
+def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None,
+                flow_run: str | None = None) -> tuple[RunConfig, int]:
+    """Create the run folder (manifest.parquet, run.json, masks.zarr) or take its next
+    increment (the archive listed again, new rows appended, the mask store grown). Returns
+    the config with its sizes resolved (chosen now, or those the folder was made with) and its
+    ``increment`` numbered, and the number of shards; ``analysis`` (when the run analyses)
+    counts in the tasks' cost. The increment is recorded (``increments/``) before anything else
+    is written, with ``flow_run``, the Prefect flow run doing it.
 
     The manifest is streamed before run.json is written: a source or option the readers refuse
     leaves no run behind (a rerun without run.json starts afresh).
@@ -112,28 +164,50 @@ def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None
     run = RunFolder(config.root)
     model = model_of(config)
     config, record = reopen(config)
-    if record is not None:
-        if not run.exists(tables.MANIFEST.path):
-            config, _ = write_manifest(run, config, model, analysis)
-    else:
+    if record is None or not run.exists(tables.MANIFEST.path):
+        config = replace(config, increment=1)
+        started = increment.now()
         config, found = write_manifest(run, config, model, analysis)
-        run.write_json({
-            "schema_version": SCHEMA_VERSION, "config": config.results_identity(),
-            "model": model.describe(), **found, "code_version": code_version(),
-            "seed": config.seed, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }, runrecord.RECORD)
-    rows = run.row_count(tables.MANIFEST.path)
+        if record is None:
+            run.write_json({
+                "schema_version": SCHEMA_VERSION, "config": config.results_identity(),
+                "model": model.describe(), **found, "code_version": code_version(),
+                "seed": config.seed, "created": started,
+            }, runrecord.RECORD)
+        listed = run.row_count(tables.MANIFEST.path)
+        counts = {"images_listed": listed, "images_new": listed, "images_removed": 0,
+                  "images_back": 0, "first_shard": 0}
+    else:
+        history = increment.read_increments(run)  # a killed increment's number is taken again
+        config = replace(config, increment=len(history) + 1)
+        started = increment.now()
+        counts = extend_manifest(run, config, model,
+                                 history[-1]["started"] if history else record.get("created"))
+    increment.write_entry(run, config.increment, {"started": started, "flow_run_id": flow_run,
+                                                  **counts})
+    shards = run.read_table(tables.MANIFEST.path, columns=["shard"])["shard"].to_numpy()
+    rows = n_mask_rows(shards, config.shard_size)
 
-    def image_ids() -> Iterable[list[str]]:
+    def image_ids(first: int) -> Iterable[tuple[int, list[str]]]:
+        """The manifest's ids of mask rows from ``first``, in runs of consecutive rows."""
+        where = mask_rows(shards, config.shard_size)
         with run.fs.open(run.local(tables.MANIFEST.path), "rb") as fh:
+            offset = 0
             for batch in pq.ParquetFile(fh).iter_batches(8192, columns=["image_id"]):
-                yield batch.column(0).to_pylist()
+                ids, at = batch.column(0).to_pylist(), where[offset:offset + batch.num_rows]
+                offset += batch.num_rows
+                breaks = np.flatnonzero(np.diff(at) != 1) + 1
+                for piece, rows_at in zip(np.split(np.arange(len(ids)), breaks),
+                                          np.split(at, breaks), strict=True):
+                    if len(piece) and rows_at[-1] >= first:
+                        keep = rows_at >= first
+                        yield int(rows_at[keep][0]), [ids[i] for i in piece[keep]]
 
     masks.create_store(
         run.masks_url, rows, config.shard_size, config.task_size, config.mask_size,
         {name: {**spec.to_json(), "maps": spec.map_names} for name, spec in config.methods.items()},
         image_ids)
-    return config, -(-rows // config.shard_size)
+    return config, int(shards.max()) + 1 if len(shards) else 0
 
 
 def changed_shards(config: RunConfig) -> set[int]:
@@ -179,13 +253,14 @@ def manifest_report(config: RunConfig) -> dict[str, object]:
 class Work:
     """What a (re)run of a prepared run folder still has to do: the config with its sizes
     resolved, its shards, per stage the shards to (re)do, the tasks (ranges of whole shards)
-    holding any, and the images to explain."""
+    holding any, the images to explain, and the increment's row (``increments/``)."""
 
     config: RunConfig
     shards: int
     todo: dict[str, list[int]]
     tasks: list[range]
     images: int
+    increment: dict
 
     def of_task(self, task: range) -> dict[str, list[int]]:
         """Per stage, the task's shards that stage still needs (``todo``'s lists are sorted)."""
@@ -193,22 +268,35 @@ class Work:
                 for stage, shards in self.todo.items()}
 
 
-def plan_work(config: RunConfig, analysis: AnalysisConfig | None = None) -> Work:
-    """Prepare the run folder (``prepare_run``; ``analysis``: the run analyses with these
-    settings, recorded in run.json) and list what it still needs: the shards not explained yet
-    and those whose files changed since, and for an analysing run the shards each analysis
-    stage has not done (or that are explained again)."""
-    config, n_shards = prepare_run(config, analysis)
+def plan_work(config: RunConfig, analysis: AnalysisConfig | None = None,
+              flow_run: str | None = None) -> Work:
+    """Prepare the run folder (``prepare_run``: a new one, or the folder's next increment;
+    ``analysis``: the run analyses with these settings, recorded in run.json; ``flow_run``: the
+    Prefect flow run) and list what it still needs: the shards not explained yet and those
+    whose files changed since, and for an analysing run the shards each analysis stage has not
+    done (or that are explained again)."""
+    config, n_shards = prepare_run(config, analysis, flow_run)
     if analysis is not None:
         record_analysis(config, analysis.to_json())
-    explain = set(pending(config, "explain", n_shards)) | changed_shards(config)
+    changed = changed_shards(config)
+    explain = set(pending(config, "explain", n_shards)) | changed
     todo = {"explain": explain}
     if analysis is not None:
         todo |= {stage: set(pending(config, stage, n_shards)) | explain
                  for stage in tables.SHARD_STAGES[1:]}
     groups = needing(tasks(n_shards, config.task_size // config.shard_size),
                      set().union(*todo.values()))
-    rows = manifest_rows(config)
-    images = sum(min(config.shard_size, rows - s * config.shard_size) for s in explain)
+    per_shard = np.bincount(RunFolder(config.root).read_table(
+        tables.MANIFEST.path, columns=["shard"])["shard"].to_numpy(), minlength=n_shards)
+    run = RunFolder(config.root)
+    increment.write_entry(run, config.increment, {
+        "images_changed": int(per_shard[sorted(changed)].sum()) if changed else 0})
     return Work(config, n_shards, {stage: sorted(s) for stage, s in todo.items()}, groups,
-                images)
+                int(per_shard[sorted(explain)].sum()) if explain else 0,
+                increment.read_increments(run)[config.increment - 1])
+
+
+def finish_increment(config: RunConfig, explained: int, failed: int) -> None:
+    """The increment's end in its row of ``increments/``."""
+    increment.write_entry(RunFolder(config.root), config.increment, {
+        "ended": increment.now(), "images_explained": explained, "images_failed": failed})

@@ -50,10 +50,11 @@ def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
                 boxes[i] = region
         masks.write_crops(run.masks_url, start, boxes)
     for table, extra in result.rows.items():  # the methods' own tables (sag/, concepts/)
-        parts.write_part(run, tables.BY_NAME[table], shard, extra)
+        parts.write_part(run, tables.BY_NAME[table], shard, extra, increment=config.increment)
     if result.images:
-        parts.write_part(run, tables.IMAGES, shard, result.images)
-    parts.finish_shard(run, "explain", shard, result.predictions, result.errors)
+        parts.write_part(run, tables.IMAGES, shard, result.images, increment=config.increment)
+    parts.finish_shard(run, "explain", shard, result.predictions, result.errors,
+                       increment=config.increment)
     return {"shard": shard, "images": len(rows), "errors": len(result.errors),
             "seconds": time.perf_counter() - began, "started": started}
 
@@ -106,7 +107,7 @@ def reclassify_shard(config: RunConfig, shard: int,
                                    explained.joint)
         seconds = (time.perf_counter() - began) / len(rows)
         records += [{**row, "seconds": seconds} for row in rows]
-    parts.finish_shard(run, "reclassify", shard, records, errors)
+    parts.finish_shard(run, "reclassify", shard, records, errors, increment=config.increment)
     return {"shard": shard, "images": len(todo) - len(errors), "errors": len(errors)}
 
 
@@ -134,8 +135,10 @@ def evaluate_shard(config: RunConfig, shard: int,
                 details.setdefault(table, []).extend(extra)
     for table, extra in details.items():  # the metrics' own tables (parts/) first
         if extra:
-            parts.write_part(run, tables.BY_NAME[table], shard, extra)
-    parts.finish_shard(run, "evaluate", shard, records, errors, metrics_table())
+            parts.write_part(run, tables.BY_NAME[table], shard, extra,
+                             increment=config.increment)
+    parts.finish_shard(run, "evaluate", shard, records, errors, metrics_table(),
+                       increment=config.increment)
     return {"shard": shard, "images": len(todo) - len(errors), "errors": len(errors)}
 
 
