@@ -335,8 +335,8 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
             source = prepare_demo_archive(Path(args.out).parent / "demo-archive")
         else:
             source = args.source
-            if not Path(source).exists():
-                parser.error(f"source folder not found: {source}")
+            if not Path(source).exists():  # an archive gone since the last run, say
+                raise FileNotFoundError(f"source folder not found: {source}")
         config = settings.to_config(source, args.out)
         Lease(RunFolder(config.root)).check()  # a busy folder fails before anything starts
         outcome = execute(config.source, config.root, settings, api)

@@ -29,8 +29,9 @@ def test_every_metric_column_is_a_column_of_the_metrics_table() -> None:
 
     table = declared_tables()["metrics"]
     names = [c.name for c in table.columns]
-    assert names[:3] == ["image_id", "method", "target"] and names[-2:] == ["seconds", "shard"]
-    assert names[3:-2] == [c.name for c in columns()]
+    assert names[:3] == ["image_id", "method", "target"]
+    assert names[-3:] == ["seconds", "shard", "increment"]
+    assert names[3:-3] == [c.name for c in columns()]
 
 
 ROOT = Path(__file__).resolve().parents[1]

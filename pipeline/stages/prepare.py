@@ -5,6 +5,7 @@ to do."""
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -210,9 +211,10 @@ def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None,
     return config, int(shards.max()) + 1 if len(shards) else 0
 
 
-def changed_shards(config: RunConfig) -> set[int]:
+def changed_shards(config: RunConfig) -> dict[int, int]:
     """Shards explained before whose files changed since (size or modification time), or
-    whose missing files exist now: a rerun redoes them."""
+    whose missing files exist now, each with how many of its images did: a rerun redoes
+    them."""
     run = RunFolder(config.root)
     images = parts.read_parts(run, tables.IMAGES).select(["image_id", "path", "bytes",
                                                           "mtime_ns"]).to_pylist()
@@ -220,10 +222,10 @@ def changed_shards(config: RunConfig) -> set[int]:
     missing = [e for e in errors if e["error_type"] == "MissingFile"]
     changed = changed_files(config.archive_root, images, missing)
     if not changed:
-        return set()
+        return {}
     manifest = run.read_table(tables.MANIFEST.path, columns=["image_id", "shard"])
     ids, shards = manifest.column("image_id").to_pylist(), manifest.column("shard").to_pylist()
-    return {s for i, s in zip(ids, shards, strict=True) if i in changed}
+    return Counter(s for i, s in zip(ids, shards, strict=True) if i in changed)
 
 
 def record_analysis(config: RunConfig, analysis: dict) -> None:
@@ -279,7 +281,7 @@ def plan_work(config: RunConfig, analysis: AnalysisConfig | None = None,
     if analysis is not None:
         record_analysis(config, analysis.to_json())
     changed = changed_shards(config)
-    explain = set(pending(config, "explain", n_shards)) | changed
+    explain = set(pending(config, "explain", n_shards)) | set(changed)
     todo = {"explain": explain}
     if analysis is not None:
         todo |= {stage: set(pending(config, stage, n_shards)) | explain
@@ -289,8 +291,7 @@ def plan_work(config: RunConfig, analysis: AnalysisConfig | None = None,
     per_shard = np.bincount(RunFolder(config.root).read_table(
         tables.MANIFEST.path, columns=["shard"])["shard"].to_numpy(), minlength=n_shards)
     run = RunFolder(config.root)
-    increment.write_entry(run, config.increment, {
-        "images_changed": int(per_shard[sorted(changed)].sum()) if changed else 0})
+    increment.write_entry(run, config.increment, {"images_changed": sum(changed.values())})
     return Work(config, n_shards, {stage: sorted(s) for stage, s in todo.items()}, groups,
                 int(per_shard[sorted(explain)].sum()) if explain else 0,
                 increment.read_increments(run)[config.increment - 1])
