@@ -274,10 +274,12 @@ SUMMARY = Table("summary", "summary.parquet", "aggregate",
     _c("section", S, "`run`, `accuracy`, `accuracy_gain`, `metric`, `parts`, `errors` or "
                      "`timing` (below)"),
     _c("group_by", S, "`overall`, or the grouping: `class`, `split` (`accuracy`, "
-                      "`accuracy_gain`, `metric`, `parts`), `stage` or `error_type` (`errors`, "
-                      "`timing`)"),
+                      "`accuracy_gain`, `metric`, `parts`), `increment` (`run`, `accuracy`: "
+                      "the images each run of the folder listed first), `stage` or "
+                      "`error_type` (`errors`, `timing`)"),
     _c("group_value", S, "`all` for `overall`; else the class (`label_name`, else "
-                         "`model_label`), split, stage, or `stage/error_type`"),
+                         "`model_label`), split, increment number, stage, or "
+                         "`stage/error_type`"),
     _c("method", S, "`none` for the baseline, else a method instance; null where not "
                     "applicable"),
     _c("variant", S, "`global`, `crop`, `blend`, `crop+global`; null where not applicable"),

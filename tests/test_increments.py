@@ -172,3 +172,38 @@ def test_an_increment_killed_midway_is_finished_by_the_rerun(photo_folder: Path,
     assert finished.returncode == 0, finished.stderr
     assert "0 new images" in finished.stdout
     assert len(once_each(run, "scd")) == 9
+
+
+def test_the_analysis_covers_the_archive_and_reports_the_last_increment(tmp_path: Path,
+                                                                        capsys) -> None:
+    from fidoflow.pipeline.archive.synthetic import write_archive
+
+    archive = write_archive(tmp_path / "birds", n=6, seed=5, size=96, small_objects=True)
+    (archive / "ground_truth.csv").unlink()
+    run = tmp_path / "run"
+    analysing = [a for a in FAST if a != "--explain-only"]
+    assert main(["run", str(archive), "--out", str(run), *analysing]) == 0
+    more = write_archive(tmp_path / "more", n=4, seed=9, size=96, small_objects=True)
+    for image in sorted(more.glob("*/*.png")):
+        shutil.copy(image, archive / image.parent.name / f"later-{image.name}")
+    assert main(["run", str(archive), "--out", str(run), *analysing]) == 0
+    capsys.readouterr()
+    summary = pq.read_table(run / "summary.parquet").to_pandas()
+    per_run = summary[(summary.section == "run") & (summary.group_by == "increment")]
+    assert per_run[per_run.statistic == "images"].set_index("group_value")["value"].to_dict() \
+        == {"1": 6.0, "2": 4.0}
+    top1 = summary[(summary.section == "accuracy") & (summary.group_by == "increment")
+                   & (summary.statistic == "top1") & (summary.method == "none")]
+    assert set(top1.group_value) == {"1", "2"} and (top1.n == [6, 4]).all()
+    report = (run / "report.html").read_text()
+    assert "Last increment (run 2 of this folder)" in report and "4 images arrived" in report
+
+    gone = sorted(archive.glob("*/later-*.png"))[0]
+    gone.unlink()
+    assert main(["run", str(archive), "--out", str(run), *analysing]) == 0
+    summary = pq.read_table(run / "summary.parquet").to_pandas()
+    images = summary[(summary.section == "run") & (summary.statistic == "images")
+                     & (summary.group_by == "overall")]["value"]
+    assert images.tolist() == [9.0]  # the removed image is left out of the summary
+    assert "1 images the archive no longer lists are left out" in (run / "report.html").read_text()
+    assert len(rows(run, tables.PREDICTIONS)) == 10  # and keeps its rows

@@ -112,7 +112,8 @@ def class_key(frame: pd.DataFrame) -> pd.Series:
 
 
 def accuracy_rows(reclassified: pd.DataFrame, config: BootstrapConfig = BootstrapConfig(),
-                  by: Sequence[str] = ("class", "split")) -> list[dict[str, object]]:
+                  by: Sequence[str] = ("class", "split", "increment")
+                  ) -> list[dict[str, object]]:
     """Top-1/top-5 accuracy of every (method, variant), the baseline included, overall and per
     group, over the images with a label in the model's class space (``correct`` not null)."""
     rows: list[dict[str, object]] = []
@@ -254,10 +255,29 @@ def run_rows(manifest: pd.DataFrame, reclassified: pd.DataFrame) -> list[dict[st
     ]
 
 
+def increment_rows(manifest: pd.DataFrame, errors: pd.DataFrame) -> list[dict[str, object]]:
+    """Per increment of the folder (the run that listed an image first): its images and how
+    many of them any stage could not use."""
+    if "increment" not in manifest or manifest["increment"].isna().all():
+        return []
+    failed = set(errors["image_id"]) if len(errors) else set()
+    rows = []
+    for number, images in manifest.groupby("increment", sort=True):
+        group = str(int(number))
+        rows.append(_row("run", "increment", group, None, None, "images", float(len(images)),
+                         n=len(images)))
+        rows.append(_row("run", "increment", group, None, None, "errors",
+                         float(images["image_id"].isin(failed).sum()), n=len(images)))
+    return rows
+
+
 def with_groups(frame: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` (rows keyed by image_id) with the manifest's ``split`` and a ``class`` key."""
+    """``frame`` (rows keyed by image_id) with the manifest's ``split``, the ``increment`` that
+    listed the image and a ``class`` key."""
     extra = manifest[["image_id"]].copy()
     extra["split"] = manifest.get("split")
+    if "increment" in manifest:
+        extra["increment"] = manifest["increment"].astype("Int64").astype("string")
     out = frame.merge(extra, on="image_id", how="left", suffixes=("", "_manifest"))
     if "label_name" in frame or "model_label" in frame:
         out["class"] = class_key(out)
@@ -276,7 +296,8 @@ def build_summary(manifest: pd.DataFrame, reclassified: pd.DataFrame, metrics: p
         parts = with_groups(parts.merge(manifest[labels], on="image_id", how="left"), manifest)
     else:
         parts = pd.DataFrame()
-    rows = (run_rows(manifest, reclassified) + accuracy_rows(reclassified, config)
+    rows = (run_rows(manifest, reclassified) + increment_rows(manifest, errors)
+            + accuracy_rows(reclassified, config)
             + gain_rows(reclassified, config) + metric_rows(metrics, config)
             + part_rows(parts, config)
             + error_rows(errors, len(manifest)) + timing_rows(timings))

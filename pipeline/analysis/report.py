@@ -189,6 +189,26 @@ def draw_parts(picture: np.ndarray, points: Sequence[tuple[str, float, float]]) 
     return np.asarray(img)
 
 
+def increment_html(summary: pd.DataFrame, removed: int = 0) -> str:
+    """The folder's last increment beside the whole archive: how many images it brought, how
+    many failed, and the full image's top-1 on them and on all (empty for a folder of one run)."""
+    runs = summary[(summary["section"] == "run") & (summary["group_by"] == "increment")]
+    if runs["group_value"].nunique() < 2:
+        return ""
+    last = max(runs["group_value"], key=int)
+    value = runs[runs["group_value"] == last].set_index("statistic")["value"]
+    top1 = summary[(summary["section"] == "accuracy") & (summary["statistic"] == "top1")
+                   & (summary["method"] == "none") & (summary["variant"] == "global")]
+    mine = top1[(top1["group_by"] == "increment") & (top1["group_value"] == last)]
+    everyone = top1[top1["group_by"] == "overall"]
+    accuracy = (f" Top-1 of the full image on them: {_ci(mine.iloc[0])}; on the whole archive: "
+                f"{_ci(everyone.iloc[0])}." if len(mine) and len(everyone) else "")
+    gone = f" {removed} images the archive no longer lists are left out." if removed else ""
+    return (f"<h2>Last increment (run {html.escape(last)} of this folder)</h2><p>"
+            f"{int(value.get('images', 0))} images arrived, {int(value.get('errors', 0))} of them "
+            f"failed.{accuracy}{gone}</p>")
+
+
 def part_table(summary: pd.DataFrame) -> str:
     """Per method a class × part table of the map's mean share near each part (section
     ``parts``), each cell shaded by its share: which parts the model uses for a species."""
@@ -563,7 +583,8 @@ def headline(summary: pd.DataFrame) -> str:
     """Images, labels, the full image's top-1 and the re-classification worth quoting: the one
     with the largest top-1 gain whose paired CI lies above zero. Without such a variant the
     headline says so and names the best top-1 instead, so that no noise is sold as a gain."""
-    run = summary[summary["section"] == "run"].set_index("statistic")["value"]
+    run = summary[(summary["section"] == "run") & (summary["group_by"] == "overall")
+                  ].set_index("statistic")["value"]
     images, labelled = int(run.get("images", 0)), int(run.get("labelled", 0))
     text = f"{images} images, {labelled} with a label in the model's classes."
     overall = summary[summary["group_by"] == "overall"]
@@ -589,8 +610,9 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
                   gallery: Sequence[GalleryItem], flips: Sequence[FlipItem],
                   title: str = "fidoflow run report", meta: dict[str, str] | None = None,
                   flips_note: str = "", frames: Sequence[FrameItem] = (),
-                  concepts: Sequence[ConceptItem] = ()) -> str:
-    """The whole report as one HTML string."""
+                  concepts: Sequence[ConceptItem] = (), removed: int = 0) -> str:
+    """The whole report as one HTML string (``removed``: images of the folder the archive no
+    longer lists, left out)."""
     meta_html = "".join(f"<div><b>{html.escape(k)}</b>: {html.escape(str(v))}</div>"
                         for k, v in (meta or {}).items())
     chart = accuracy_chart(summary)
@@ -599,7 +621,7 @@ def render_report(summary: pd.DataFrame, curves: dict[str, Curves],
     per_split = accuracy_table(summary, "split")
     sections = [
         f"<h1>{html.escape(title)}</h1><div class=meta>{meta_html}</div>",
-        f"<p class=headline>{headline(summary)}</p>",
+        f"<p class=headline>{headline(summary)}</p>", increment_html(summary, removed),
         ("<h2>Methods side by side: mask quality (means, 95 % CI) and cost</h2><p class=meta>"
          "Deletion/insertion: the target's probability as the most salient pixels are removed/"
          "restored; seconds: explain-stage compute time per image.</p>"),

@@ -58,14 +58,14 @@ def aggregate_run(config: RunConfig, analysis: AnalysisConfig = DEFAULT_ANALYSIS
     run.write_table(pa.Table.from_pandas(summary, schema=tables.SUMMARY.schema,
                                          preserve_index=False), tables.SUMMARY.path)
     html = build_report(config, analysis, run, manifest_table.to_pylist(), reclassified,
-                        metrics, summary)
+                        metrics, summary, len(gone))
     run.write_bytes_atomic(html.encode("utf-8"), "report.html")
     return {"summary": run.url(tables.SUMMARY.path), "report": run.url("report.html"),
             "rows": len(summary)}
 
 
 def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
-                 manifest: list[dict], reclassified, metrics, summary) -> str:
+                 manifest: list[dict], reclassified, metrics, summary, removed: int = 0) -> str:
     """The report's HTML (self-contained): pictures from the archive, maps from the store.
     ``manifest``: its rows as Arrow gives them (None where a value is missing), each with
     its ``mask_row``."""
@@ -104,4 +104,5 @@ def build_report(config: RunConfig, analysis: AnalysisConfig, run: RunFolder,
                          title=f"fidoflow report: {Path(run.root).name}",
                          meta=report_meta(config, analysis, run.root, info), flips_note=note,
                          frames=frames, concepts=concept_items(concepts, model.class_names,
-                                                               rows_by_id, pictures, maps_of))
+                                                               rows_by_id, pictures, maps_of),
+                         removed=removed)
