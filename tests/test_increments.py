@@ -198,12 +198,27 @@ def test_the_analysis_covers_the_archive_and_reports_the_last_increment(tmp_path
     report = (run / "report.html").read_text()
     assert "Last increment (run 2 of this folder)" in report and "4 images arrived" in report
 
-    gone = sorted(archive.glob("*/later-*.png"))[0]
+    gone = min(archive.glob("*/later-*.png"))
     gone.unlink()
     assert main(["run", str(archive), "--out", str(run), *analysing]) == 0
     summary = pq.read_table(run / "summary.parquet").to_pandas()
     images = summary[(summary.section == "run") & (summary.statistic == "images")
                      & (summary.group_by == "overall")]["value"]
     assert images.tolist() == [9.0]  # the removed image is left out of the summary
-    assert "1 images the archive no longer lists are left out" in (run / "report.html").read_text()
+    assert "1 image the archive no longer lists left out" in (run / "report.html").read_text()
     assert len(rows(run, tables.PREDICTIONS)) == 10  # and keeps its rows
+
+
+def test_a_new_version_of_a_manifest_file_adds_and_drops_rows(photo_folder: Path, tmp_path: Path,
+                                                              capsys) -> None:
+    """A CSV manifest's new version: its rows follow the folder's rules, ids as the file gives."""
+    listing = photo_folder / "manifest.csv"
+    listing.write_text("image_id,path\nc1,chelsea.png\nc2,coffee.jpg\n")
+    run = tmp_path / "run"
+    assert main(["run", str(listing), "--out", str(run), *FAST]) == 0
+    listing.write_text("image_id,path\nc2,coffee.jpg\nr3,sub/rocket.png\n")
+    assert main(["run", str(listing), "--out", str(run), *FAST]) == 0
+    assert "increment 2: 1 new images, 0 changed, 1 removed, 0 back" in capsys.readouterr().out
+    assert [r["image_id"] for r in manifest(run)] == ["c1", "c2", "r3"]
+    assert pq.read_table(run / "removed.parquet")["image_id"].to_pylist() == ["c1"]
+    once_each(run)

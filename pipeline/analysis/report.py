@@ -203,10 +203,15 @@ def increment_html(summary: pd.DataFrame, removed: int = 0) -> str:
     everyone = top1[top1["group_by"] == "overall"]
     accuracy = (f" Top-1 of the full image on them: {_ci(mine.iloc[0])}; on the whole archive: "
                 f"{_ci(everyone.iloc[0])}." if len(mine) and len(everyone) else "")
-    gone = f" {removed} images the archive no longer lists are left out." if removed else ""
+    gone = (f" {_images(removed)} the archive no longer lists left out (their rows stay)."
+            if removed else "")
     return (f"<h2>Last increment (run {html.escape(last)} of this folder)</h2><p>"
-            f"{int(value.get('images', 0))} images arrived, {int(value.get('errors', 0))} of them "
-            f"failed.{accuracy}{gone}</p>")
+            f"{_images(int(value.get('images', 0)))} arrived, {int(value.get('errors', 0))} of "
+            f"them failed.{accuracy}{gone}</p>")
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def part_table(summary: pd.DataFrame) -> str:
