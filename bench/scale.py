@@ -4,6 +4,8 @@ and the manifest stage at 10^6 and 10^7 rows.
 
     .venv/bin/python bench/scale.py --sections run --images 10000,100000 [--analysis]
     .venv/bin/python bench/scale.py --sections manifest --rows 1000000,10000000
+    .venv/bin/python bench/scale.py --sections increment --images 100000 --added 10000
+    .venv/bin/python bench/scale.py --sections relist --rows 1000000 --added 10000
 
 ``run``: a manifest of N rows naming N distinct paths, hard links to 1,000 small real photos
 (crops of scikit-image's), explained with the cheapest method (``saliency``) by the synthetic
@@ -13,6 +15,10 @@ task work is the tasks' summed wall time on their workers (decode, explain, anal
 merges): 1.0 means scheduling and idle workers cost nothing. The flow process's resident memory
 is sampled every 0.2 s. ``manifest``: prepare_run on a generated manifest (paths that need not
 exist: nothing is opened) in a child process, its time and peak resident memory.
+``increment`` (issue 32): a run of N images, then ``--added`` images more into the same folder
+(the increment, timed like ``run``), then a run with nothing new. ``relist``: the increment's
+listing alone, prepare_run of an N + added row manifest over a folder that holds N rows, in a
+child process of its own (time and peak memory).
 
 Every timing waits for a quiet machine (bench/quiet.py) and prints one JSON line.
 """
@@ -62,16 +68,17 @@ def photos(folder: Path, files: int) -> list[Path]:
     return out
 
 
-def archive(folder: Path, images: int, files: int) -> Path:
-    """A manifest of ``images`` distinct paths (hard links to the photos) with labels."""
+def archive(folder: Path, images: int, files: int, first: int = 0) -> Path:
+    """A manifest of ``images`` distinct paths (hard links to the photos) with labels; with
+    ``first`` > 0 the archive's images from ``first`` on are added to those already there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    originals = photos(folder / "originals", files)
+    originals = (photos(folder / "originals", files) if not first else
+                 [folder / "originals" / f"{i}.jpg" for i in range(files)])
     links = folder / "images"
-    for i in range(images):
-        if i % 1000 == 0:
-            (links / f"{i // 1000:04d}").mkdir(parents=True)
+    for i in range(first, images):
+        (links / f"{i // 1000:04d}").mkdir(parents=True, exist_ok=True)
         os.link(originals[i % files], links / f"{i // 1000:04d}" / f"{i}.jpg")
     table = pa.table({"path": [f"images/{i // 1000:04d}/{i}.jpg" for i in range(images)],
                       "label_name": [f"class-{i % 8}" for i in range(images)]})
@@ -172,11 +179,72 @@ def manifest(rows: int, force: bool) -> dict:
                 **json.loads(done.stdout)}
 
 
+def increment(images: int, added: int, files: int, workers: int, force: bool) -> list[dict]:
+    """A run of ``images``, the increment of ``added`` more, and one with nothing new, into
+    one folder with one Prefect home each."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = archive(Path(tmp) / "archive", images, files)
+        for step, total in (("first", images), ("increment", images + added),
+                            ("nothing new", images + added)):
+            if total > images and step == "increment":
+                archive(Path(tmp) / "archive", total, files, first=images)
+            load = load_average() if force else require_quiet()
+            record = run(source, Path(tmp) / "run", Path(tmp) / f"home-{len(out)}", False,
+                         workers)
+            out.append({"section": "increment", "step": step, "images": total,
+                        "load": round(load, 2), **record})
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+RELIST = """
+import json, sys, time
+from fidoflow.pipeline.settings import RunSettings
+from fidoflow.pipeline.stages import model_of, prepare_run
+
+def peak_mb():
+    with open("/proc/self/status") as fh:
+        return round(next(int(l.split()[1]) for l in fh if l.startswith("VmHWM")) / 1024)
+
+config = RunSettings(model="synthetic-cnn", method="saliency").to_config(sys.argv[1], sys.argv[2])
+model_of(config)
+base = peak_mb()
+began = time.perf_counter()
+config, shards = prepare_run(config)
+print(json.dumps({"seconds": round(time.perf_counter() - began, 1), "shards": shards,
+                  "increment": config.increment, "imports_rss_mb": base,
+                  "peak_rss_mb": peak_mb()}))
+"""
+
+
+def relist(rows: int, added: int, force: bool) -> dict:
+    """The increment's listing of ``rows`` known paths and ``added`` new ones, measured in a
+    process of its own after a first prepare of ``rows``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, run_folder = Path(tmp) / "manifest.parquet", str(Path(tmp) / "run")
+        generated_manifest(source, rows)
+        first = subprocess.run([sys.executable, "-c", RELIST, str(source), run_folder],
+                               capture_output=True, text=True, check=False, cwd=ROOT)
+        if first.returncode:
+            raise SystemExit(first.stderr[-2000:])
+        generated_manifest(source, rows + added)
+        load = load_average() if force else require_quiet()
+        done = subprocess.run([sys.executable, "-c", RELIST, str(source), run_folder],
+                              capture_output=True, text=True, check=False, cwd=ROOT)
+        if done.returncode:
+            raise SystemExit(done.stderr[-2000:])
+        return {"section": "relist", "rows": rows, "added": added, "load": round(load, 2),
+                "first": json.loads(first.stdout), **json.loads(done.stdout)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="run,manifest")
     parser.add_argument("--images", default="10000,100000")
     parser.add_argument("--rows", default="1000000,10000000")
+    parser.add_argument("--added", type=int, default=10000,
+                        help="images an increment adds (sections increment, relist)")
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analysis", action="store_true", help="with the analysis stages")
@@ -200,6 +268,12 @@ def main() -> None:
     if "manifest" in wanted:
         for rows in (int(n) for n in args.rows.split(",")):
             print(json.dumps(manifest(rows, args.force)), flush=True)
+    if "increment" in wanted:
+        for images in (int(n) for n in args.images.split(",")):
+            increment(images, args.added, args.files, args.workers, args.force)
+    if "relist" in wanted:
+        for rows in (int(n) for n in args.rows.split(",")):
+            print(json.dumps(relist(rows, args.added, args.force)), flush=True)
 
 
 if __name__ == "__main__":
