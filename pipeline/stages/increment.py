@@ -12,6 +12,7 @@ say) gets its path as id, or ``id#k``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,10 +26,12 @@ from fidoflow.storage.runfolder import RunFolder
 
 @dataclass(frozen=True)
 class Comparison:
-    """What the listing brings: ``new`` rows (manifest columns, ids made unique, no shard
-    yet) and the ids of the folder's rows it no longer lists (``gone``)."""
+    """What the listing brings: the listing rows that are ``new`` (their indices), the ids they
+    take (``new_ids``: unique in the folder) and the ids of the folder's rows it no longer lists
+    (``gone``)."""
 
-    new: pa.Table
+    new: np.ndarray
+    new_ids: list[str]
     gone: list[str]
 
 
@@ -41,23 +44,39 @@ def _without(rows: pa.Table, column: str, values: pa.ChunkedArray) -> pa.Table:
 
 
 def compare(known: pa.Table, listing: pa.Table) -> Comparison:
-    """The folder's rows ``known`` (``image_id``, ``path``) against a fresh ``listing`` (manifest
-    columns): Arrow joins, no Python loop over the rows."""
-    old = _indexed(known.select(["image_id", "path"]), "old_row")
-    fresh = _indexed(listing.select(["image_id", "path"]), "new_row")
-    exact = fresh.join(old, ["image_id", "path"], join_type="inner")
-    left_new, left_old = _without(fresh, "new_row", exact["new_row"]), _without(
-        old, "old_row", exact["old_row"])
-    by_path = _single_per_path(left_new).join(_single_per_path(left_old), "path",
-                                              join_type="inner", left_suffix="_new",
-                                              right_suffix="_old")
-    new = listing.filter(pc.is_in(_indexed(listing, "new_row")["new_row"],
-                                  _without(left_new, "new_row", by_path["new_row"])["new_row"]
-                                  .combine_chunks()))
-    gone = _without(left_old, "old_row", by_path["old_row"])["image_id"].to_pylist()
-    ids = _unique_ids(new, known["image_id"], listing["image_id"])
-    return Comparison(new.set_column(new.schema.get_field_index("image_id"), "image_id",
-                                     pa.array(ids, pa.string())), gone)
+    """The folder's rows ``known`` against a fresh ``listing``, both ``image_id`` and ``path``
+    columns (ids unique on each side, as the manifest keeps them). The exact matches are one
+    hash lookup of each listing id among the folder's (``index_in``) and a comparison of the
+    paths; only the rows left over, few on a night, go through the join by path."""
+    at = pc.index_in(listing["image_id"], value_set=known["image_id"].combine_chunks())
+    same_path = pc.equal(listing["path"], known["path"].take(pc.fill_null(at, 0)))
+    exact = pc.fill_null(pc.and_kleene(pc.is_valid(at), same_path), False)
+    matched_old = np.zeros(known.num_rows, bool)
+    matched_old[pc.filter(at, exact).to_numpy()] = True
+    fresh = _indexed(listing.select(["image_id", "path"]), "new_row").filter(pc.invert(exact))
+    old = _indexed(known.select(["image_id", "path"]), "old_row").filter(
+        pa.array(~matched_old))
+    by_path = _single_per_path(fresh).join(_single_per_path(old), "path", join_type="inner",
+                                           left_suffix="_new", right_suffix="_old")
+    new = _without(fresh, "new_row", by_path["new_row"]).sort_by("new_row")
+    gone = _without(old, "old_row", by_path["old_row"])["image_id"].to_pylist()
+    return Comparison(new["new_row"].to_numpy(), _unique_ids(new, known["image_id"],
+                                                             listing["image_id"]), gone)
+
+
+def new_rows(comparison: Comparison, batches: Iterable[pa.RecordBatch]) -> pa.Table:
+    """The listing's new rows (a second pass over its ``batches``), with their ids."""
+    taken, offset, want = [], 0, comparison.new
+    for batch in batches:
+        inside = want[(want >= offset) & (want < offset + batch.num_rows)] - offset
+        if len(inside):
+            taken.append(batch.take(pa.array(inside)))
+        offset += batch.num_rows
+    table = pa.Table.from_batches(taken) if taken else None
+    if table is None:
+        return pa.table({"image_id": pa.array([], pa.string())})
+    return table.set_column(table.schema.get_field_index("image_id"), "image_id",
+                            pa.array(comparison.new_ids, pa.string()))
 
 
 def _single_per_path(rows: pa.Table) -> pa.Table:

@@ -8,6 +8,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from itertools import chain
 
 import numpy as np
 import pyarrow as pa
@@ -101,35 +102,39 @@ def extend_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
                     last_listed: str | None) -> dict[str, int | None]:
     """An increment's listing: the archive listed again and compared with the manifest
     (pipeline/stages/increment.py); its new rows appended as new shards (the manifest
-    rewritten whole, atomically, old rows unchanged), its removals recorded. An archive that
-    lists nothing any more removes every row. Returns the counts for the increments table."""
+    rewritten, streamed and atomically, old rows unchanged), its removals recorded. An archive
+    that lists nothing any more removes every row. Returns the counts for the increments
+    table. Only ids and paths are held for the comparison; the new rows' other columns come
+    from a second pass over the listing."""
     known = run.read_table(tables.MANIFEST.path, columns=["image_id", "path", "shard"])
     try:
         stream = _listing(config, model)
     except EmptyArchive:
-        listing = None
-    else:
-        try:
-            listing = pa.Table.from_batches(list(stream.batches(config.shard_size,
-                                                                ROW_GROUP_ROWS)),
-                                            ROWS)
-        finally:
+        stream = None
+    try:
+        keys = (pa.Table.from_batches([b.select(["image_id", "path"]) for b in
+                                       stream.batches(config.shard_size, ROW_GROUP_ROWS)],
+                                      pa.schema([ROWS.field("image_id"), ROWS.field("path")]))
+                if stream is not None else None)
+        found = (increment.compare(known, keys) if keys is not None else
+                 increment.Comparison(np.empty(0, np.int64), [], known["image_id"].to_pylist()))
+        first_shard = int(pc.max(known["shard"]).as_py()) + 1 if known.num_rows else 0
+        if len(found.new):
+            added = increment.numbered(
+                increment.new_rows(found, stream.batches(config.shard_size, ROW_GROUP_ROWS)),
+                first_shard, config.shard_size, config.increment)
+            with run.fs.open(run.local(tables.MANIFEST.path), "rb") as fh:
+                old = pq.ParquetFile(fh)
+                run.write_batches(chain(old.iter_batches(ROW_GROUP_ROWS), added.to_batches()),
+                                  tables.MANIFEST.schema, tables.MANIFEST.path,
+                                  row_group_size=ROW_GROUP_ROWS)
+    finally:
+        if stream is not None:
             stream.close()
-    found = (increment.compare(known, listing) if listing is not None
-             else increment.Comparison(tables.MANIFEST.schema.empty_table(),
-                                       known["image_id"].to_pylist()))
-    first_shard = int(pc.max(known["shard"]).as_py()) + 1 if known.num_rows else 0
-    if found.new.num_rows:
-        added = increment.numbered(found.new, first_shard, config.shard_size, config.increment)
-        with run.fs.open(run.local(tables.MANIFEST.path), "rb") as fh:
-            old = pq.ParquetFile(fh).read()
-        run.write_batches(iter([*old.to_batches(), *added.to_batches()]),
-                          tables.MANIFEST.schema, tables.MANIFEST.path,
-                          row_group_size=ROW_GROUP_ROWS)
     removed, back = increment.record_removed(run, found.gone, config.increment, last_listed)
-    return {"images_listed": listing.num_rows if listing is not None else 0,
-            "images_new": found.new.num_rows, "images_removed": removed, "images_back": back,
-            "first_shard": first_shard if found.new.num_rows else None}
+    return {"images_listed": keys.num_rows if keys is not None else 0,
+            "images_new": len(found.new), "images_removed": removed, "images_back": back,
+            "first_shard": first_shard if len(found.new) else None}
 
 
 def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
