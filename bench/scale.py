@@ -117,7 +117,7 @@ def run(source: Path, out: Path, home: Path, analysis: bool, workers: int) -> di
     match = LINE.search(stdout)
     if cli.returncode or not match:
         raise SystemExit(f"fidoflow run failed: {stdout[-1500:]} {stderr[-1500:]}")
-    startup = float(STARTUP.search(stdout).group(1))
+    startup = float(m.group(1)) if (m := STARTUP.search(stdout)) else 0.0  # no shard: none
     analysis_work = float(m.group(1)) if (m := ANALYSIS.search(stdout)) else 0.0
     task_work = float(match.group(2))
     files = sum(len(f) for _, _, f in os.walk(out))
@@ -125,7 +125,7 @@ def run(source: Path, out: Path, home: Path, analysis: bool, workers: int) -> di
     return {"wall": round(wall, 1), "startup": startup, "tasks": int(match.group(3)),
             "explain_work": float(match.group(1)), "analysis_work": analysis_work,
             "task_work": task_work,
-            "overhead": round((wall - startup) / (task_work / workers), 3),
+            "overhead": round((wall - startup) / (task_work / workers), 3) if task_work else None,
             "flow_peak_rss_mb": round(peak[0] / 2**20), "files": files,
             "masks_objects": sum(len(f) for _, _, f in os.walk(out / "masks.zarr")),
             "prefect_db_mb": round(database.stat().st_size / 2**20, 1)

@@ -277,6 +277,15 @@ def fail(exc: BaseException) -> int:
     return 1
 
 
+def server_lost(line: str) -> None:
+    """The run's private API server is gone for good: one line, and the command ends now (its
+    Dask workers end with it, flows/reaper.py; the finished shards are in the run folder, and
+    its lease is taken over by the next run)."""
+    print(f"fidoflow: error: {line}; the shards finished so far are kept: rerun the same "
+          f"command to resume (details: {log_path()})", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 def print_methods() -> None:
     """Every registered method kind: its description, default settings and the run-wide
     options that reach it."""
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     began, began_clock = time.monotonic(), time.time()
     wants_server = bool(argv) and argv[0] in COMMANDS_WITH_A_SERVER and not (
         {"-h", "--help"} & set(argv))
-    with api_server() if wants_server else nullcontext() as api:
+    with api_server(server_lost) if wants_server else nullcontext() as api:
         try:
             return command(argv, began, began_clock, api)
         except BrokenPipeError:  # `fidoflow methods | head`: the reader left, nothing to say

@@ -152,13 +152,14 @@ def configure_dask() -> None:
     Dask spawns its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's mmap
     threshold at 128 KiB: every activation tensor of every step is then mmapped and page-faulted
     afresh (62 M page faults, 107 s of system time for 8 photos). Our workers run without it.
-    A worker that dies takes its task with it once (``allowed-failures``), then the task fails
-    instead of hopping from worker to worker.
+    A worker that dies fails its task at once (``allowed-failures`` 0) instead of Dask
+    running it again unseen: the flow says so and decides what runs next
+    (pipeline/stages/recovery.py: again, split, probed, the poison image left out).
     """
     import dask
 
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                     "distributed.scheduler.allowed-failures": 1})
+                     "distributed.scheduler.allowed-failures": 0})
 
 
 def start_fork_server(tasks_module: str | None = None) -> None:

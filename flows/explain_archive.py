@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import replace
 
+from distributed.scheduler import KilledWorker
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -16,13 +17,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from rich.progress import Progress as RichProgress
 
 from fidoflow.pipeline import stages
 from fidoflow.pipeline.config import DEFAULT_ANALYSIS, AnalysisConfig, RunConfig
 from fidoflow.pipeline.settings import RunSettings
+from fidoflow.pipeline.stages.recovery import Attempt, Recovery
 from fidoflow.storage import tables
 from fidoflow.storage.lease import Lease
 from fidoflow.storage.runfolder import RunFolder
@@ -41,20 +43,30 @@ DEFAULT_SETTINGS = RunSettings()
 @task(name="explain-shards", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="shards {first}-{last}")
 def run_task(config_json: dict, analysis_json: dict, first: int, last: int,
-             todo: dict[str, list[int]], busy_workers: int) -> dict[str, object]:
-    """One task of whole shards (stages.run_task); its worker's torch threads are the cores
-    shared among the busy workers (a lone task gets every core). One log line says what it
-    did."""
+             todo: dict[str, list[int]], busy_workers: int,
+             left_out: tuple[str, ...] = ()) -> dict[str, object]:
+    """One task of whole shards (stages.run_task; ``left_out``: images that killed their
+    workers, recorded as errors); its worker's torch threads are the cores shared among the
+    busy workers (a lone task gets every core). One log line says what it did."""
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(busy_workers)
     out = stages.run_task(config, AnalysisConfig.from_json(analysis_json),
-                          list(range(first, last + 1)), todo)
+                          list(range(first, last + 1)), todo, left_out)
     seconds = ", ".join(f"{stage} {value:.1f} s" for stage, value in out["seconds"].items()
                         if value)
     get_run_logger().info("shards %d-%d: %d images explained, %d errors, %d analysis errors "
                           "(%s)", first, last, out["images"], out["errors"],
                           out["analysis_errors"], seconds or "nothing to do")
     return out
+
+
+@task(name="probe-image", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name="shard {shard}: image {image_id} alone")
+def probe_task(config_json: dict, shard: int, image_id: str) -> bool:
+    """Whether one image of a shard whose workers died can be explained alone (stages'
+    ``probe_image``; nothing is written)."""
+    stages.set_worker_threads(1)
+    return stages.probe_image(RunConfig.from_json(config_json), shard, image_id)
 
 
 @task(name="prepare-run", cache_policy=NO_CACHE, persist_result=False)
@@ -79,6 +91,16 @@ def aggregate_task(config_json: dict, analysis_json: dict) -> dict[str, object]:
     config = RunConfig.from_json(config_json)
     stages.set_worker_threads(config.workers)
     return stages.aggregate_run(config, AnalysisConfig.from_json(analysis_json))
+
+
+def submit(attempt: Attempt, config_json: dict, analysis_json: dict, work: stages.Work,
+           busy: int) -> PrefectFuture:
+    """The task that carries out ``attempt``: a probe of one image, or the attempt's shards."""
+    if attempt.probe is not None:
+        return probe_task.submit(config_json, attempt.shards.start, attempt.probe)
+    return run_task.submit(config_json, analysis_json, attempt.shards.start,
+                           attempt.shards.stop - 1, work.of_task(attempt.shards), busy,
+                           attempt.left_out)
 
 
 def publish_artifacts(outcome: dict[str, object]) -> None:
@@ -111,7 +133,7 @@ class Progress:
 
     def __init__(self, tasks: int, images: int, bar: RichProgress) -> None:
         self.tasks, self.images, self.bar = tasks, images, bar
-        self.done = self.images_done = self.errors = 0
+        self.done = self.images_done = self.errors = self.lost = 0
         self.began = time.perf_counter()
         self.line = bar.add_task("explaining", total=tasks)
         self.artifact = create_progress_artifact(0.0, key=PROGRESS_ARTIFACT,
@@ -119,8 +141,9 @@ class Progress:
 
     def describe(self) -> str:
         rate = self.images_done / max(time.perf_counter() - self.began, 1e-9)
+        lost = (f", {self.lost} workers lost (their tasks ran again)" if self.lost else "")
         return (f"{self.done} of {self.tasks} tasks, {self.images_done} of {self.images} images "
-                f"explained, {self.errors} errors, {rate:.1f} images/s")
+                f"explained, {self.errors} errors, {rate:.1f} images/s{lost}")
 
     def advance(self, outcome: dict) -> None:
         self.done += 1
@@ -128,6 +151,13 @@ class Progress:
         self.errors += outcome["errors"] + outcome["analysis_errors"]
         self.bar.update(self.line, advance=1,
                         description=f"shards {outcome['first']}-{outcome['last']} done")
+        update_progress_artifact(self.artifact, 100.0 * self.done / max(self.tasks, 1),
+                                 self.describe())
+
+    def worker_lost(self, replaced_by: int) -> None:
+        """A worker died under a task, which ``replaced_by`` tasks take over."""
+        self.lost += 1
+        self.tasks += replaced_by - 1
         update_progress_artifact(self.artifact, 100.0 * self.done / max(self.tasks, 1),
                                  self.describe())
 
@@ -153,15 +183,32 @@ def explain_run(config_json: dict, analysis_json: dict | None = None,
     outcomes: list[dict] = []
     with RichProgress(transient=False) as bar:
         progress = Progress(len(work.tasks), work.images, bar)
-        waiting, running = list(work.tasks), []
+        recovery = Recovery()
+        waiting, running = [Attempt(group) for group in work.tasks], {}
         while waiting or running:
             while waiting and len(running) < WINDOW * config.workers:
-                group = waiting.pop(0)
-                running.append(run_task.submit(config_json, analysis_json, group.start,
-                                               group.stop - 1, work.of_task(group), busy))
-            finished = next(as_completed(running))
-            running.remove(finished)
-            outcomes.append(finished.result())
+                attempt = waiting.pop(0)
+                running[submit(attempt, config_json, analysis_json, work, busy)] = attempt
+            finished = next(as_completed(list(running)))
+            attempt = running.pop(finished)
+            try:
+                outcome = finished.result()
+            except KilledWorker as exc:  # the worker process died under it
+                images = ({s: stages.shard_image_ids(config, s) for s in attempt.shards}
+                          if len(attempt.shards) == 1 else {})
+                then = recovery.after_death(attempt, images)
+                if attempt.probe is None:
+                    progress.worker_lost(sum(a.probe is None for a in then) or 1)
+                get_run_logger().warning(
+                    "%s: the worker running it died (%s); %s", attempt.label,
+                    str(exc).splitlines()[0][:200], "; ".join(a.label for a in then)
+                    or "waiting for the shard's other probes")
+                waiting[:0] = then
+                continue
+            if attempt.probe is not None:
+                waiting[:0] = recovery.after_probe(attempt)
+                continue
+            outcomes.append(outcome)
             progress.advance(outcomes[-1])
         parts_left = compact_task.submit(config_json, work.shards).result()
         summary = (aggregate_task.submit(config_json, analysis_json).result() if config.analyse

@@ -8,11 +8,13 @@ server's start (a Dask worker did: the health check then talked to Dask).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,11 +27,12 @@ IDLE_SERVICES = ("cancellation_cleanup", "db_vacuum", "event_persister", "event_
                  "cleanup_reconciler", "triggers")
 
 
-def bound_socket() -> socket.socket:
-    """A TCP socket bound to a port of 127.0.0.1 the OS chose, held until closed, inheritable
-    by a child process that listens on it."""
+def bound_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``port`` of 127.0.0.1 (0: one the OS chooses), held until closed,
+    inheritable by a child process that listens on it."""
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port of a server just gone
+    sock.bind(("127.0.0.1", port))
     sock.set_inheritable(True)
     return sock
 
@@ -57,12 +60,17 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"prefect server at {url} not healthy after {timeout:.0f} s")
 
 
+RESTARTS = 3  # a private server that dies is started again this many times a run
+
+
 @dataclass
 class ApiServer:
-    """The run's Prefect API: its URL, and the server process when this run started one."""
+    """The run's Prefect API: its URL, and the server process when this run started one
+    (``restarts``: how often it had to be started again)."""
 
     url: str
     process: subprocess.Popen | None = None
+    restarts: int = 0
 
     @property
     def private(self) -> bool:
@@ -76,32 +84,75 @@ class ApiServer:
         return self.url
 
 
-@contextmanager
-def api_server() -> Iterator[ApiServer]:
-    """PREFECT_API_URL when set, else a server started now that boots (~3 s of CPU) while the
-    caller goes on, recording the run's task runs; it is stopped, by PID, when the block
-    ends."""
-    prefect_home()
-    if os.environ.get("PREFECT_API_URL"):
-        yield ApiServer(os.environ["PREFECT_API_URL"])
-        return
+def _start(port: int) -> tuple[subprocess.Popen, int]:
+    """A private server process on ``port`` (0: a free one), listening on a socket bound here;
+    returns it and its port."""
     # the task-run recorder alone of the server's services: the run's tasks are in its
     # database (and the UI), the schedulers and sweepers a private server needs not run
     env = dict(os.environ, PREFECT_SERVER_UI_ENABLED="false",
                **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false"
                   for name in IDLE_SERVICES})
-    with bound_socket() as sock, open(prefect_home() / "server.log", "ab") as log:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    env.pop("PREFECT_API_URL", None)  # set for the run's clients once the first one started
+    with bound_socket(port) as sock, open(prefect_home() / "server.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", __name__, str(sock.fileno())], pass_fds=(sock.fileno(),),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )
-    os.environ["PREFECT_API_URL"] = url  # processes started from now on use it
+        return process, sock.getsockname()[1]
+
+
+def _supervise(api: ApiServer, ended: threading.Event,
+               on_lost: Callable[[str], object] | None) -> None:
+    """Start the private server again, on its port and database, when it dies before the run
+    ends (every client of the run retries its calls meanwhile); after ``RESTARTS``, or when its
+    port is taken, call ``on_lost`` with one line saying what ended."""
+    log = logging.getLogger("fidoflow.server")
+    while not ended.wait(0.5):
+        process = api.process
+        if process is None or process.poll() is None:
+            continue
+        line = (f"the run's Prefect API server (pid {process.pid}) ended with status "
+                f"{process.returncode}")
+        if api.restarts < RESTARTS:
+            try:
+                api.process, _ = _start(int(api.url.rsplit(":", 1)[1].split("/")[0]))
+                api.restarts += 1
+                log.warning("%s; started again as pid %d", line, api.process.pid)
+                continue
+            except OSError as exc:
+                line += f" and could not be started again ({exc})"
+        else:
+            line += f" after {RESTARTS} restarts"
+        log.error("%s", line)
+        if on_lost is not None:
+            on_lost(line)
+        return
+
+
+@contextmanager
+def api_server(on_lost: Callable[[str], object] | None = None) -> Iterator[ApiServer]:
+    """PREFECT_API_URL when set, else a server started now that boots (~3 s of CPU) while the
+    caller goes on, recording the run's task runs; it is started again if it dies mid-run
+    (``on_lost`` is called with one line when that fails), and stopped, by PID, when the block
+    ends."""
+    prefect_home()
+    if os.environ.get("PREFECT_API_URL"):
+        yield ApiServer(os.environ["PREFECT_API_URL"])
+        return
+    process, port = _start(0)
+    api = ApiServer(f"http://127.0.0.1:{port}/api", process)
+    os.environ["PREFECT_API_URL"] = api.url  # processes started from now on use it
+    ended = threading.Event()
+    watcher = threading.Thread(target=_supervise, args=(api, ended, on_lost), daemon=True,
+                               name="fidoflow-api-server")
+    watcher.start()
     try:
-        yield ApiServer(url, process)
+        yield api
     finally:
+        ended.set()
+        watcher.join()
         os.environ.pop("PREFECT_API_URL", None)
-        stop(process)
+        stop(api.process)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +54,11 @@ class ShardResult:
 def load_batch(
     root: Path, rows: Sequence[dict], size: tuple[int, int], result: ShardResult,
     limits: DecodeLimits | None = None, resize: str = "squash",
+    left_out: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[list[int], torch.Tensor | None]:
     """Decode ``rows``; failures become error records. Returns the indices that decoded.
+    ``left_out``: image id -> (error type, message) of rows not to open at all (an image that
+    killed every worker explaining it), recorded as errors of the explain stage.
 
     Rows the manifest refused (``manifest_error``) are reported with stage "manifest" and
     never opened, as are paths that lead out of the archive root (links); every other
@@ -66,6 +69,9 @@ def load_batch(
     ok, tensors = [], []
     root_real = os.path.realpath(root)
     for i, row in enumerate(rows):
+        if left_out and row["image_id"] in left_out:
+            result.errors.append(error_record(row, "decode", *left_out[row["image_id"]]))
+            continue
         refused = row.get("manifest_error")
         if refused:
             result.errors.append(error_record(row, "manifest", str(refused),
@@ -115,10 +121,12 @@ def explain_rows(
     model: LoadedModel, root: Path, rows: Sequence[dict], methods: dict[str, MethodSpec],
     seed: int, batch_size: int = 8, device: str = "cpu", limits: DecodeLimits | None = None,
     compile_model: bool = False, mask_size: int = 28, target: str = "predicted",
+    left_out: Mapping[str, tuple[str, str]] | None = None,
 ) -> ShardResult:
     """Maps of every method instance for ``rows`` (manifest records): the shard's images are
     decoded and classified once, then each method explains them ``batch_size`` at a time (FIDO:
-    in that many optimisation slots) and its maps are resized to ``mask_size``."""
+    in that many optimisation slots) and its maps are resized to ``mask_size``. The rows of
+    ``left_out`` (``load_batch``) get NaN maps and an error row."""
     result = ShardResult()
     n = len(rows)
     for name, spec in methods.items():
@@ -126,7 +134,7 @@ def explain_rows(
                              for m in spec.map_names}
     where = resolve_device(device)
     module = model.on(where, compile_model)
-    ok, images = load_batch(root, rows, model.input_size, result, limits, model.resize)
+    ok, images = load_batch(root, rows, model.input_size, result, limits, model.resize, left_out)
     if images is None:
         return result
     images = images.to(where)

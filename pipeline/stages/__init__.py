@@ -24,7 +24,15 @@ from .prepare import (
     record_analysis,
     reopen,
 )
-from .shard import compact_run, evaluate_shard, explain_shard, reclassify_shard, run_task
+from .shard import (
+    compact_run,
+    evaluate_shard,
+    explain_shard,
+    probe_image,
+    reclassify_shard,
+    run_task,
+    shard_image_ids,
+)
 from .worker import images_per_step, model_of, set_worker_threads, worker_model
 
 __all__ = [
@@ -44,12 +52,14 @@ __all__ = [
     "pending",
     "plan_work",
     "prepare_run",
+    "probe_image",
     "reclassify_shard",
     "record_analysis",
     "reopen",
     "run_in_process",
     "run_task",
     "set_worker_threads",
+    "shard_image_ids",
     "sharded_tables",
     "worker_model",
 ]

@@ -6,7 +6,7 @@ run's parts are compacted."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 
@@ -28,11 +28,16 @@ from .worker import images_per_step, model_of
 COMPACT_ROWS = 100_000  # manifest rows behind one part of a compacted run
 
 
-def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
-                  ) -> dict[str, float]:
+WORKER_DIED = ("WorkerDied", ("every worker process explaining this image died (a crash in "
+                              "decoding it or in the model); it was left out of its shard"))
+
+
+def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None,
+                  left_out: Collection[str] = ()) -> dict[str, float]:
     """Masks and predictions of one shard (``rows``: its manifest rows, when the caller read
     them already); the predictions part, written last, marks it done. ``seconds`` is the
-    shard's whole time on its worker (decode, explain, write)."""
+    shard's whole time on its worker (decode, explain, write). The images ``left_out`` (those
+    that killed their workers) are not opened: each is a ``WorkerDied`` error row."""
     began, started = time.perf_counter(), time.time()
     run = RunFolder(config.root)
     start = shard * config.shard_size
@@ -40,7 +45,8 @@ def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
         _, rows = shard_rows(run, shard, config.shard_size)
     result = explain_rows(model_of(config), config.archive_root, rows, config.methods,
                           config.seed, images_per_step(config), config.device,
-                          config.decode_limits, config.compile, config.mask_size, config.target)
+                          config.decode_limits, config.compile, config.mask_size, config.target,
+                          dict.fromkeys(left_out, WORKER_DIED))
     for method, maps in result.maps.items():
         masks.write_region(run.masks_url, method, start, maps)
     if any(region is not None for _, region in result.crops):
@@ -57,6 +63,23 @@ def explain_shard(config: RunConfig, shard: int, rows: list[dict] | None = None
                        increment=config.increment)
     return {"shard": shard, "images": len(rows), "errors": len(result.errors),
             "seconds": time.perf_counter() - began, "started": started}
+
+
+def probe_image(config: RunConfig, shard: int, image_id: str) -> bool:
+    """Explain one image of ``shard`` alone and write nothing: whether it leaves its worker
+    alive is the answer (a worker that dies never returns)."""
+    _, rows = shard_rows(RunFolder(config.root), shard, config.shard_size)
+    explain_rows(model_of(config), config.archive_root,
+                 [r for r in rows if r["image_id"] == image_id], config.methods, config.seed,
+                 images_per_step(config), config.device, config.decode_limits, config.compile,
+                 config.mask_size, config.target)
+    return True
+
+
+def shard_image_ids(config: RunConfig, shard: int) -> list[str]:
+    """The ids of ``shard``'s images, in manifest order."""
+    return [r["image_id"] for r in shard_rows(RunFolder(config.root), shard,
+                                              config.shard_size)[1]]
 
 
 def _batches(todo: Todo, size: int) -> Iterator[Todo]:
@@ -143,10 +166,11 @@ def evaluate_shard(config: RunConfig, shard: int,
 
 
 def run_task(config: RunConfig, analysis: AnalysisConfig, shards: list[int],
-             todo: dict[str, list[int]]) -> dict[str, object]:
+             todo: dict[str, list[int]], left_out: Collection[str] = ()) -> dict[str, object]:
     """One task: the stages each of its ``shards`` still needs (``todo``: stage -> shards),
     shard by shard (each shard's parts written as it finishes: a task that dies loses only its
-    unfinished shard), then the task's parts merged into one per table."""
+    unfinished shard), then the task's parts merged into one per table; the images
+    ``left_out`` (they killed their workers) become error rows."""
     began, started = time.perf_counter(), time.time()
     wanted = {stage: set(shards_) for stage, shards_ in todo.items()}
     run = RunFolder(config.root)
@@ -159,7 +183,7 @@ def run_task(config: RunConfig, analysis: AnalysisConfig, shards: list[int],
                               "seconds": dict.fromkeys(tables.SHARD_STAGES, 0.0)}
     for shard in shards:
         if shard in wanted.get("explain", ()):
-            done = explain_shard(config, shard, rows_of[shard])
+            done = explain_shard(config, shard, rows_of[shard], left_out)
             out["images"] += done["images"]
             out["errors"] += done["errors"]
             out["seconds"]["explain"] += done["seconds"]
