@@ -154,12 +154,15 @@ def configure_dask() -> None:
     afresh (62 M page faults, 107 s of system time for 8 photos). Our workers run without it.
     A worker that dies fails its task at once (``allowed-failures`` 0) instead of Dask
     running it again unseen: the flow says so and decides what runs next
-    (pipeline/stages/recovery.py: again, split, probed, the poison image left out).
+    (pipeline/stages/recovery.py: again, split, probed, the poison image left out). A worker
+    holds no more tasks than it has threads (``worker-saturation`` 1.0; Dask's 1.1 gives a
+    one-thread worker two), so a worker that dies takes only the task it was running.
     """
     import dask
 
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                     "distributed.scheduler.allowed-failures": 0})
+                     "distributed.scheduler.allowed-failures": 0,
+                     "distributed.scheduler.worker-saturation": 1.0})
 
 
 def start_fork_server(tasks_module: str | None = None) -> None:

@@ -51,6 +51,33 @@ def test_every_module_of_the_installed_wheel_imports(venv: Path, tmp_path: Path)
     assert str(ROOT) not in found["path"] and "" not in found["path"][1:]
 
 
+PACKAGED = """
+import importlib, json, sys, yaml
+from prefect.flows import Flow
+from fidoflow.pipeline.models.loading import load_efficientnet_lite0, load_synthetic_cnn
+spec = yaml.safe_load(open(sys.argv[1]))
+flows = {}
+for deployment in spec["deployments"]:
+    module, name = deployment["entrypoint"].split(":")
+    flows[deployment["name"]] = isinstance(getattr(importlib.import_module(module), name), Flow)
+lite0, synthetic = load_efficientnet_lite0(), load_synthetic_cnn()
+print(json.dumps({"flows": flows, "classes": len(lite0.class_names),
+                  "first": lite0.class_names[0], "synthetic": len(synthetic.class_names)}))
+"""
+
+
+def test_the_installed_wheel_holds_its_data_and_the_deployments_entrypoints(
+        venv: Path, tmp_path: Path) -> None:
+    """The bundled class names and weights load, and every prefect.yaml entrypoint is a flow of
+    the installed package (what a work pool's image with only the wheel runs)."""
+    out = subprocess.run([venv, "-c", PACKAGED, str(ROOT / "prefect.yaml")], cwd=tmp_path,
+                         capture_output=True, text=True, check=True, timeout=300)
+    found = json.loads(out.stdout)
+    assert found["flows"] and all(found["flows"].values()), found["flows"]
+    assert found["classes"] == 1000 and found["first"].startswith("tench")
+    assert found["synthetic"] >= 2
+
+
 def fidoflow(venv: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
     done = subprocess.run([venv.with_name("fidoflow"), *argv], cwd=cwd, capture_output=True,
                           text=True, check=False, timeout=300, env=dict(os.environ))

@@ -5,7 +5,7 @@ A worker can die of something that has nothing to do with the task (the machine'
 a node taken away): the task then runs again as it was. Work that kills its worker a second
 time is split: a task of several shards into one task per shard; a shard into probes, one per
 image, each explaining that image alone and writing nothing. The images whose probe kills its
-worker too are *poison*: the shard then runs without them, each an ``errors`` row
+worker twice are *poison*: the shard then runs without them, each an ``errors`` row
 (``WorkerDied``). So a poison image costs its shard about twice its work, never the run.
 """
 
@@ -46,8 +46,9 @@ class Recovery:
         """What to submit after ``attempt``'s worker died (``images_of``: shard -> its image
         ids, needed when a shard is probed)."""
         if attempt.probe is not None:
-            shard = attempt.shards.start
-            self.poison.setdefault(shard, []).append(attempt.probe)
+            if attempt.deaths == 0:  # it may have died of a neighbour on its worker
+                return [replace(attempt, deaths=1)]
+            self.poison.setdefault(attempt.shards.start, []).append(attempt.probe)
             return self.after_probe(attempt)
         if attempt.deaths == 0:
             return [replace(attempt, deaths=1)]
