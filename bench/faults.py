@@ -76,7 +76,7 @@ def one_run(source: Path, out: Path, home: Path, fault: str | None, shards: int)
         for line in log.splitlines():
             if fault and NOTICED[fault].search(line):
                 stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
-                noticed = round(stamp - injected, 1)
+                noticed = round(stamp + int(line[20:23]) / 1000 - injected, 1)  # ",mmm"
                 break
     import pyarrow.parquet as pq
 

@@ -145,9 +145,10 @@ config = RunSettings(model="synthetic-cnn", method="saliency").to_config(sys.arg
 model_of(config)
 base = peak_mb()
 began = time.perf_counter()
-_, shards = prepare_run(config)
+config, shards = prepare_run(config)
 print(json.dumps({"seconds": round(time.perf_counter() - began, 1), "shards": shards,
-                  "imports_rss_mb": base, "peak_rss_mb": peak_mb()}))
+                  "increment": config.increment, "imports_rss_mb": base,
+                  "peak_rss_mb": peak_mb()}))
 """
 
 
@@ -198,39 +199,19 @@ def increment(images: int, added: int, files: int, workers: int, force: bool) ->
     return out
 
 
-RELIST = """
-import json, sys, time
-from fidoflow.pipeline.settings import RunSettings
-from fidoflow.pipeline.stages import model_of, prepare_run
-
-def peak_mb():
-    with open("/proc/self/status") as fh:
-        return round(next(int(l.split()[1]) for l in fh if l.startswith("VmHWM")) / 1024)
-
-config = RunSettings(model="synthetic-cnn", method="saliency").to_config(sys.argv[1], sys.argv[2])
-model_of(config)
-base = peak_mb()
-began = time.perf_counter()
-config, shards = prepare_run(config)
-print(json.dumps({"seconds": round(time.perf_counter() - began, 1), "shards": shards,
-                  "increment": config.increment, "imports_rss_mb": base,
-                  "peak_rss_mb": peak_mb()}))
-"""
-
-
 def relist(rows: int, added: int, force: bool) -> dict:
     """The increment's listing of ``rows`` known paths and ``added`` new ones, measured in a
     process of its own after a first prepare of ``rows``."""
     with tempfile.TemporaryDirectory() as tmp:
         source, run_folder = Path(tmp) / "manifest.parquet", str(Path(tmp) / "run")
         generated_manifest(source, rows)
-        first = subprocess.run([sys.executable, "-c", RELIST, str(source), run_folder],
+        first = subprocess.run([sys.executable, "-c", PREPARE, str(source), run_folder],
                                capture_output=True, text=True, check=False, cwd=ROOT)
         if first.returncode:
             raise SystemExit(first.stderr[-2000:])
         generated_manifest(source, rows + added)
         load = load_average() if force else require_quiet()
-        done = subprocess.run([sys.executable, "-c", RELIST, str(source), run_folder],
+        done = subprocess.run([sys.executable, "-c", PREPARE, str(source), run_folder],
                               capture_output=True, text=True, check=False, cwd=ROOT)
         if done.returncode:
             raise SystemExit(done.stderr[-2000:])
