@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .server import ApiServer, api_server, flush_prefect_logs, prefect_home
+from .server import ApiServer, api_server, flush_prefect_logs, patient_clients, prefect_home
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -125,6 +125,7 @@ def run_concepts(args: argparse.Namespace, api: ApiServer) -> int:
         return partial(steps.warm_worker, replace(job, device=task_device or job.device))
 
     with ExitStack() as clusters:
+        clusters.enter_context(patient_clients(settings.api_patience))  # workers inherit it
         if steps.finished_card(job) is None:
             settings = prestart(clusters, settings, args.out, "concepts", warm)
         from .concepts import learn_concepts
@@ -236,6 +237,7 @@ def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dic
         return partial(warm_worker, replace(config, device=task_device or config.device).to_json())
 
     with ExitStack() as clusters:
+        clusters.enter_context(patient_clients(settings.api_patience))  # workers inherit it
         settings = prestart(clusters, settings, out, "explain_archive", warm)
         from .explain_archive import run_flow
 
@@ -259,10 +261,17 @@ def quiet_console() -> None:
     the terminal, here and in every worker process; the terminal shows the progress bars and
     the outcome. The run's logs also stay in the Prefect API's database."""
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    # Prefect's own services (the events and log senders that retry while an API is away)
+    # write to a stderr handler of their own: in workers they follow the console's level
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_INTERNAL_HANDLERS", "console")
     handler = logging.FileHandler(log_path())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
+    internal = logging.getLogger("prefect._internal")  # configured already in this process
+    for stream in [h for h in internal.handlers if isinstance(h, logging.StreamHandler)]:
+        internal.removeHandler(stream)
+    internal.addHandler(handler)
 
 
 def fail(exc: BaseException) -> int:
@@ -270,11 +279,32 @@ def fail(exc: BaseException) -> int:
     log = log_path()
     with open(log, "a") as fh:
         traceback.print_exception(exc, file=fh)
+    away = api_away(exc)
+    if away:
+        print(f"fidoflow: error: {away}; the shards finished so far are kept: rerun the same "
+              f"command to resume (details: {log})", file=sys.stderr)
+        return 1
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     known = isinstance(exc, (ValueError, RuntimeError, FileNotFoundError, NotADirectoryError))
     prefix = "" if known else f"{type(exc).__name__}: "
     print(f"fidoflow: error: {prefix}{message} (details: {log})", file=sys.stderr)
     return 1
+
+
+def api_away(exc: BaseException) -> str | None:
+    """What to say when ``exc`` (or what caused it) is the Prefect API not answering after its
+    clients' retries (``--api-patience``); None for any other failure."""
+    import httpx
+
+    seen: set[int] = set()
+    while exc is not None and not isinstance(exc, httpx.TransportError) and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    if not isinstance(exc, httpx.TransportError):
+        return None
+    url = os.environ.get("PREFECT_API_URL", "the Prefect API")
+    return (f"the Prefect API at {url} did not answer within --api-patience "
+            f"({type(exc).__name__}: {str(exc).strip() or 'no reply'})")
 
 
 def server_lost(line: str) -> None:

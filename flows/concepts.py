@@ -19,6 +19,7 @@ from fidoflow.storage.runfolder import RunFolder
 from .checks import check_worker_task, workers_ready
 from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
 from .reaper import guard_children
+from .server import patient_clients
 
 DEFAULT_SETTINGS = ConceptSettings()
 TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -79,7 +80,7 @@ def learn_concepts(archive: str, out: str, settings: ConceptSettings = DEFAULT_S
         check_scheduler(plan.address)
     if plan.task_device:
         job = replace(job, device=plan.task_device)
-    with Lease(RunFolder(out)) as lease:
+    with Lease(RunFolder(out)) as lease, patient_clients(settings.api_patience):
         card = steps.finished_card(job)
         if card is not None:
             get_run_logger().info("%s holds every class's concepts already", out)

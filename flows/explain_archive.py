@@ -32,6 +32,7 @@ from fidoflow.storage.runfolder import RunFolder
 from .checks import check_worker_task, workers_ready
 from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
 from .reaper import guard_children
+from .server import patient_clients
 
 SUMMARY_ARTIFACT = "fidoflow-summary"
 PROGRESS_ARTIFACT = "fidoflow-progress"
@@ -250,7 +251,7 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
         check_scheduler(plan.address)
     if plan.task_device:
         config = replace(config, device=plan.task_device)
-    with Lease(RunFolder(out)) as lease:
+    with Lease(RunFolder(out)) as lease, patient_clients(settings.api_patience):
         stages.reopen(config)  # a folder of another run is refused before a cluster starts
         runner = build_runner(plan)
         return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings,

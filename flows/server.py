@@ -155,6 +155,35 @@ def api_server(on_lost: Callable[[str], object] | None = None) -> Iterator[ApiSe
         stop(api.process)
 
 
+def retries_for(seconds: float) -> int:
+    """The fewest retries whose waits (Prefect's client waits 2, 4, 8, ... s between
+    attempts) add up to ``seconds``."""
+    retries = 1
+    while 2 ** (retries + 1) - 2 < seconds:
+        retries += 1
+    return retries
+
+
+@contextmanager
+def patient_clients(seconds: float) -> Iterator[int]:
+    """Prefect's clients of this block, and of the processes it starts (local Dask workers),
+    retry an API that does not answer for about ``seconds`` (at most twice that) before a
+    call fails; yields the retries."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    retries = retries_for(seconds)
+    before = os.environ.get("PREFECT_CLIENT_MAX_RETRIES")
+    os.environ["PREFECT_CLIENT_MAX_RETRIES"] = str(retries)
+    try:
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: retries}):
+            yield retries
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_CLIENT_MAX_RETRIES", None)
+        else:
+            os.environ["PREFECT_CLIENT_MAX_RETRIES"] = before
+
+
 @contextmanager
 def prefect_api(timeout: float = 90.0, meanwhile: Callable[[], object] | None = None) -> Iterator[str]:
     """Yield the URL of ``api_server()`` once it answers; ``meanwhile`` runs while it boots

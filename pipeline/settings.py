@@ -96,6 +96,10 @@ class ClusterSettings(Settings):
                                         "keyword arguments (queue, cores, memory, image, ...)")
     dask_address: str | None = Field(None, description="an existing Dask scheduler "
                                                        "(tcp://host:port) instead of a local cluster")
+    api_patience: float = Field(300, gt=0, description="seconds the run's Prefect clients "
+                                "retry an API that does not answer (a restarted server, a "
+                                "network blip), with growing waits, before the run ends in one "
+                                "line")
 
     def check_cluster(self) -> None:
         """One line for options that cannot go together or a missing options file."""

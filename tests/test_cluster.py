@@ -116,3 +116,26 @@ def test_gpu_decisions_taken_on_the_cpu() -> None:
     assert objective.scene.autocast is False  # a CPU tensor never autocasts, whatever the config
     plan = plan_cluster(4, "auto", None, "/r", 4)
     assert plan.workers == 4 and plan.gpus == (0, 1, 2, 3) and plan.task_device == "cuda"
+
+
+@pytest.mark.parametrize(("seconds", "retries"), [(1, 1), (2, 1), (3, 2), (60, 5), (300, 8)])
+def test_api_patience_becomes_the_fewest_client_retries_that_wait_that_long(
+        seconds: float, retries: int) -> None:
+    """Prefect's client waits 2, 4, 8, ... s: 5 retries wait 62 s, 8 wait 510 s."""
+    from fidoflow.flows.server import retries_for
+
+    assert retries_for(seconds) == retries
+
+
+def test_patient_clients_reach_this_process_and_the_processes_it_starts() -> None:
+    import os
+
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    from fidoflow.flows.server import patient_clients
+
+    before = PREFECT_CLIENT_MAX_RETRIES.value()
+    with patient_clients(30) as retries:
+        assert retries == 4 == PREFECT_CLIENT_MAX_RETRIES.value()
+        assert os.environ["PREFECT_CLIENT_MAX_RETRIES"] == "4"
+    assert PREFECT_CLIENT_MAX_RETRIES.value() == before

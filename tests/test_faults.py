@@ -1,14 +1,17 @@
 """Faults at archive scale (issue 33): the run's own Prefect API server killed mid-run is
-started again and the run goes on (or it ends in one line within 30 s), and runs started side by
-side on one machine, each with its own server and cluster, all complete."""
+started again and the run goes on (or it ends in one line within 30 s); an external server
+restarted mid-run costs nothing, one gone for good one line after ``--api-patience``; runs
+started side by side on one machine, each with its own server and cluster, all complete."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -16,6 +19,8 @@ import pytest
 
 from fidoflow.storage import parts, tables
 from fidoflow.storage.runfolder import RunFolder
+from tests.ports import reserved_port
+from tests.prefect_server import start_prefect_server, stop_prefect_server
 from tests.test_increments import once_each, photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_server]
@@ -31,9 +36,9 @@ def own_env(home: Path) -> dict:
     return env
 
 
-def cli(photos: Path, run: Path, env: dict) -> subprocess.Popen:
+def cli(photos: Path, run: Path, env: dict, *more: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fidoflow.flows.cli", "run", str(photos),
-                             "--out", str(run), *SLOW], env=env, stdout=subprocess.PIPE,
+                             "--out", str(run), *SLOW, *more], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -54,10 +59,7 @@ def test_the_private_server_killed_mid_run_costs_at_most_one_line(photo_folder: 
     run, env = tmp_path / "run", own_env(tmp_path / "prefect")
     started = cli(photo_folder, run, env)
     try:
-        deadline = time.monotonic() + 180
-        while not parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS):
-            assert time.monotonic() < deadline and started.poll() is None, started.stderr
-            time.sleep(0.2)
+        first_shard_done(run, started)
         api_server_of(started).kill()
         killed = time.monotonic()
         out, err = started.communicate(timeout=300)
@@ -79,6 +81,89 @@ def test_the_private_server_killed_mid_run_costs_at_most_one_line(photo_folder: 
     assert len(once_each(run, "scd")) == 8
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if str(run) in " ".join(p.info["cmdline"] or [])]
+
+
+def external_env(home: Path, port: int) -> dict:
+    """The environment of a CLI whose runs report to the server on ``port``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return env | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+
+
+def first_shard_done(run: Path, started: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 180
+    while not parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS):
+        assert time.monotonic() < deadline and started.poll() is None, started.stderr
+        time.sleep(0.2)
+
+
+def flow_run_states(port: int) -> list[str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter",
+                                     data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return sorted(r["state_type"] for r in json.loads(response.read()))
+
+
+def test_an_external_server_restarted_mid_run_costs_nothing(photo_folder: Path,
+                                                            tmp_path: Path) -> None:
+    """``prefect server start`` stopped once a shard is done and started again 15 s later, on
+    its database: the run goes on, says nothing, and its flow runs end Completed there."""
+    for k in range(5):
+        photo(photo_folder / "more" / f"{k}.png", k)
+    run = tmp_path / "run"
+    with reserved_port() as port:
+        env = external_env(tmp_path / "prefect", port)
+        server = start_prefect_server(port, env)
+        started = cli(photo_folder, run, env)
+        try:
+            first_shard_done(run, started)
+            stop_prefect_server(server)
+            time.sleep(15)
+            server = start_prefect_server(port, env)
+            out, err = started.communicate(timeout=300)
+            assert started.returncode == 0, err
+            assert not err.strip(), err
+            assert "8 images, 0 errors" in out, out
+            assert flow_run_states(port) == ["COMPLETED", "COMPLETED"]  # the flow, its subflow
+        finally:
+            if started.poll() is None:
+                os.killpg(started.pid, signal.SIGKILL)
+            stop_prefect_server(server)
+    assert len(once_each(run, "scd")) == 8
+
+
+def test_an_external_server_gone_for_good_ends_the_run_in_one_line(photo_folder: Path,
+                                                                   tmp_path: Path) -> None:
+    """With ``--api-patience 4`` the run ends within a minute of the server's end, in one line
+    that names the API and says a rerun resumes; the rerun does."""
+    for k in range(5):
+        photo(photo_folder / "more" / f"{k}.png", k)
+    run = tmp_path / "run"
+    with reserved_port() as port:
+        env = external_env(tmp_path / "prefect", port)
+        server = start_prefect_server(port, env)
+        started = cli(photo_folder, run, env, "--api-patience", "4")
+        try:
+            first_shard_done(run, started)
+            stop_prefect_server(server)
+            stopped = time.monotonic()
+            _, err = started.communicate(timeout=300)
+            took = time.monotonic() - stopped
+        finally:
+            if started.poll() is None:
+                os.killpg(started.pid, signal.SIGKILL)
+        lines = err.strip().splitlines()
+        assert started.returncode == 1 and len(lines) == 1, err
+        assert f"127.0.0.1:{port}" in lines[0] and "rerun" in lines[0], lines
+        assert took < 60, took
+        server = start_prefect_server(port, env)
+        try:
+            rerun = subprocess.run(started.args, env=env, capture_output=True, text=True,
+                                   timeout=300, check=False)
+        finally:
+            stop_prefect_server(server)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(once_each(run, "scd")) == 8
 
 
 def test_runs_started_side_by_side_all_complete(photo_folder: Path, tmp_path: Path) -> None:

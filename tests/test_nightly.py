@@ -18,6 +18,7 @@ import duckdb
 import pytest
 
 from tests.ports import reserved_port
+from tests.prefect_server import start_prefect_server
 from tests.test_increments import photo
 from tests.test_recipe import ROOT, stop_by_pid
 
@@ -53,19 +54,7 @@ def test_nights_explain_what_arrived_and_never_overlap(photo_folder: Path, tmp_p
     try:
         with reserved_port() as port:
             url = env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-            server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start",
-                                       "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-                                      env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
-            started.append(server.pid)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline and server.poll() is None
-                    time.sleep(0.5)
+            started.append(start_prefect_server(port, env).pid)
         prefect("work-pool", "create", "fidoflow-process", "--type", "process", "--overwrite",
                 env=env)
         prefect("--no-prompt", "deploy", "--all", env=env)
