@@ -140,6 +140,22 @@ def check_scheduler(address: str, timeout: float = 5.0) -> None:
                          "prints, tcp://host:8786 by default)")
 
 
+@contextmanager
+def scheduler_loss_said(address: str | None) -> Iterator[None]:
+    """A scheduler that goes away mid-run (Dask then cancels every future of the run, reason
+    ``scheduler-connection-lost``) ends the run in one line that says so, and how to resume."""
+    from distributed.client import FutureCancelledError
+
+    try:
+        yield
+    except FutureCancelledError as exc:
+        if exc.reason != "scheduler-connection-lost":
+            raise
+        raise RuntimeError(f"the Dask scheduler {address or 'of the run'} went away mid-run; "
+                           "the shards finished so far are kept: rerun against a running "
+                           "scheduler to resume") from exc
+
+
 # what every task imports on a worker: Dask, the pipeline, and Prefect's task engine (each
 # worker's first task otherwise spent ~1.7 s importing it, the flow waiting)
 WORKER_PRELOAD = ("distributed", "fidoflow.pipeline.stages", "prefect.task_engine")

@@ -17,7 +17,13 @@ from fidoflow.storage.lease import Lease
 from fidoflow.storage.runfolder import RunFolder
 
 from .checks import check_worker_task, workers_ready
-from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
+from .cluster import (
+    build_runner,
+    check_scheduler,
+    plan_cluster,
+    scheduler_loss_said,
+    visible_gpus,
+)
 from .reaper import guard_children
 from .server import patient_clients
 
@@ -85,4 +91,6 @@ def learn_concepts(archive: str, out: str, settings: ConceptSettings = DEFAULT_S
         if card is not None:
             get_run_logger().info("%s holds every class's concepts already", out)
             return card
-        return learn_on_cluster.with_options(task_runner=build_runner(plan))(job, lease.token)
+        with scheduler_loss_said(plan.address):
+            return learn_on_cluster.with_options(task_runner=build_runner(plan))(job,
+                                                                                 lease.token)

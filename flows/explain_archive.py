@@ -30,7 +30,13 @@ from fidoflow.storage.lease import Lease
 from fidoflow.storage.runfolder import RunFolder
 
 from .checks import check_worker_task, workers_ready
-from .cluster import build_runner, check_scheduler, plan_cluster, visible_gpus
+from .cluster import (
+    build_runner,
+    check_scheduler,
+    plan_cluster,
+    scheduler_loss_said,
+    visible_gpus,
+)
 from .reaper import guard_children
 from .server import patient_clients
 
@@ -254,8 +260,9 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
     with Lease(RunFolder(out)) as lease, patient_clients(settings.api_patience):
         stages.reopen(config)  # a folder of another run is refused before a cluster starts
         runner = build_runner(plan)
-        return explain_run.with_options(task_runner=runner)(config.to_json(), analysis_settings,
-                                                            lease.token)
+        with scheduler_loss_said(plan.address):
+            return explain_run.with_options(task_runner=runner)(
+                config.to_json(), analysis_settings, lease.token)
 
 
 def run_flow(archive: str, out: str, settings: RunSettings,

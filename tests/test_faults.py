@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +22,7 @@ from fidoflow.storage import parts, tables
 from fidoflow.storage.runfolder import RunFolder
 from tests.ports import reserved_port
 from tests.prefect_server import start_prefect_server, stop_prefect_server
+from tests.test_dask_address import dask_cluster
 from tests.test_increments import once_each, photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_server]
@@ -162,6 +164,39 @@ def test_an_external_server_gone_for_good_ends_the_run_in_one_line(photo_folder:
                                    timeout=300, check=False)
         finally:
             stop_prefect_server(server)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(once_each(run, "scd")) == 8
+
+
+def test_the_scheduler_of_dask_address_dying_ends_the_run_in_one_line(photo_folder: Path,
+                                                                      tmp_path: Path) -> None:
+    """The scheduler of ``--dask-address`` ends abruptly once a shard is done: one line within
+    30 s that says so; the rerun against a new scheduler resumes."""
+    from distributed import Client
+
+    for k in range(5):
+        photo(photo_folder / "more" / f"{k}.png", k)
+    run, env = tmp_path / "run", own_env(tmp_path / "prefect")
+    with dask_cluster() as address:
+        started = cli(photo_folder, run, env, "--dask-address", address)
+        try:
+            first_shard_done(run, started)
+            with Client(address, timeout=30) as client:  # the scheduler exits as if killed
+                client.run_on_scheduler(lambda: threading.Timer(0.2, os._exit, (1,)).start())
+            ended = time.monotonic()
+            _, err = started.communicate(timeout=120)
+            took = time.monotonic() - ended
+        finally:
+            if started.poll() is None:
+                os.killpg(started.pid, signal.SIGKILL)
+    lines = err.strip().splitlines()
+    assert started.returncode == 1 and len(lines) == 1, err
+    assert f"Dask scheduler {address} went away" in lines[0] and "rerun" in lines[0], lines
+    assert took < 30, took
+    assert parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS)
+    with dask_cluster() as again:
+        rerun = subprocess.run([*started.args[:-1], again], env=env, capture_output=True,
+                               text=True, timeout=300, check=False)
     assert rerun.returncode == 0, rerun.stderr
     assert len(once_each(run, "scd")) == 8
 
