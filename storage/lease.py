@@ -87,10 +87,13 @@ class Lease:
         except (FileExistsError, NotADirectoryError):
             raise NotADirectoryError(f"{self.run.root} exists and is not a folder") from None
         for _ in range(3):
-            if self._create():
+            created = self._create()
+            held = None if created else self.holder()
+            if created or (held is not None and held.get("token") == self.token):
+                # ours either way: a store that wrote it but answered an error, and refused
+                # the retried exclusive create, holds our own token
                 self._start_renewing()
                 return
-            held = self.holder()
             if held is not None and not holder_gone(held, time.time()):
                 raise RunLocked(self._held_message(held))
             self._take_over(held)

@@ -6,7 +6,7 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 5  # 5: increments (manifest and row tables carry the increment)
+
+
+class StoreWriteFailed(RuntimeError):
+    """A write to the run folder's object store that failed for good."""
 
 
 @dataclass
@@ -57,6 +61,18 @@ class RunFolder:
         protocol = self.fs.protocol
         return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
 
+    @contextlib.contextmanager
+    def store_write(self, *parts: str) -> Iterator[None]:
+        """An object store's write that fails after its client's own retries (fsspec's and
+        botocore's) is said in one line naming the object; a whole-object write that failed
+        published nothing."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreWriteFailed(f"the store did not take {self.url(*parts)} after its "
+                                   f"retries ({exc.strerror or exc}); the shards finished "
+                                   "so far are kept: rerun to resume") from exc
+
     def write_bytes_atomic(self, data: bytes, *parts: str) -> None:
         """Write so that readers never see half a file.
 
@@ -67,7 +83,7 @@ class RunFolder:
         *folder, name = parts
         self.makedirs(*folder)
         if not self.is_local:
-            with self.fs.open(self.local(*parts), "wb") as fh:
+            with self.store_write(*parts), self.fs.open(self.local(*parts), "wb") as fh:
                 fh.write(data)
             return
         tmp = self.local(*folder, f".{name}.tmp")
@@ -107,7 +123,7 @@ class RunFolder:
                     rows += batch.num_rows
 
         if not self.is_local:
-            with self.fs.open(self.local(*parts), "wb") as fh:
+            with self.store_write(*parts), self.fs.open(self.local(*parts), "wb") as fh:
                 write(fh)
             return rows
         tmp = self.local(*folder, f".{name}.tmp")
