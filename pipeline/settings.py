@@ -82,6 +82,20 @@ class ClassifierSettings(Settings):
     trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
                                                       "runs code from the file)")
 
+    def checked_model(self) -> str:
+        """The model as the workers load it (a built-in's name, a file's absolute path), after
+        one-line errors for a model or model card that is not there."""
+        from fidoflow.pipeline.models.loading import BUILTINS
+
+        if self.model_card is not None and not Path(self.model_card).exists():
+            raise FileNotFoundError(f"model-card not found: {self.model_card}")
+        if self.model in BUILTINS:
+            return self.model
+        if not Path(self.model).is_file():
+            raise ValueError(f"unknown model {self.model!r}: neither a built-in "
+                             f"({', '.join(BUILTINS)}) nor a model file")
+        return absolute(self.model)
+
 
 class ClusterSettings(Settings):
     """Where a command's tasks run (flows/cluster.py decides): a local cluster of ``workers``,
@@ -183,16 +197,9 @@ class RunSettings(ClusterSettings, ClassifierSettings):
 
     def to_config(self, archive: str, out: str) -> RunConfig:
         """The resolved run: methods built, local paths made absolute, files checked."""
-        from fidoflow.pipeline.models.loading import BUILTINS
-
-        model = self.model
-        if model not in BUILTINS:
-            if not Path(model).is_file():
-                raise ValueError(f"unknown model {model!r}: neither a built-in "
-                                 f"({', '.join(BUILTINS)}) nor a model file")
-            model = absolute(model)
+        model = self.checked_model()
         self.check_cluster()
-        for option in ("model_card", "label_map", "images_root", "concepts"):
+        for option in ("label_map", "images_root", "concepts"):
             value = getattr(self, option)
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"{option.replace('_', '-')} not found: {value}")
@@ -339,17 +346,12 @@ class ConceptSettings(ClusterSettings, ClassifierSettings):
 
     def to_job(self, archive: str, out: str) -> ConceptJob:
         """The concept training these settings describe, on ``archive`` into ``out``."""
-        from fidoflow.pipeline.models.loading import BUILTINS
-
-        if self.model not in BUILTINS and not Path(self.model).is_file():
-            raise ValueError(f"unknown model {self.model!r}: neither a built-in "
-                             f"({', '.join(BUILTINS)}) nor a model file")
+        model = self.checked_model()
         config = XnnConfig(max_concepts=self.max_concepts, hidden=self.hidden,
                            steps=self.steps, lr=self.lr, weight_decay=self.weight_decay,
                            alpha_rec=self.alpha_rec, alpha_pt=self.alpha_pt, seed=self.seed)
         self.check_cluster()
         classes = tuple(c.strip() for c in (self.classes or "").split(",") if c.strip())
-        model = self.model if self.model in BUILTINS else absolute(self.model)
         return ConceptJob(location(archive), location(out), model, config, absolute(self.model_card),
                           self.trust_model_code, self.layer, classes, self.device, self.format,
                           self.split, absolute(self.images_root), self.batch_size)

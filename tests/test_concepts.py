@@ -154,6 +154,22 @@ def test_nmf_finds_the_factors_that_made_the_data() -> None:
     assert (rebuilt - data).norm() / data.norm() < 0.02
 
 
+def test_a_silent_concept_is_dropped_and_its_share_moves_into_the_bias() -> None:
+    from fidoflow.pipeline.concepts.xnn import XNN, drop_silent
+
+    torch.manual_seed(0)
+    net = XNN(6, 3, hidden=8).eval()
+    with torch.no_grad():
+        net.head.weight.copy_(torch.tensor([[2.0, 1e-4, -1.5]]))  # concept 2 says nothing
+    own = torch.randn(80, 6)
+    small = drop_silent(net, own)
+    assert small.concepts == 2
+    with torch.no_grad():
+        assert torch.allclose(net(own)[1].mean(), small(own)[1].mean(), atol=1e-5)
+        assert torch.allclose(net(own)[0][:, [0, 2]], small(own)[0], atol=1e-6)
+    assert drop_silent(small, own) is small  # nothing more to drop
+
+
 def test_an_xnn_reproduces_a_logit_it_can_express() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(400, 8, generator=gen)
@@ -247,21 +263,33 @@ def two_part_concepts(root: Path) -> tuple[ColourParts, str]:
 
 
 def explain_scenes(model: nn.Module, concepts: str, method: str):
+    """The method on 24 scenes none of the concepts were trained on; also the classifier's
+    own logit of each scene's class, computed here."""
     images, labels, parts = fine_scenes(24, seed=2)
     spec = parse_methods(method, {"concepts": concepts})[method]
     with spec.build(model) as explainer:
         out = explainer.attribute(images, labels, size=images.shape[-1])
-    return out, pd.DataFrame(out.rows), parts
+    with torch.no_grad():
+        logits = model(images).gather(1, labels[:, None])[:, 0].numpy()
+    return out, pd.DataFrame(out.rows), parts, logits
 
 
 def assert_contributions_sum(rows: pd.DataFrame) -> None:
-    """Per image, the contributions plus the bias are the rebuilt logit, which is faithful."""
+    """Per image, the contributions plus the bias are the rebuilt logit."""
     sums = rows.groupby("image").agg(total=("contribution", "sum"), bias=("bias", "first"),
-                                     rebuilt=("reconstructed", "first"), logit=("logit", "first"))
+                                     rebuilt=("reconstructed", "first"))
     assert len(sums) == 24
     assert np.allclose(sums["total"] + sums["bias"], sums["rebuilt"], atol=1e-4)
     assert np.allclose(rows["activation"] * rows["weight"], rows["contribution"], atol=1e-4)
-    assert np.corrcoef(sums["rebuilt"], sums["logit"])[0, 1] > 0.9
+
+
+def assert_faithful(rows: pd.DataFrame, logits: np.ndarray) -> None:
+    """The rebuilt logit against the classifier's own (computed by the test) on held-out
+    scenes: R² ≥ 0.9, and no scene off by more than a fifth of the logits' range."""
+    rebuilt = rows.groupby("image")["reconstructed"].first().sort_index().to_numpy()
+    r2 = 1 - ((rebuilt - logits) ** 2).sum() / ((logits - logits.mean()) ** 2).sum()
+    worst = np.abs(rebuilt - logits).max()
+    assert r2 >= 0.9 and worst <= 0.2 * np.ptp(logits), (r2, worst, np.ptp(logits))
 
 
 def test_two_part_known_answer_model(tmp_path: Path) -> None:
@@ -272,16 +300,18 @@ def test_two_part_known_answer_model(tmp_path: Path) -> None:
     not give each part its own concept is measured in bench/concepts.py)."""
     model, concepts = two_part_concepts(tmp_path / "concepts")
 
-    out, rows, parts = explain_scenes(model, concepts, "nmf")
+    out, rows, parts, logits = explain_scenes(model, concepts, "nmf")
     assert_contributions_sum(rows)
+    assert_faithful(rows, logits)
     separated = 0
     for i in range(len(parts)):
         (w1, c1), (w2, c2) = (part_shares(out.maps[m][i], parts[i]) for m in ("c1", "c2"))
         separated += (w1 > c1 and c2 > w2) or (w2 > c2 and c1 > w1)
     assert separated >= 0.8 * len(parts), separated
 
-    out, rows, parts = explain_scenes(model, concepts, "xnn")
+    out, rows, parts, logits = explain_scenes(model, concepts, "xnn")
     assert_contributions_sum(rows)
+    assert_faithful(rows, logits)
     top = rows.loc[rows.groupby("image")["contribution"].idxmax()]
     on_parts = [sum(part_shares(out.maps[f"c{int(r.concept)}"][int(r.image)], parts[int(r.image)]))
                 for r in top.itertuples()]
@@ -357,3 +387,33 @@ def test_bad_concept_settings_fail_with_one_line(tmp_path: Path, capsys) -> None
                  "synthetic-cnn", "--max-concepts", "9"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "max_concepts" in err
+
+
+def test_a_missing_model_card_is_one_line_before_anything_starts(tmp_path: Path,
+                                                                  capsys) -> None:
+    assert main(["concepts", str(tmp_path), "--out", str(tmp_path / "c"), "--model",
+                 "synthetic-cnn", "--model-card", str(tmp_path / "nowhere.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model-card not found" in err, err
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_a_class_without_images_and_a_layer_that_is_not_there_are_one_line(
+        tmp_path: Path, capsys) -> None:
+    """``--classes`` naming a class no image has, and ``--layer`` naming no layer (the line
+    offers the near names)."""
+    from fidoflow.pipeline.archive.synthetic import write_archive
+
+    archive = write_archive(tmp_path / "birds", n=12, seed=4, classes=2)
+    model = load_model("synthetic-cnn")
+    absent = next(c for c in model.class_names if c not in {"red_plain", "red_barred"})
+    common = ["concepts", str(archive), "--model", "synthetic-cnn", "--workers", "1",
+              "--steps", "5"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--classes", absent]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no image of class {absent}" in err, err
+    assert main([*common, "--out", str(tmp_path / "b"), "--layer", "features.9"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no layer 'features.9'" in err, err
+    assert "features.4" in err, err

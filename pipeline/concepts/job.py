@@ -26,7 +26,7 @@ import torch
 from fidoflow.pipeline.archive.readers import archive_root, read_archive
 from fidoflow.pipeline.concepts.features import FeatureLayer, extract, feature_layer
 from fidoflow.pipeline.concepts.nmf import fit_nmf
-from fidoflow.pipeline.concepts.xnn import XnnConfig, choose_xnn
+from fidoflow.pipeline.concepts.xnn import XnnConfig, choose_xnn, drop_silent, held_out
 from fidoflow.pipeline.imaging.decode import DecodeLimits
 from fidoflow.pipeline.models.device import resolve_device
 from fidoflow.pipeline.models.loading import LoadedModel
@@ -210,7 +210,13 @@ def classes_to_train(job: ConceptJob) -> list[int]:
         unknown = sorted(set(job.classes) - set(names))
         if unknown:
             raise ValueError(f"the model has no class {', '.join(unknown)}")
-        return [names.index(c) for c in job.classes]
+        asked = [names.index(c) for c in job.classes]
+        present = set(row_classes(features["labels"], features["logits"]).tolist())
+        empty = [names[i] for i in asked if i not in present]
+        if empty:
+            raise ValueError(f"{job.archive} has no image of class {', '.join(empty)} (by "
+                             "label, else by prediction): its concepts cannot be learned")
+        return asked
     labels = features["labels"]
     present = labels[labels >= 0]
     if len(present) == 0:
@@ -243,15 +249,17 @@ def train_class(job: ConceptJob, index: int) -> dict:
         raise ValueError(f"{len(held)} images are too few to hold {VAL_FRACTION:.0%} out")
     fitted, scores = choose_xnn(pooled, logit, held, job.config)
     own = members(features, index)
+    net = drop_silent(fitted.net, pooled[own])  # no "+0.00" concept reaches the report
+    _, val_r2 = held_out(net, pooled[held], logit[held])
     with torch.no_grad():
-        share = fitted.net.contributions(fitted.net.encode(pooled[own])).mean(dim=0)
+        share = net.contributions(net.encode(pooled[own])).mean(dim=0)
     spatial = folder.read(sample_file(index))["spatial"].float()
     rows = spatial.permute(0, 2, 3, 1).reshape(-1, spatial.shape[1])
-    bank = fit_nmf(rows, fitted.net.concepts, seed=job.config.seed + index)
+    bank = fit_nmf(rows, net.concepts, seed=job.config.seed + index)
     record = {"class": features["class_names"][index], "index": index,
               "config": job.config.as_dict(), "channels": int(pooled.shape[1]),
-              "concepts": fitted.net.concepts, "hidden": job.config.hidden,
-              "xnn": fitted.net.state_dict(), "scores": scores, "val_r2": fitted.val_r2,
+              "concepts": net.concepts, "hidden": job.config.hidden,
+              "xnn": net.state_dict(), "scores": scores, "val_r2": val_r2,
               "mean_contribution": share.tolist(), "images": int(own.sum()),
               "nmf": bank, "nmf_images": len(spatial)}
     folder.write(name, record)

@@ -158,41 +158,66 @@ def _fit_xnn(pooled: torch.Tensor, logit: torch.Tensor, held: torch.Tensor, conc
         xnn_loss(net, train_x[batch], train_y[batch], variance, config).backward()
         optimiser.step()
     net = prune(net.eval(), train_x)
-    with torch.no_grad():
-        val_x, val_y = pooled[held], logit[held]
-        predicted = net(val_x)[1]
-        mse = float(((predicted - val_y) ** 2).mean())
-        r2 = 1.0 - mse / max(float(val_y.var(unbiased=False)), 1e-12)
-    n = len(val_x)
+    mse, r2 = held_out(net, pooled[held], logit[held])
+    n = int(held.sum())
     return Fitted(net, mse, r2, n * math.log(max(mse, 1e-12)) + net.concepts * math.log(n))
+
+
+@torch.no_grad()
+def held_out(net: XNN, pooled: torch.Tensor, logit: torch.Tensor) -> tuple[float, float]:
+    """(MSE, R²) of the rebuilt logit against the classifier's on held-out feature vectors."""
+    mse = float(((net(pooled)[1] - logit) ** 2).mean())
+    return mse, 1.0 - mse / max(float(logit.var(unbiased=False)), 1e-12)
+
+
+SILENT = 0.02  # a concept below this share of a class's contributions says nothing of it
 
 
 @torch.no_grad()
 def prune(net: XNN, pooled: torch.Tensor) -> XNN:
     """``net`` without the concepts that are zero on every training row (a ReLU unit that died
     in training says nothing); the rest keep their weights. At least one concept stays."""
-    alive = net.encode(pooled).amax(dim=0) > 0
-    if alive.all() or not alive.any():
+    return _keep(net, net.encode(pooled).amax(dim=0) > 0)
+
+
+@torch.no_grad()
+def drop_silent(net: XNN, own: torch.Tensor, floor: float = SILENT) -> XNN:
+    """``net`` without the concepts whose mean contribution over the class's own feature
+    vectors ``own`` is under ``floor`` of all concepts' (a concept a person would read as
+    "+0.00"); each one's mean contribution moves into the bias, so the rebuilt logit of the
+    class's images stays as it was on average."""
+    share = net.contributions(net.encode(own)).mean(dim=0)
+    keep = share.abs() >= floor * share.abs().sum().clamp_min(1e-12)
+    small = _keep(net, keep)
+    if small is not net:
+        small.head.bias.add_(share[~keep].sum())
+    return small
+
+
+def _keep(net: XNN, keep: torch.Tensor) -> XNN:
+    """The XNN of the concepts ``keep`` marks (``net`` itself when all or none are)."""
+    if keep.all() or not keep.any():
         return net
-    keep = torch.nonzero(alive)[:, 0]
-    small = XNN(net.mean.numel(), len(keep), net.encoder[0].out_features)
+    index = torch.nonzero(keep)[:, 0]
+    small = XNN(net.mean.numel(), len(index), net.encoder[0].out_features)
     whole = ("encoder.0", "decoder.2", "mean", "std")  # the parts the concepts do not index
     small.load_state_dict({k: v for k, v in net.state_dict().items()
                            if k.rpartition(".")[0] in whole or k in whole}, strict=False)
     last, first = small.encoder[2], small.decoder[0]
-    last.weight.copy_(net.encoder[2].weight[keep])
-    last.bias.copy_(net.encoder[2].bias[keep])
-    small.head.weight.copy_(net.head.weight[:, keep])
+    last.weight.copy_(net.encoder[2].weight[index])
+    last.bias.copy_(net.encoder[2].bias[index])
+    small.head.weight.copy_(net.head.weight[:, index])
     small.head.bias.copy_(net.head.bias)
-    first.weight.copy_(net.decoder[0].weight[:, keep])
+    first.weight.copy_(net.decoder[0].weight[:, index])
     first.bias.copy_(net.decoder[0].bias)
     return small.eval()
 
 
 def choose_xnn(pooled: torch.Tensor, logit: torch.Tensor, held: torch.Tensor,
                config: XnnConfig) -> tuple[Fitted, list[dict]]:
-    """The XNN of the smallest BIC-like score over k = 1..max_concepts, and every k's scores."""
+    """The XNN of the smallest BIC-like score over k = 1..max_concepts, and every k's scores
+    (``trained``: the k it was trained with; ``concepts``: those alive after training)."""
     fits = [fit_xnn(pooled, logit, held, k, config) for k in range(1, config.max_concepts + 1)]
-    table = [{"concepts": f.net.concepts, "val_mse": f.val_mse, "val_r2": f.val_r2,
-              "bic": f.bic} for f in fits]
+    table = [{"trained": k, "concepts": f.net.concepts, "val_mse": f.val_mse,
+              "val_r2": f.val_r2, "bic": f.bic} for k, f in enumerate(fits, 1)]
     return min(fits, key=lambda f: f.bic), table

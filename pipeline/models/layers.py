@@ -3,6 +3,8 @@ XNN, NMF): found by dotted name, refused in one line where hooks cannot reach th
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
 
@@ -29,7 +31,11 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     forward hooks a layer attribution needs."""
     modules = dict(model.named_modules())
     if name not in modules:
-        raise ValueError(f"model has no layer {name!r}")
+        named = [n for n in modules if n]
+        near = difflib.get_close_matches(name, named, n=8, cutoff=0.3)
+        listed = (f"layers with a near name: {', '.join(near)}" if near
+                  else f"its last layers: {', '.join(named[-8:])}")
+        raise ValueError(f"model has no layer {name!r}; {listed} ({len(named)} in all)")
     layer = modules[name]
     if isinstance(layer, torch.jit.ScriptModule):
         raise ValueError(  # noqa: TRY004 - a user's model, not a caller's argument type
