@@ -226,7 +226,10 @@ def on_server(api: ApiServer, call: Callable[[], T]) -> T:
 
 def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dict[str, int]:
     """Run the explain-archive flow against ``api`` (booting since the command began unless
-    PREFECT_API_URL is set) on a cluster started meanwhile (``prestart``)."""
+    PREFECT_API_URL is set) on a cluster started meanwhile (``prestart``; none when the
+    folder has nothing to explain)."""
+    from fidoflow.pipeline import stages
+
     from .cluster import warm_worker
     from .reaper import guard_children
 
@@ -238,7 +241,8 @@ def execute(source: str, out: str, settings: RunSettings, api: ApiServer) -> dic
 
     with ExitStack() as clusters:
         clusters.enter_context(patient_clients(settings.api_patience))  # workers inherit it
-        settings = prestart(clusters, settings, out, "explain_archive", warm)
+        if settings.dask_address or not stages.nothing_to_explain(config):
+            settings = prestart(clusters, settings, out, "explain_archive", warm)
         from .explain_archive import run_flow
 
         return on_server(api, lambda: run_flow(source, out, settings))

@@ -259,6 +259,8 @@ def explain_archive(archive: str, out: str, settings: RunSettings = DEFAULT_SETT
         config = replace(config, device=plan.task_device)
     with Lease(RunFolder(out)) as lease, patient_clients(settings.api_patience):
         stages.reopen(config)  # a folder of another run is refused before a cluster starts
+        if not plan.address and stages.nothing_to_explain(config):
+            plan = replace(plan, kind="threads", workers=1)  # the night brought nothing
         runner = build_runner(plan)
         with scheduler_loss_said(plan.address):
             return explain_run.with_options(task_runner=runner)(

@@ -140,6 +140,31 @@ def test_an_archive_that_is_gone_is_one_line_and_changes_nothing(
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == files
 
 
+def test_a_night_with_nothing_new_starts_no_cluster(photo_folder: Path, tmp_path: Path,
+                                                   capsys, monkeypatch) -> None:
+    """Nothing new, changed or pending: no Dask cluster (the flow's tasks run in its own
+    process), the increment still recorded; an image added the next night starts one again."""
+    from fidoflow.flows import cli, explain_archive
+
+    run, started, runners = tmp_path / "run", [], []
+    prestart, build_runner = cli.prestart, explain_archive.build_runner
+    monkeypatch.setattr(cli, "prestart", lambda *a, **k: started.append(1) or prestart(*a, **k))
+    monkeypatch.setattr(explain_archive, "build_runner",
+                        lambda plan: runners.append(plan.kind) or build_runner(plan))
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 0
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "increment 2: 0 new images, 0 changed, 0 removed, 0 back" in out
+    assert "0 of 2 shards run" in out
+    assert (started, runners) == ([1], ["address", "threads"])
+    photo(photo_folder / "new.png", 3)
+    assert main(["run", str(photo_folder), "--out", str(run), *FAST]) == 0
+    assert "increment 3: 1 new images" in capsys.readouterr().out
+    assert (started, runners) == ([1, 1], ["address", "threads", "address"])
+    assert [h["images_new"] for h in increments(run)] == [3, 0, 1]
+    assert len(once_each(run)) == 4
+
+
 SLOW = ["--iterations", "60", "--samples", "4", "--mask-size", "8", "--shard-size", "1",
         "--method", "scd", "--model", "synthetic-cnn", "--explain-only", "--workers", "1"]
 

@@ -98,6 +98,30 @@ def write_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
         stream.close()
 
 
+def _listing_or_none(config: RunConfig, model: LoadedModel) -> ManifestStream | None:
+    """The archive's rows, streamed, or None where it lists none any more."""
+    try:
+        return _listing(config, model)
+    except EmptyArchive:
+        return None
+
+
+def _keys(config: RunConfig, stream: ManifestStream | None) -> pa.Table | None:
+    """The listing's ids and paths, all that the comparison with the manifest holds."""
+    if stream is None:
+        return None
+    return pa.Table.from_batches([b.select(["image_id", "path"]) for b in
+                                  stream.batches(config.shard_size, ROW_GROUP_ROWS)],
+                                 pa.schema([ROWS.field("image_id"), ROWS.field("path")]))
+
+
+def _compared(known: pa.Table, keys: pa.Table | None) -> increment.Comparison:
+    """The manifest's rows against the listing (none listed: every row gone)."""
+    if keys is None:
+        return increment.Comparison(np.empty(0, np.int64), [], known["image_id"].to_pylist())
+    return increment.compare(known, keys)
+
+
 def extend_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
                     last_listed: str | None) -> dict[str, int | None]:
     """An increment's listing: the archive listed again and compared with the manifest
@@ -107,17 +131,10 @@ def extend_manifest(run: RunFolder, config: RunConfig, model: LoadedModel,
     table. Only ids and paths are held for the comparison; the new rows' other columns come
     from a second pass over the listing."""
     known = run.read_table(tables.MANIFEST.path, columns=["image_id", "path", "shard"])
+    stream = _listing_or_none(config, model)
     try:
-        stream = _listing(config, model)
-    except EmptyArchive:
-        stream = None
-    try:
-        keys = (pa.Table.from_batches([b.select(["image_id", "path"]) for b in
-                                       stream.batches(config.shard_size, ROW_GROUP_ROWS)],
-                                      pa.schema([ROWS.field("image_id"), ROWS.field("path")]))
-                if stream is not None else None)
-        found = (increment.compare(known, keys) if keys is not None else
-                 increment.Comparison(np.empty(0, np.int64), [], known["image_id"].to_pylist()))
+        keys = _keys(config, stream)
+        found = _compared(known, keys)
         first_shard = int(pc.max(known["shard"]).as_py()) + 1 if known.num_rows else 0
         if len(found.new):
             added = increment.numbered(
@@ -153,6 +170,31 @@ def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
         config = replace(config, task_size=recorded.get("task_size"))
     runrecord.check_same(run, record, config.results_identity())
     return config, record
+
+
+def nothing_to_explain(config: RunConfig) -> bool:
+    """Whether a rerun into ``config``'s folder would run no task: the folder is prepared, the
+    archive lists no image its manifest lacks, no file changed and every shard has done every
+    stage the run asks. The CLI and the flow ask it before they
+    start a cluster, so a nightly run with nothing new starts none; ``prepare_run`` lists again
+    all the same and records the increment (its removals included). A folder of other settings
+    is refused here as by ``reopen``."""
+    run = RunFolder(config.root)
+    config, record = reopen(config)
+    if record is None or not run.exists(tables.MANIFEST.path):
+        return False
+    known = run.read_table(tables.MANIFEST.path, columns=["image_id", "path", "shard"])
+    stream = _listing_or_none(config, model_of(config))
+    try:
+        if len(_compared(known, _keys(config, stream)).new):
+            return False
+    finally:
+        if stream is not None:
+            stream.close()
+    n_shards = int(pc.max(known["shard"]).as_py()) + 1 if known.num_rows else 0
+    stages = tables.SHARD_STAGES if config.analyse else tables.SHARD_STAGES[:1]
+    return not any(pending(config, stage, n_shards) for stage in stages) and \
+        not changed_shards(config)
 
 
 def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None,
