@@ -4,6 +4,7 @@ to do."""
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
@@ -172,13 +173,22 @@ def reopen(config: RunConfig) -> tuple[RunConfig, dict | None]:
     return config, record
 
 
+SETTLED_FOR = 60.0  # seconds a "nothing to explain" answer may serve the next ask
+_settled: dict[tuple[str, str], float] = {}
+
+
 def nothing_to_explain(config: RunConfig) -> bool:
     """Whether a rerun into ``config``'s folder would run no task: the folder is prepared, the
     archive lists no image its manifest lacks, no file changed and every shard has done every
-    stage the run asks. The CLI and the flow ask it before they
-    start a cluster, so a nightly run with nothing new starts none; ``prepare_run`` lists again
-    all the same and records the increment (its removals included). A folder of other settings
-    is refused here as by ``reopen``."""
+    stage the run asks. The CLI and the flow ask it before they start a cluster, so a nightly
+    run with nothing new starts none; a yes serves the next ask of the process once, within
+    ``SETTLED_FOR`` seconds, so that the CLI's listing serves the flow it runs. It only
+    decides where tasks run: ``prepare_run`` lists
+    again all the same and records the increment (its removals included). A folder of other
+    settings is refused here as by ``reopen``."""
+    key = (config.root, config.source)
+    if time.monotonic() - _settled.pop(key, -SETTLED_FOR) < SETTLED_FOR:
+        return True
     run = RunFolder(config.root)
     config, record = reopen(config)
     if record is None or not run.exists(tables.MANIFEST.path):
@@ -193,8 +203,10 @@ def nothing_to_explain(config: RunConfig) -> bool:
             stream.close()
     n_shards = int(pc.max(known["shard"]).as_py()) + 1 if known.num_rows else 0
     stages = tables.SHARD_STAGES if config.analyse else tables.SHARD_STAGES[:1]
-    return not any(pending(config, stage, n_shards) for stage in stages) and \
-        not changed_shards(config)
+    if any(pending(config, stage, n_shards) for stage in stages) or changed_shards(config):
+        return False
+    _settled[key] = time.monotonic()
+    return True
 
 
 def prepare_run(config: RunConfig, analysis: AnalysisConfig | None = None,
