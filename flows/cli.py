@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="explain scikit-image's bundled photos, no data needed")
     demo.add_argument("--out", default="runs/demo", metavar="RUN", help="run folder")
     add_cli_options(demo, skip=ARCHIVE_FIELDS)
-    commands.add_parser("methods", help="list the registered attribution methods, their "
-                                        "settings and defaults")
+    methods = commands.add_parser("methods", help="list the registered attribution methods, "
+                                                  "their settings and defaults")
+    methods.add_argument("--model", help="also list this model's layers, the names "
+                                         "gradcam:layer=... and concepts --layer take")
+    methods.add_argument("--model-card", help="the model's card, where it is not beside it")
 
     add_train_command(commands)
     add_concepts_command(commands)
@@ -334,6 +337,28 @@ def print_methods() -> None:
     print("\nuse: --method KIND[,KIND...]; a variant: --method NAME=KIND:key=value:key=value")
 
 
+def print_layers(spec: str, card: str | None) -> None:
+    """The layers of a model as the methods that read one see it (a TorchScript model or a
+    flat exported program by the nodes of its graph), with the two chosen when none is named."""
+    import torch
+
+    from fidoflow.pipeline.concepts.features import feature_layer
+    from fidoflow.pipeline.methods.gradcam import last_conv_layer
+    from fidoflow.pipeline.models.layers import layer_kinds
+    from fidoflow.pipeline.models.loading import load_model
+
+    loaded = load_model(spec, card)
+    model = loaded.on(torch.device("cpu"), layers=True)
+    concepts = feature_layer(model, torch.rand(1, 3, *loaded.input_size))
+    cam = last_conv_layer(model)
+    print(f"\nlayers of {loaded.name} (gradcam:layer=NAME, fidoflow concepts --layer NAME):")
+    for name, kind in layer_kinds(model).items():
+        chosen = [what for what, layer in (("gradcam", cam), ("concepts", concepts.name))
+                  if layer == name]
+        print(f"  {name:<40} {kind}" + (f"   <- {', '.join(chosen)}" if chosen else ""))
+    print(f"concepts read the {concepts.describe()}; Grad-CAM reads {cam}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line. A run's Prefect API server starts first of all, before the parsing
     and the imports that take a second or two, so that it boots meanwhile."""
@@ -359,6 +384,12 @@ def command(argv: list[str], began: float, began_clock: float, api: ApiServer | 
     args = parser.parse_args(argv)
     if args.command == "methods":
         print_methods()
+        if args.model:
+            try:
+                print_layers(args.model, args.model_card)
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"fidoflow: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+                return 1
         return 0
     prefect_home()
     quiet_console()

@@ -23,6 +23,7 @@ from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.class_maps import build_network
 from fidoflow.pipeline.models.loading import load_model
 from fidoflow.storage.conceptfolder import FEATURES, ConceptFolder, class_file, sample_file
+from tests.model_kinds import KINDS, SIZE, save_as
 
 # ---- the layer ------------------------------------------------------------------------------
 
@@ -45,43 +46,78 @@ def test_the_layer_is_found_on_every_kind_of_model_as_attribution_runs_it() -> N
     assert "\n" not in str(err.value)
 
 
-def export_synthetic_cnn(folder: Path) -> Path:
-    """The built-in synthetic CNN as a user ships a model: an exported program (dynamic batch)
-    with a card naming its classes."""
-    import yaml
-
-    loaded = load_model("synthetic-cnn")
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(loaded.module, (torch.rand(2, 3, 96, 96),),
-                                  dynamic_shapes={"x": {0: batch}})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "birds.pt2"
-    torch.export.save(program, path)
-    (folder / "birds.yaml").write_text(yaml.safe_dump({"classes": loaded.class_names,
-                                                       "input_size": 96}))
-    return path
-
-
-def test_an_exported_program_shows_its_layers_to_the_methods_that_read_them(
-        tmp_path: Path) -> None:
-    cpu, probe = torch.device("cpu"), torch.rand(2, 3, 96, 96)
-    exported = load_model(str(export_synthetic_cnn(tmp_path)))
-    flat = exported.on(cpu)  # what the other methods run: one graph, no modules to hook
-    with pytest.raises(ValueError, match="spatial feature map"):
-        feature_layer(flat, probe)
-    layered = exported.on(cpu, layers=True)
-    assert layered is exported.on(cpu, layers=True)  # prepared once per process
-    layer = feature_layer(layered, probe)
-    assert layer.describe() == "output of features.4.2"
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_of_model_gives_the_builtins_layers_to_the_methods_that_read_them(
+        kind: str, tmp_path: Path) -> None:
+    """The automatic layer, its features and Grad-CAM's maps equal the built-in network's on
+    each way a user ships it; a flat graph's layers are its operator nodes."""
+    cpu, probe = torch.device("cpu"), torch.rand(3, 3, SIZE, SIZE)
+    builtin = load_model("synthetic-cnn").on(cpu, layers=True)
+    shipped = load_model(str(save_as(kind, tmp_path)))
+    layered = shipped.on(cpu, layers=True)
+    assert layered is shipped.on(cpu, layers=True)  # prepared (converted) once per process
+    layer, ours = feature_layer(layered, probe), feature_layer(builtin, probe)
+    flat = kind in ("torchscript", "exported-flat")
+    assert layer.describe() == ("output of relu__4" if flat else ours.describe())
+    for a, b in zip(extract(layered, layer, probe), extract(builtin, ours, probe), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     from fidoflow.pipeline.methods.gradcam import last_conv_layer
 
-    assert last_conv_layer(layered) == "features.4.0"  # its leaves are named by their operator
-    plain = load_model("synthetic-cnn")
-    builtin = plain.on(cpu)
-    assert plain.on(cpu, layers=True) is builtin  # a module with its layers runs as it is
-    ours, theirs = extract(layered, layer, probe), extract(builtin, layer, probe)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert last_conv_layer(layered) == {  # the last convolution, with its norm where unfolded
+        "state_dict": "features.4.0", "exported": "features.4.1"}.get(kind, "batch_norm_4")
+    cams = []
+    for model in (layered, builtin):
+        with parse_methods("gradcam")["gradcam"].build(model) as method:
+            cams.append(method.attribute(probe).maps["joint"])
+    torch.testing.assert_close(cams[0], cams[1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_layer_named_on_a_flat_graph_is_its_node_and_a_wrong_name_lists_near_ones(
+        tmp_path: Path) -> None:
+    layered = load_model(str(save_as("exported-flat", tmp_path))).on(torch.device("cpu"),
+                                                                      layers=True)
+    probe = torch.rand(2, 3, SIZE, SIZE)
+    assert feature_layer(layered, probe, "relu__3").describe() == "output of relu__3"
+    builtin = load_model("synthetic-cnn").on(torch.device("cpu"))
+    torch.testing.assert_close(extract(layered, feature_layer(layered, probe, "relu__3"), probe),
+                               extract(builtin, feature_layer(builtin, probe, "features.3.2"),
+                                       probe), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="near name: .*relu__3") as err:
+        feature_layer(layered, probe, "relu_3")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="no layer 'features.4.0'"):  # a weight holder, not a layer
+        feature_layer(layered, probe, "features.4.0")
+
+
+def test_fidoflow_methods_lists_a_models_layers_with_the_ones_chosen(tmp_path: Path,
+                                                                    capsys) -> None:
+    model = str(save_as("torchscript", tmp_path))
+    assert main(["methods", "--model", model]) == 0
+    listed = capsys.readouterr().out.split("layers of birds-torchscript.pt")[1].splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in listed[1:-1]}
+    assert rows["relu__4"] == ["ReLU", "<-", "concepts"]
+    assert rows["batch_norm_4"] == ["BatchNorm2d", "<-", "gradcam"]
+    assert rows["convolution_3"] == ["Conv2d"] and "features.4.0" not in rows
+    assert main(["methods", "--model", str(tmp_path / "nope.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fidoflow: error: unknown model")
+
+
+def test_a_torchscript_model_torch_cannot_convert_is_one_line(tmp_path: Path) -> None:
+    class Looped(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = x.mean(dim=(2, 3))
+            for _ in range(int(x.sum().item() > 0)):  # a loop on data: scripted, not convertible
+                out = out * 2
+            return out
+
+    path = tmp_path / "branchy.pt"
+    torch.jit.save(torch.jit.script(Looped()), path)
+    model = load_model(str(path))
+    with pytest.raises(ValueError, match="cannot read the layers of the TorchScript model "
+                                         "branchy.pt") as err:
+        model.on(torch.device("cpu"), layers=True)
+    assert "\n" not in str(err.value) and "exported program" in str(err.value)
 
 
 def test_features_extracted_in_parts_equal_one_pass_and_resume(
@@ -322,17 +358,21 @@ def test_two_part_known_answer_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("kind", ["torchscript", "exported-flat"])
+def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(kind: str, tmp_path: Path,
+                                                          capsys) -> None:
+    """On the two kinds whose layers take no hooks: a TorchScript file and a flat exported
+    program (their layers are the nodes of the graph they become)."""
     from fidoflow.pipeline.archive.synthetic import write_archive
 
     archive = write_archive(tmp_path / "birds", n=48, seed=4, classes=3)
-    model = str(export_synthetic_cnn(tmp_path / "model"))  # the layers of an exported program
+    model = str(save_as(kind, tmp_path / "model"))
     out = tmp_path / "concepts"
     args = ["concepts", str(archive), "--model", model, "--out", str(out),
             "--steps", "100", "--max-concepts", "2", "--device", "cpu", "--workers", "1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "3 classes, features of 48 images at the output of features.4.2" in printed
+    assert "3 classes, features of 48 images at the output of relu__4" in printed
     card = json.loads((out / "concepts.json").read_text())
     assert sorted(e["class"] for e in card["classes"].values()) == [
         "red_barred", "red_plain", "yellow_plain"]

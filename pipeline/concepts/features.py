@@ -6,7 +6,8 @@ The layer is the one named (``layer``), else found on the classifier as attribut
 that runs (EfficientNet's ``_avg_pooling``, torchvision's ``avgpool``), else the output of the
 last leaf module that gives a spatial map (N, C, h, w with h·w > 1) of other than one channel
 per class (the synthetic CNN's last ReLU; a class-map network's backbone output, not its class
-maps). Its activations are the spatial features (the NMF baseline factorises them); their
+maps). On a flat graph (pipeline/models/layers.py) the same rule reads its operator nodes: the
+input of the last global pooling (or spatial mean), else the last spatial map. Its activations are the spatial features (the NMF baseline factorises them); their
 spatial mean ``(N, C)`` is the feature vector ``x`` an XNN reads.
 """
 
@@ -17,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from fidoflow.pipeline.models.layers import find_layer, type_name
+from fidoflow.pipeline.models.layers import find_layer, flat_graph, operator_kind, type_name
 
 POOLS = ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d")
 
@@ -46,8 +47,15 @@ def feature_layer(model: nn.Module, probe: torch.Tensor, name: str | None = None
         return FeatureLayer(name, "output")
     if isinstance(model, torch.jit.ScriptModule):
         raise ValueError(  # noqa: TRY004 - a user's model, not a caller's argument type
-            "a TorchScript model's layers take no hooks, and concepts are read from a layer: "
-            "give the model as a state_dict with a model card")
+            "a TorchScript module's layers take no hooks, and concepts are read from a layer: "
+            "read it through LoadedModel.on(device, layers=True), which converts it")
+    flat = flat_graph(model)
+    if flat is not None:
+        found = graph_feature_layer(flat[1], model(probe).shape[1])
+        if found is None:
+            raise ValueError("no node of the model's graph gives a spatial feature map to read "
+                             "concepts from; name one with --layer")
+        return found
     calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
 
@@ -73,6 +81,32 @@ def feature_layer(model: nn.Module, probe: torch.Tensor, name: str | None = None
         raise ValueError("no layer of the model gives a spatial feature map to read concepts "
                          "from; name one with --layer")
     return FeatureLayer(maps[-1], "output")
+
+
+def _global_pool(node: fx.Node) -> bool:
+    """A pooling operator, or a mean over the two spatial axes of a 4-d tensor."""
+    if operator_kind(node.target) in POOLS:
+        return True
+    dims = node.args[1] if len(node.args) > 1 else None
+    return (operator_kind(node.target) == "mean" and isinstance(dims, (list, tuple))
+            and {d % 4 for d in dims} == {2, 3})
+
+
+def _spatial(node: fx.Node, classes: int) -> bool:
+    shape = getattr(node.meta.get("val"), "shape", ())
+    return (len(shape) == 4 and isinstance(shape[2] * shape[3], int) and shape[2] * shape[3] > 1
+            and shape[1] != classes)
+
+
+def graph_feature_layer(graph: fx.GraphModule, classes: int) -> FeatureLayer | None:
+    """The module docstring's rule on a flat graph's nodes (their shapes as export recorded
+    them), for a model of ``classes`` outputs; None where no node gives a spatial map."""
+    nodes = [n for n in graph.graph.nodes if n.op == "call_function"]
+    pools = [n for n in nodes if _global_pool(n) and isinstance(n.args[0], fx.Node)]
+    if pools:
+        return FeatureLayer(pools[-1].args[0].name, "output")
+    maps = [n for n in nodes if _spatial(n, classes)]
+    return FeatureLayer(maps[-1].name, "output") if maps else None
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from torch import nn
 
 from fidoflow.pipeline.methods.base import Attribution, Method, unit_peak
 from fidoflow.pipeline.methods.registry import register
-from fidoflow.pipeline.models.layers import find_layer, type_name
+from fidoflow.pipeline.models.layers import find_layer, layer_kinds, with_norm
 
 KNOWN_LAYERS = ("net._conv_head", "_conv_head")  # EfficientNet(-Lite) heads, wrapped or bare
 
@@ -26,15 +26,16 @@ class GradCamConfig:
 
 def last_conv_layer(model: nn.Module) -> str:
     """The layer Grad-CAM uses when none is named: a known head, else the last convolution
-    (found by class name, so a TorchScript model's layers are found too)."""
-    modules = dict(model.named_modules())
+    (found by kind, so a TorchScript model's layers and a flat graph's nodes are found too),
+    with its batch norm where a flat graph keeps the two apart."""
+    kinds = layer_kinds(model)
     for name in KNOWN_LAYERS:
-        if name in modules:
+        if name in kinds:
             return name
-    convs = [name for name, m in modules.items() if type_name(m) == "Conv2d"]
+    convs = [name for name, kind in kinds.items() if kind == "Conv2d"]
     if not convs:
         raise ValueError("model has no convolution for Grad-CAM; name one with gradcam:layer=...")
-    return convs[-1]
+    return with_norm(model, convs[-1])
 
 
 @register("gradcam", GradCamConfig, "Grad-CAM (captum LayerGradCam) at the last convolutional "

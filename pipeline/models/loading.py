@@ -103,6 +103,36 @@ def frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+def has_module_tree(program: torch.export.ExportedProgram) -> bool:
+    """Whether the program recorded the modules its operators ran in (``unflatten`` can rebuild
+    them), rather than one flat graph (every operator at the top level)."""
+    return any(len(node.meta.get("nn_module_stack", {})) > 1 for node in program.graph.nodes
+               if node.op == "call_function")
+
+
+def script_to_program(script: torch.jit.ScriptModule, input_size: tuple[int, int],
+                      name: str) -> torch.export.ExportedProgram:
+    """A TorchScript network as an exported program of any batch size: torch's own converter
+    on a probe of two images, then exported again with the batch dynamic. A network it cannot
+    convert is one line saying what to give instead."""
+    probe = (torch.rand(2, 3, *input_size),)
+    try:
+        with warnings.catch_warnings(), export_quiet():
+            warnings.simplefilter("ignore")  # the converter's notes on every constant it folds
+            from torch._export.converter import TS2EPConverter
+
+            converted = TS2EPConverter(script, probe).convert()
+            batch = torch.export.Dim("batch", min=1)
+            return torch.export.export(converted.module(), probe, dynamic_shapes=({0: batch},))
+    except Exception as exc:
+        cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelError(
+            f"cannot read the layers of the TorchScript model {name}: torch could not convert "
+            f"it to an exported program ({type(exc).__name__}: {cause}); give it as an exported "
+            "program (torch.export.save) or a state_dict with a model card, or use a method "
+            "that reads no layer (scd, ig, saliency, rise, ...)") from exc
+
+
 @dataclass
 class LoadedModel:
     """A frozen classifier and what a run records about it."""
@@ -117,28 +147,46 @@ class LoadedModel:
     program: torch.export.ExportedProgram | None = field(default=None, repr=False, compare=False)
     _prepared: dict[tuple[str, bool, bool], nn.Module] = field(default_factory=dict, repr=False,
                                                                compare=False)
+    _converted: torch.export.ExportedProgram | None = field(default=None, repr=False,
+                                                            compare=False)
 
     def on(self, device: torch.device, compile_model: bool = False,
            layers: bool = False) -> nn.Module:
         """The classifier fused and laid out for ``device`` (pipeline/models/device.py), prepared once
         per process and device: every shard a worker explains reuses it. ``layers``: a method
         reads named layers (hooks, Grad-CAM); an exported program, whose ``.module()`` runs
-        as one flat graph, is then rebuilt with its module tree (``torch.export.unflatten``:
-        ~1.5× slower on Lite0, so only for those methods)."""
-        layered = layers and self.program is not None
+        as one flat graph, or a TorchScript model, whose layers take no hooks, is then given
+        as ``with_layers`` builds it (~1.5× slower on Lite0, so only for those methods)."""
+        layered = layers and (self.program is not None or self.scripted)
         key = (str(device), compile_model, layered)
         if key not in self._prepared:
             module = self.with_layers() if layered else self.module
             # an exported graph stays as it was exported: the fusion tracer cannot see inside
-            fold = self.input_size if self.program is None else None
+            fold = self.input_size if self.program is None and not layered else None
             self._prepared[key] = prepare_module(module, device, compile_model, fold)
         return self._prepared[key]
 
+    @property
+    def scripted(self) -> bool:
+        """Whether the network is a TorchScript module."""
+        return isinstance(self.network, torch.jit.ScriptModule)
+
+    @property
+    def network(self) -> nn.Module:
+        """The network without its normalisation."""
+        return self.module.net if isinstance(self.module, Normalized) else self.module
+
     def with_layers(self) -> nn.Module:
-        """The exported program unflattened, normalised as ``module`` is, frozen."""
-        assert self.program is not None
+        """The network with layers a reader can hook, normalised as ``module`` is, frozen: an
+        exported program unflattened into its module tree; where it has none (it was exported
+        flat, or it is a TorchScript model, converted once per process), its flat graph, whose
+        operator nodes are its layers (pipeline/models/layers.py)."""
+        if self.program is None and self._converted is None:
+            self._converted = script_to_program(self.network, self.input_size, self.name)
+        program = self.program if self.program is not None else self._converted
         with export_quiet():
-            net = torch.export.unflatten(self.program)
+            net = (torch.export.unflatten(program) if has_module_tree(program)
+                   else ExportedGraph(program.module()))
         if isinstance(self.module, Normalized):
             net = Normalized(net, tuple(self.module.mean.flatten().tolist()),
                              tuple(self.module.std.flatten().tolist()))
