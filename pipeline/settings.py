@@ -75,8 +75,9 @@ class ClassifierSettings(Settings):
     """The classifier a command reads (``run`` and ``concepts`` alike)."""
 
     model: str = Field("efficientnet-lite0",
-                       description="built-in (efficientnet-lite0, synthetic-cnn), a TorchScript "
-                                   "file, or a state_dict file with a model card")
+                       description="built-in (efficientnet-lite0, synthetic-cnn), an exported "
+                                   "program (.pt2), a TorchScript file, or a state_dict file "
+                                   "with a model card")
     model_card: str | None = Field(None, description="model card (YAML/JSON) of a state_dict "
                                                      "model (default: <model>.yaml beside it)")
     trust_model_code: bool = Field(False, description="allow a fully pickled model (unpickling "
