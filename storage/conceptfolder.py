@@ -1,7 +1,9 @@
 """The output folder of ``fidoflow concepts``: the features of one pass over the archive, one
 file per class (its XNN and its NMF concept bank), and a card the concept methods read.
 
-    <dir>/features.pt        pooled features, logits, labels, image ids of every image
+    <dir>/features.pt        logits, labels, image ids of every image (the classes to train)
+    <dir>/training/background.pt       pooled features and logits of a spread of the images
+    <dir>/training/class-00012.pt      pooled features and class 12's logit of its own images
     <dir>/parts/features-00000256.pt   one extraction task's images from row 256 (until merged)
     <dir>/samples/class-00012.pt       spatial activations of class 12's first images (NMF data)
     <dir>/class-00012.pt     class 12: XNN state, its k and scores per k, NMF bank
@@ -20,6 +22,15 @@ from .runfolder import RunFolder
 FEATURES = "features.pt"
 PARTS = "parts"  # the extraction tasks' features until they are merged
 CARD = "concepts.json"
+
+
+TRAINING_BACKGROUND = "training/background.pt"
+
+
+def training_file(index: int) -> str:
+    """Class ``index``'s own images' pooled features: with the background, what its XNN is
+    fitted on (a class task reads these two, not every image's features)."""
+    return f"training/class-{index:05d}.pt"
 
 
 def class_file(index: int) -> str:

@@ -144,13 +144,46 @@ def test_features_extracted_in_parts_equal_one_pass_and_resume(
     assert not (tmp_path / "split" / "parts").exists()  # merged, removed
     one, many = (ConceptFolder(j.out).read(FEATURES) for j in (whole, split))
     assert many["ids"] == one["ids"] and many["key"] == one["key"]
-    for name in ("pooled", "logits", "labels"):
+    for name in ("logits", "labels"):
         torch.testing.assert_close(many[name], one[name])
+    for index in range(3):  # each class task's data: its own images, and the background
+        ours, theirs = (steps.training_set(ConceptFolder(j.out), index) for j in (split, whole))
+        torch.testing.assert_close(ours.pooled, theirs.pooled)
+        assert ours.ids == theirs.ids and ours.own.tolist() == theirs.own.tolist()
     for index in range(3):  # each class's NMF data: its first images in archive order
         first = ConceptFolder(split.out).read(sample_file(index))["spatial"]
         torch.testing.assert_close(
             first, ConceptFolder(whole.out).read(sample_file(index))["spatial"][:5])
     assert steps.extraction_parts(split) == []  # extracted: nothing to do
+
+
+def test_a_class_task_reads_its_own_images_and_a_bounded_background(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fidoflow.pipeline.archive.synthetic import write_archive
+    from fidoflow.pipeline.concepts import job as steps
+
+    monkeypatch.setattr(steps, "BACKGROUND_IMAGES", 10)
+    archive = str(write_archive(tmp_path / "birds", n=40, seed=4, classes=4))
+    job = ConceptJob(archive, str(tmp_path / "c"), "synthetic-cnn",
+                     XnnConfig(max_concepts=1, steps=5), device="cpu")
+    for rows in steps.extraction_parts(job):
+        steps.extract_part(job, rows)
+    steps.merge_features(job, [0])
+    folder = ConceptFolder(job.out)
+    features = folder.read(FEATURES)
+    assert "pooled" not in features  # the archive's features are in training/, by class
+    classes = steps.row_classes(features["labels"], features["logits"])
+    background = set(steps.spread(40, 10).tolist())
+    assert len(background) == 10
+    for index in range(4):
+        data = steps.training_set(folder, index)
+        own = {features["ids"][i] for i in (classes == index).nonzero().flatten().tolist()}
+        spread_ids = {features["ids"][i] for i in background}
+        assert set(data.ids) == own | spread_ids and len(data.ids) == len(set(data.ids))
+        assert {i for i, o in zip(data.ids, data.own.tolist(), strict=True) if o} == own
+        order = [features["ids"].index(i) for i in data.ids]
+        assert order == sorted(order)  # archive order
+        assert steps.train_class(job, index)["images"] == len(own)
 
 
 # ---- the XNN's and NMF's pieces ------------------------------------------------------------

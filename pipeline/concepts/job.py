@@ -7,11 +7,15 @@ the cluster):
    images in batches: pooled features, logits, labels, and the spatial activations of the
    part's first ``NMF_IMAGES`` images of each class (by label, else by prediction), into
    ``parts/``; a part already extracted with the same key is kept (resume);
-3. ``merge_features``: the parts in archive order into ``features.pt``, and each class's first
-   ``NMF_IMAGES`` spatial activations (the NMF baseline's data) into ``samples/``; the parts
-   are removed with their folder;
-4. ``train_class`` (one task per class): its XNN (k chosen by the BIC-like score) and NMF bank
-   into its own file; a class already trained with the same settings is kept (resume);
+3. ``merge_features``: the parts in archive order into ``features.pt`` (ids, labels, logits),
+   the pooled features into ``training/`` (each class's own images, and a background of at
+   most ``BACKGROUND_IMAGES`` spread over the archive), and each class's first ``NMF_IMAGES``
+   spatial activations (the NMF baseline's data) into ``samples/``; the parts are removed
+   with their folder;
+4. ``train_class`` (one task per class): its XNN (k chosen by the BIC-like score) fitted on
+   its own images and the background, and its NMF bank, into its own file; a class already
+   trained with the same settings is kept (resume). A task reads its class's files only, so
+   its memory is bounded by the class, not the archive (CUB: 200 classes);
 5. ``write_card``: ``concepts.json``, what ``--method xnn,nmf --concepts DIR`` reads.
 """
 
@@ -37,12 +41,15 @@ from fidoflow.storage.conceptfolder import (
     CARD,
     FEATURES,
     PARTS,
+    TRAINING_BACKGROUND,
     ConceptFolder,
     class_file,
     part_file,
     sample_file,
+    training_file,
 )
 
+BACKGROUND_IMAGES = 2048  # images of every class each XNN also fits: its logit beyond its class
 NMF_IMAGES = 64  # images per class whose spatial activations the NMF bank is fitted on
 PART_IMAGES = 256  # images one extraction task decodes and runs: the extraction's unit of resume
 DECODE_THREADS = 4  # threads decoding a part's images (PIL releases the GIL)
@@ -91,7 +98,8 @@ def extracted(job: ConceptJob) -> dict | None:
     if not folder.exists(FEATURES):
         return None
     saved = folder.read(FEATURES)
-    return summary_of(saved) if saved["key"] == _key(job, job.load()) else None
+    current = saved["key"] == _key(job, job.load()) and folder.exists(TRAINING_BACKGROUND)
+    return summary_of(saved) if current else None
 
 
 def extraction_parts(job: ConceptJob) -> list[pd.DataFrame]:
@@ -172,15 +180,71 @@ def merge_features(job: ConceptJob, firsts: list[int]) -> dict:
     for c, activations in samples.items():
         folder.write(sample_file(c), {"spatial": torch.stack(activations)})
     key = {k: v for k, v in parts[0]["key"].items() if k != "rows"}
+    pooled = torch.cat([p["pooled"] for p in full])
     features = {"key": key, "layer": parts[0]["layer"], "class_names": parts[0]["class_names"],
                 "ids": [i for p in full for i in p["ids"]],
                 "labels": torch.cat([p["labels"] for p in full]),
-                "pooled": torch.cat([p["pooled"] for p in full]),
                 "logits": torch.cat([p["logits"] for p in full]),
+                "channels": int(pooled.shape[1]),
                 "skipped": sum(p["skipped"] for p in parts)}
+    write_training(folder, features, pooled)
     folder.write(FEATURES, features)
     folder.remove(PARTS)
     return summary_of(features)
+
+
+def spread(n: int, most: int) -> torch.Tensor:
+    """At most ``most`` of ``n`` rows, evenly spread (all of them where ``n`` ≤ ``most``)."""
+    return torch.linspace(0, n - 1, min(n, most)).round().long().unique()
+
+
+def write_training(folder: ConceptFolder, features: dict, pooled: torch.Tensor) -> None:
+    """The class tasks' data: the background's rows and each class's own (``row_classes``),
+    with their pooled features, ids and logits (the background's of every class, a class's
+    own of its class only)."""
+    ids, logits = features["ids"], features["logits"]
+
+    def rows_of(rows: torch.Tensor) -> dict:
+        return {"rows": rows, "ids": [ids[i] for i in rows.tolist()], "pooled": pooled[rows]}
+
+    background = spread(len(ids), BACKGROUND_IMAGES)
+    folder.write(TRAINING_BACKGROUND, {**rows_of(background), "logits": logits[background],
+                                       "class_names": features["class_names"]})
+    classes = row_classes(features["labels"], logits)
+    for c in classes.unique().tolist():
+        rows = (classes == c).nonzero().flatten()
+        folder.write(training_file(c), {**rows_of(rows), "logit": logits[rows, c]})
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """One class's XNN data in archive order: the background and the class's own images
+    (``own`` marks these), each row once; ``name``: the class's."""
+
+    pooled: torch.Tensor
+    logit: torch.Tensor
+    ids: list[str]
+    own: torch.Tensor
+    name: str
+
+
+def training_set(folder: ConceptFolder, index: int) -> TrainingSet:
+    """Class ``index``'s ``TrainingSet``, from its two files."""
+    background = folder.read(TRAINING_BACKGROUND)
+    name = training_file(index)
+    mine = (folder.read(name) if folder.exists(name) else
+            {"rows": torch.empty(0, dtype=torch.long), "ids": [],
+             "pooled": background["pooled"][:0], "logit": background["logits"][:0, index]})
+    rows = torch.cat([background["rows"], mine["rows"]])
+    order = torch.argsort(rows, stable=True)
+    first = torch.ones(len(rows), dtype=torch.bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    pick = order[first]
+    ids = background["ids"] + mine["ids"]
+    return TrainingSet(torch.cat([background["pooled"], mine["pooled"]])[pick],
+                       torch.cat([background["logits"][:, index], mine["logit"]])[pick],
+                       [ids[i] for i in pick.tolist()], torch.isin(rows[pick], mine["rows"]),
+                       background["class_names"][index])
 
 
 def finished_card(job: ConceptJob) -> dict | None:
@@ -198,7 +262,7 @@ def finished_card(job: ConceptJob) -> dict | None:
 
 def summary_of(features: dict) -> dict:
     return {"images": len(features["ids"]), "skipped": features["skipped"],
-            "layer": features["layer"], "channels": int(features["pooled"].shape[1])}
+            "layer": features["layer"], "channels": features["channels"]}
 
 
 def classes_to_train(job: ConceptJob) -> list[int]:
@@ -229,11 +293,6 @@ def row_classes(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return torch.where(labels >= 0, labels, logits.argmax(dim=1))
 
 
-def members(features: dict, index: int) -> torch.Tensor:
-    """Rows of class ``index`` (``row_classes``)."""
-    return row_classes(features["labels"], features["logits"]) == index
-
-
 def train_class(job: ConceptJob, index: int) -> dict:
     """Class ``index``'s XNN and NMF bank into ``class-XXXXX.pt``; returns its card entry."""
     folder = ConceptFolder(job.out)
@@ -242,13 +301,12 @@ def train_class(job: ConceptJob, index: int) -> dict:
         saved = folder.read(name)
         if saved["config"] == job.config.as_dict():
             return entry_of(saved)
-    features = folder.read(FEATURES)
-    pooled, logit = features["pooled"], features["logits"][:, index]
-    held = torch.tensor([in_validation(i, VAL_FRACTION) for i in features["ids"]])
+    data = training_set(folder, index)
+    pooled, logit, own = data.pooled, data.logit, data.own
+    held = torch.tensor([in_validation(i, VAL_FRACTION) for i in data.ids])
     if held.all() or not held.any():
         raise ValueError(f"{len(held)} images are too few to hold {VAL_FRACTION:.0%} out")
     fitted, scores = choose_xnn(pooled, logit, held, job.config)
-    own = members(features, index)
     net = drop_silent(fitted.net, pooled[own])  # no "+0.00" concept reaches the report
     _, val_r2 = held_out(net, pooled[held], logit[held])
     with torch.no_grad():
@@ -256,7 +314,7 @@ def train_class(job: ConceptJob, index: int) -> dict:
     spatial = folder.read(sample_file(index))["spatial"].float()
     rows = spatial.permute(0, 2, 3, 1).reshape(-1, spatial.shape[1])
     bank = fit_nmf(rows, net.concepts, seed=job.config.seed + index)
-    record = {"class": features["class_names"][index], "index": index,
+    record = {"class": data.name, "index": index,
               "config": job.config.as_dict(), "channels": int(pooled.shape[1]),
               "concepts": net.concepts, "hidden": job.config.hidden,
               "xnn": net.state_dict(), "scores": scores, "val_r2": val_r2,
