@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
 
 Kind = Literal["address", "threads", "cuda", "local", "class"]
+WINDOW = 2  # tasks in flight per worker: the flow's memory and the Prefect database grow with it
 
 
 @dataclass(frozen=True)

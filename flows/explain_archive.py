@@ -31,6 +31,7 @@ from fidoflow.storage.runfolder import RunFolder
 
 from .checks import check_worker_task, workers_ready
 from .cluster import (
+    WINDOW,
     build_runner,
     check_scheduler,
     plan_cluster,
@@ -42,7 +43,6 @@ from .server import patient_clients
 
 SUMMARY_ARTIFACT = "fidoflow-summary"
 PROGRESS_ARTIFACT = "fidoflow-progress"
-WINDOW = 2  # tasks in flight per worker
 REPORT_ARTIFACT = "fidoflow-report"
 DEFAULT_SETTINGS = RunSettings()
 

@@ -139,3 +139,33 @@ def test_patient_clients_reach_this_process_and_the_processes_it_starts() -> Non
         assert retries == 4 == PREFECT_CLIENT_MAX_RETRIES.value()
         assert os.environ["PREFECT_CLIENT_MAX_RETRIES"] == "4"
     assert PREFECT_CLIENT_MAX_RETRIES.value() == before
+
+
+@pytest.mark.slow
+def test_windowed_tasks_keep_at_most_the_window_in_flight_and_their_order() -> None:
+    import threading
+    import time
+
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from fidoflow.flows.concepts import windowed
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    @task(name="counted")
+    def counted(i: int) -> dict:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05 * (i % 3))
+        with lock:
+            running[0] -= 1
+        return {"i": i}
+
+    @flow(name="windowed", task_runner=ThreadPoolTaskRunner(max_workers=8))
+    def many() -> list[dict]:
+        return windowed(counted.submit, list(range(12)), 3)
+
+    assert [r["i"] for r in many()] == list(range(12))
+    assert peak[0] == 3
