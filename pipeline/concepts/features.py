@@ -7,8 +7,9 @@ that runs (EfficientNet's ``_avg_pooling``, torchvision's ``avgpool``), else the
 last leaf module that gives a spatial map (N, C, h, w with h·w > 1) of other than one channel
 per class (the synthetic CNN's last ReLU; a class-map network's backbone output, not its class
 maps). On a flat graph (pipeline/models/layers.py) the same rule reads its operator nodes: the
-input of the last global pooling (or spatial mean), else the last spatial map. Its activations are the spatial features (the NMF baseline factorises them); their
-spatial mean ``(N, C)`` is the feature vector ``x`` an XNN reads.
+input of the last global pooling (or spatial mean), else the last spatial map. Its activations
+are the spatial features (the NMF baseline factorises them); their spatial mean ``(N, C)`` is
+the feature vector ``x`` an XNN reads.
 """
 
 from __future__ import annotations

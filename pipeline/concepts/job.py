@@ -229,12 +229,9 @@ class TrainingSet:
 
 
 def training_set(folder: ConceptFolder, index: int) -> TrainingSet:
-    """Class ``index``'s ``TrainingSet``, from its two files."""
-    background = folder.read(TRAINING_BACKGROUND)
-    name = training_file(index)
-    mine = (folder.read(name) if folder.exists(name) else
-            {"rows": torch.empty(0, dtype=torch.long), "ids": [],
-             "pooled": background["pooled"][:0], "logit": background["logits"][:0, index]})
+    """Class ``index``'s ``TrainingSet``, from its two files (``write_training`` writes one for
+    every class an image belongs to, and only those are trained)."""
+    background, mine = folder.read(TRAINING_BACKGROUND), folder.read(training_file(index))
     rows = torch.cat([background["rows"], mine["rows"]])
     order = torch.argsort(rows, stable=True)
     first = torch.ones(len(rows), dtype=torch.bool)

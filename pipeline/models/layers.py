@@ -71,15 +71,14 @@ def with_norm(model: nn.Module, name: str) -> str:
     """The convolution ``name`` with the batch norm that follows it (the layer a built-in
     model gives once its norms are folded in): in a flat graph, the norm only it feeds; among
     modules, a BatchNorm2d listed right after it. Any other layer as it is."""
-    flat = flat_graph(model)
+    flat, kinds = flat_graph(model), layer_kinds(model)
     if flat is not None:
         node = next((n for n in flat[1].graph.nodes if n.name == name), None)
         users = list(node.users) if node is not None else []
         follows = [users[0].name] if len(users) == 1 else []
     else:
-        names = list(layer_kinds(model))
+        names = list(kinds)
         follows = names[names.index(name) + 1:][:1] if name in names else []
-    kinds = layer_kinds(model)
     return follows[0] if follows and kinds.get(follows[0]) == "BatchNorm2d" else name
 
 

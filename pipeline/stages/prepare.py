@@ -183,11 +183,12 @@ def nothing_to_explain(config: RunConfig) -> bool:
     stage the run asks. The CLI and the flow ask it before they start a cluster, so a nightly
     run with nothing new starts none; a yes serves the next ask of the process once, within
     ``SETTLED_FOR`` seconds, so that the CLI's listing serves the flow it runs. It only
-    decides where tasks run: ``prepare_run`` lists
-    again all the same and records the increment (its removals included). A folder of other
-    settings is refused here as by ``reopen``."""
+    decides where tasks run: ``prepare_run`` lists again all the same and records the
+    increment (its removals included). A folder of other settings is refused here as by
+    ``reopen``."""
     key = (config.root, config.source)
-    if time.monotonic() - _settled.pop(key, -SETTLED_FOR) < SETTLED_FOR:
+    answered = _settled.pop(key, None)
+    if answered is not None and time.monotonic() - answered < SETTLED_FOR:
         return True
     run = RunFolder(config.root)
     config, record = reopen(config)
