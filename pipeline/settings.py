@@ -210,7 +210,7 @@ class RunSettings(ClusterSettings, ClassifierSettings):
             "concepts": absolute(self.concepts)})
         for name, spec in methods.items():
             if "concepts" in kind(spec.kind).run_options:
-                check_concepts(spec.config.concepts, model, name)
+                check_concepts(spec.config.concepts, model, absolute(self.model_card), name)
         return RunConfig(
             source=location(archive), root=location(out),
             methods=methods, mask_size=self.mask_size or RunConfig.mask_size,

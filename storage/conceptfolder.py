@@ -25,6 +25,7 @@ CARD = "concepts.json"
 
 
 TRAINING_BACKGROUND = "training/background.pt"
+SPATIAL_BACKGROUND = "training/spatial-background.pt"  # feature maps of every class, spread
 
 
 def training_file(index: int) -> str:
@@ -43,7 +44,8 @@ def part_file(first: int) -> str:
 
 
 def sample_file(index: int) -> str:
-    """Class ``index``'s spatial activations: what its NMF bank is fitted on."""
+    """Class ``index``'s spatial activations, ids and logits: what its NMF bank and (with the
+    spatial background) its spatial XNN are fitted on."""
     return f"samples/class-{index:05d}.pt"
 
 

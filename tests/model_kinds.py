@@ -27,10 +27,15 @@ def _flat_program(net: torch.nn.Module, probe: tuple[torch.Tensor]) -> torch.exp
                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
 
 
-def save_as(kind: str, folder: Path) -> Path:
-    """The synthetic CNN saved as ``kind`` in ``folder``, its card beside it."""
+def save_as(kind: str, folder: Path, retrained: bool = False) -> Path:
+    """The synthetic CNN saved as ``kind`` in ``folder``, its card beside it; ``retrained``:
+    its weights moved a little, as another training of the same network would."""
     loaded = load_model("synthetic-cnn")
     net, probe = loaded.module, (torch.rand(2, 3, SIZE, SIZE),)
+    if retrained:
+        with torch.no_grad():
+            for weight in net.parameters():
+                weight.add_(torch.randn_like(weight), alpha=1e-3)
     folder.mkdir(parents=True, exist_ok=True)
     card: dict = {"classes": loaded.class_names, "input_size": SIZE}
     path = folder / f"birds-{kind}.pt"

@@ -18,6 +18,12 @@ from fidoflow.pipeline.archive.synthetic import CROWN, CROWNS, PALETTE, WING, ma
 from fidoflow.pipeline.concepts.features import extract, feature_layer
 from fidoflow.pipeline.concepts.job import ConceptJob, entry_of, write_card
 from fidoflow.pipeline.concepts.nmf import fit_nmf, project
+from fidoflow.pipeline.concepts.spatial_xnn import (
+    SpatialData,
+    choose_spatial_xnn,
+    fit_spatial_xnn,
+    ridge,
+)
 from fidoflow.pipeline.concepts.xnn import XnnConfig, fit_xnn, prune, pull_away
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.class_maps import build_network
@@ -239,6 +245,38 @@ def test_a_silent_concept_is_dropped_and_its_share_moves_into_the_bias() -> None
     assert drop_silent(small, own) is small  # nothing more to drop
 
 
+def factor_maps(factors: int, n: int = 160, seed: int = 0) -> SpatialData:
+    """Feature maps (n, 8, 8, 8) in which ``factors`` parts appear in every image, each in its
+    own two channels at its own random place with a random strength, over faint noise; the
+    logit is the sum of their pooled evidence (each counting alike)."""
+    gen = torch.Generator().manual_seed(seed)
+    maps = 0.02 * torch.rand(n, 8, 8, 8, generator=gen)
+    head = torch.zeros(8)
+    for f in range(factors):
+        direction = torch.zeros(8)
+        direction[2 * f:2 * f + 2] = torch.tensor([1.0, 0.5])
+        head[2 * f:2 * f + 2] = 1.0
+        strength = 0.5 + torch.rand(n, generator=gen)
+        y, x = torch.randint(0, 6, (2, n), generator=gen)
+        for i in range(n):
+            maps[i, :, y[i]:y[i] + 3, x[i]:x[i] + 3] += strength[i] * direction[:, None, None]
+    logit = maps.mean(dim=(2, 3)) @ head
+    held = torch.arange(n) % 5 == 0
+    return SpatialData(maps, logit, torch.ones(n, dtype=torch.bool), held,
+                       ridge(maps.mean(dim=(2, 3)), logit))
+
+
+@pytest.mark.parametrize("factors", [1, 2, 3])
+def test_the_spatial_xnn_chooses_as_many_concepts_as_the_parts_the_logit_rests_on(
+        factors: int) -> None:
+    """k by the BIC-like score on maps made of 1, 2 and 3 co-occurring parts: as many
+    concepts as parts, faithful on the held-out maps."""
+    fitted, table = choose_spatial_xnn(factor_maps(factors), XnnConfig(max_concepts=4,
+                                                                       steps=600))
+    assert fitted.net.concepts == factors, table
+    assert fitted.val_r2 > 0.95, table
+
+
 def test_an_xnn_reproduces_a_logit_it_can_express() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(400, 8, generator=gen)
@@ -302,8 +340,8 @@ def part_shares(maps: torch.Tensor, parts: torch.Tensor) -> tuple[float, float]:
 
 
 def two_part_concepts(root: Path) -> tuple[ColourParts, str]:
-    """A concept folder for the known-answer model: per class an XNN of two concepts and an
-    NMF bank of two, written as ``fidoflow concepts`` writes them."""
+    """A concept folder for the known-answer model: per class an XNN of two concepts, a
+    spatial XNN of two and an NMF bank of two, written as ``fidoflow concepts`` writes them."""
     model = ColourParts().eval()
     images, labels, _ = fine_scenes(240, seed=1)
     layer = feature_layer(model, images[:2])
@@ -311,23 +349,28 @@ def two_part_concepts(root: Path) -> tuple[ColourParts, str]:
     pooled, spatial, logits = extract(model, layer, images)
     held = torch.arange(len(images)) % 5 == 0
     config = XnnConfig(max_concepts=2, steps=500)
+    spatial_config = XnnConfig(steps=1000)
     folder = ConceptFolder(str(root))
     entries = {}
     for index in range(6):
         fitted = fit_xnn(pooled, logits[:, index], held, 2, config)
         assert fitted.val_r2 > 0.9, (index, fitted.val_r2)
         own = spatial[labels == index]
+        maps = fit_spatial_xnn(SpatialData(spatial, logits[:, index], labels == index, held,
+                                           ridge(pooled, logits[:, index])), 2, spatial_config)
         record = {"class": f"class_{index}", "index": index, "config": config.as_dict(),
                   "channels": pooled.shape[1], "concepts": fitted.net.concepts,
                   "hidden": config.hidden, "xnn": fitted.net.state_dict(), "scores": [],
                   "val_r2": fitted.val_r2, "mean_contribution": [], "images": len(own),
                   "nmf": fit_nmf(own.permute(0, 2, 3, 1).reshape(-1, own.shape[1]), 2),
-                  "nmf_images": len(own)}
+                  "nmf_images": len(own),
+                  "spatial": {"concepts": maps.net.concepts, "xnn": maps.net.state_dict(),
+                              "val_r2": maps.val_r2, "scores": []}}
         folder.write(class_file(index), record)
         entries[index] = entry_of(record)
     write_card(ConceptJob("scenes", folder.root, "colour-parts"), entries,
                {"layer": {"name": "detect", "side": "output"}, "channels": len(COLOURS),
-                "images": len(images), "skipped": 0})
+                "images": len(images), "skipped": 0, "model_sha256": "colour-parts"})
     return model, folder.root
 
 
@@ -361,22 +404,33 @@ def assert_faithful(rows: pd.DataFrame, logits: np.ndarray) -> None:
     assert r2 >= 0.9 and worst <= 0.2 * np.ptp(logits), (r2, worst, np.ptp(logits))
 
 
-def test_two_part_known_answer_model(tmp_path: Path) -> None:
-    """The two-part test, on 24 unseen scenes of the known-answer model: both methods'
-    contributions sum to the rebuilt logit; one NMF concept's map lies more on the wing patch
-    than on the crown and the other's more on the crown than on the wing; XNN's most
-    contributing concept puts its map on the two parts (wing and crown together: that XNN does
-    not give each part its own concept is measured in bench/concepts.py)."""
-    model, concepts = two_part_concepts(tmp_path / "concepts")
-
-    out, rows, parts, logits = explain_scenes(model, concepts, "nmf")
-    assert_contributions_sum(rows)
-    assert_faithful(rows, logits)
+def separated_scenes(out, rows: pd.DataFrame, parts: torch.Tensor) -> int:
+    """Scenes where one concept's map lies more on the wing than on the crown and the other's
+    more on the crown than on the wing, each carrying ≥ 10 % of the positive contribution."""
     separated = 0
     for i in range(len(parts)):
+        mine = rows[rows["image"] == i].set_index("concept")["contribution"].clip(lower=0)
+        if not {1, 2} <= set(mine.index) or mine[[1, 2]].min() < 0.1 * mine.sum():
+            continue
         (w1, c1), (w2, c2) = (part_shares(out.maps[m][i], parts[i]) for m in ("c1", "c2"))
         separated += (w1 > c1 and c2 > w2) or (w2 > c2 and c1 > w1)
-    assert separated >= 0.8 * len(parts), separated
+    return separated
+
+
+def test_two_part_known_answer_model(tmp_path: Path) -> None:
+    """The two-part test, on 24 unseen scenes of the known-answer model: every method's
+    contributions sum to the rebuilt logit, which is faithful to the classifier's own; the
+    spatial XNN (the concept method to use) and NMF give the wing and the crown each its own
+    concept, both carrying the logit; the pooled XNN's most contributing concept puts its map
+    on the two parts together (that it gives no concept per part is measured in
+    bench/RESULTS.md)."""
+    model, concepts = two_part_concepts(tmp_path / "concepts")
+
+    for method in ("xnn-spatial", "nmf"):
+        out, rows, parts, logits = explain_scenes(model, concepts, method)
+        assert_contributions_sum(rows)
+        assert_faithful(rows, logits)
+        assert separated_scenes(out, rows, parts) >= 0.8 * len(parts), method
 
     out, rows, parts, logits = explain_scenes(model, concepts, "xnn")
     assert_contributions_sum(rows)
@@ -433,6 +487,12 @@ def test_cli_learns_concepts_resumes_and_runs_xnn_and_nmf(kind: str, tmp_path: P
     masks = xr.open_zarr(run / "masks.zarr", group="xnn", consolidated=False)
     assert {"joint", "c1"} <= set(masks.data_vars)
     assert "Concepts" in (run / "report.html").read_text()
+
+    save_as(kind, tmp_path / "model", retrained=True)  # another model at the same path
+    assert main(["run", str(few), "--out", str(tmp_path / "other"), "--model", model,
+                 "--method", "xnn", "--concepts", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights or card have changed" in err, err
 
 
 def test_concepts_deployment_names_the_flow_by_module_and_valid_settings() -> None:

