@@ -1,5 +1,5 @@
-"""Concept explanations measured on the fine synthetic benchmark (issue 20): XNN against the NMF
-baseline, on a classifier trained by ``fidoflow train`` on scenes whose classes differ by two
+"""Concept explanations measured on the fine synthetic benchmark (issues 20 and 34): the spatial
+XNN and the pooled XNN against the NMF baseline, on a classifier trained by ``fidoflow train`` on scenes whose classes differ by two
 small parts (wing patch and crown, ``fine=True``).
 
     # the classifier (7.5 min on the 2-core box): 1,440 scenes, 24 classes
@@ -10,7 +10,7 @@ small parts (wing patch and crown, ``fine=True``).
     python bench/concepts.py --archive fine/train --model fine/model/model.pt --out fine/concepts
 
 It learns the concepts (``learn_concepts``, in this process: seconds per class), then explains
-``--scenes`` new scenes (seed 12) with ``xnn`` and ``nmf`` for their true class and prints, per
+``--scenes`` new scenes (seed 12) with ``xnn-spatial``, ``xnn`` and ``nmf`` for their true class and prints, per
 method: faithfulness (R² of the rebuilt logit against the classifier's over those scenes; NMF's
 is 1 by construction), how many concepts a class uses (k, and those with ≥ 10 % of the class's
 positive contribution), whether the concepts separate the parts (per scene: the concept whose
@@ -84,7 +84,7 @@ def main() -> None:
     scenes = make_dataset(args.scenes, seed=12, classes=24, fine=True)
     labels = torch.tensor([model.class_names.index(scenes.class_names[int(y)])
                            for y in scenes.labels])
-    for method in ("xnn", "nmf"):
+    for method in ("xnn-spatial", "xnn", "nmf"):
         spec = parse_methods(method, {"concepts": args.out})[method]
         began = time.perf_counter()
         with spec.build(module) as explainer:

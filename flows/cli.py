@@ -1,6 +1,6 @@
 """``fidoflow``: explain an archive of images (``run``) or the bundled photos (``demo``), list
 the attribution methods (``methods``), train a classifier to explain (``train``), or learn
-its concepts (``concepts``, for the methods ``xnn`` and ``nmf``). The
+its concepts (``concepts``, for the methods ``xnn-spatial``, ``xnn`` and ``nmf``). The
 options are projected from the settings declarations (fidoflow/pipeline/settings.py)."""
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ def add_concepts_command(commands: argparse._SubParsersAction) -> None:
     from .settings import add_cli_options
 
     concepts = commands.add_parser(
-        "concepts", help="learn each class's concepts of a classifier (XNN, and the NMF "
-                         "baseline) on ARCHIVE's images, for --method xnn,nmf --concepts DIR")
+        "concepts", help="learn each class's concepts of a classifier (the spatial and the "
+                         "pooled XNN, and the NMF baseline) on ARCHIVE's images, for --method "
+                         "xnn-spatial,xnn,nmf --concepts DIR")
     concepts.add_argument("archive", metavar="ARCHIVE",
                           help="any archive fidoflow reads, labelled with the model's classes "
                                "(or give --classes)")
@@ -135,12 +136,13 @@ def run_concepts(args: argparse.Namespace, api: ApiServer) -> int:
 
         card = on_server(api, lambda: learn_concepts(archive, args.out, settings))
     for entry in card["classes"].values():
-        print(f"{entry['class']}: {entry['concepts']} concepts, held-out R² "
-              f"{entry['val_r2']:.3f}")
+        print(f"{entry['class']}: {entry['spatial_concepts']} concepts, held-out R² "
+              f"{entry['spatial_val_r2']:.3f} (pooled XNN: {entry['concepts']}, "
+              f"{entry['val_r2']:.3f})")
     print(f"{len(card['classes'])} classes, features of {card['images']} images at the "
           f"{card['layer']['side']} of {card['layer']['name']}")
     print(f"concepts: {args.out}  (fidoflow run SOURCE --out RUN --model {settings.model} "
-          f"--method xnn,nmf --concepts {args.out})")
+          f"--method xnn-spatial,nmf --concepts {args.out})")
     return 0
 
 

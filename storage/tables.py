@@ -188,12 +188,14 @@ SAG = Table("sag", "sag", "explain", ("image_id", "method", "node"), (
 
 CONCEPTS = Table("concepts", "concepts", "explain", ("image_id", "method", "concept"), (
     _c("image_id", S, "manifest id"),
-    _c("method", S, "the concept method's instance in the run (`xnn`, `nmf`, or a variant)"),
+    _c("method", S, "the concept method's instance in the run (`xnn-spatial`, `xnn`, `nmf`, or "
+                    "a variant)"),
     _c("target", I32, "the class explained (`predictions.target`)"),
     _c("concept", I32, "the concept's number within the target class's concepts, from 1; its "
                        "map is `masks.zarr/<method>/c<concept>`"),
-    _c("activation", F32, "how strongly the concept is present in the image: XNN's `z` (>= 0), "
-                          "NMF's mean coefficient over the feature map"),
+    _c("activation", F32, "how strongly the concept is present in the image: XNN's `z` (>= 0; "
+                          "the spatial XNN's: its map's mean), NMF's mean coefficient over the "
+                          "feature map"),
     _c("weight", F32, "what one unit of it adds to the target's logit: XNN's head weight `w`, "
                       "NMF's gradient of the logit along the concept"),
     _c("contribution", F32, "activation × weight: the concept's share of the logit; XNN: a "
