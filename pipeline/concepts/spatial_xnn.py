@@ -206,9 +206,14 @@ def held_out_maps(net: SpatialXNN, data: SpatialData) -> tuple[float, float]:
 
 
 def choose_spatial_xnn(data: SpatialData, config: XnnConfig) -> tuple[SpatialFit, list[dict]]:
-    """The spatial XNN of the smallest BIC-like score over k = 1..max_concepts, and every k's
-    scores."""
-    fits = [fit_spatial_xnn(data, k, config) for k in range(1, config.max_concepts + 1)]
+    """The spatial XNN of the smallest BIC-like score over k = 1..max_concepts, and the scores
+    of every k tried: none after the first whose error is under NOISE (every larger k scores
+    worse than it)."""
+    fits: list[SpatialFit] = []
+    for k in range(1, config.max_concepts + 1):
+        fits.append(fit_spatial_xnn(data, k, config))
+        if fits[-1].error <= NOISE:
+            break
     table = [{"trained": k, "concepts": f.net.concepts, "val_r2": f.val_r2, "error": f.error,
               "bic": f.bic} for k, f in enumerate(fits, 1)]
     return min(fits, key=lambda f: f.bic), table
