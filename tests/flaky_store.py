@@ -10,6 +10,7 @@ written: a permanent error.
 from __future__ import annotations
 
 import http.client
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,10 +85,19 @@ def handler(upstream: str, faults: Faults) -> type[BaseHTTPRequestHandler]:
     return Proxy
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A stand-in prints no traceback for a client that hung up mid-request (a run that ends
+    closes its connections; a busy machine makes that land inside a request)."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
 @contextmanager
 def flaky_endpoint(upstream: str, faults: Faults) -> Iterator[str]:
     """The proxy's URL while the block runs (a port the OS chose, bound before it is named)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(upstream, faults))
+    server = QuietServer(("127.0.0.1", 0), handler(upstream, faults))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="flaky-store")
     thread.start()
