@@ -85,6 +85,9 @@ def check_concepts(root: str | None, model: str, model_card: str | None, method:
     card = ConceptFolder(root).read_card()
     if card["model"] != model:
         raise ValueError(f"{root} holds concepts of the model {card['model']!r}, not {model!r}")
-    if "model_sha256" in card and card["model_sha256"] != model_identity(model, model_card):
+    if "model_sha256" not in card:  # written before the spatial XNN and the model's sha256
+        raise ValueError(f"{root} was written by an older fidoflow: learn the concepts again "
+                         "with fidoflow concepts (it re-extracts and retrains)")
+    if card["model_sha256"] != model_identity(model, model_card):
         raise ValueError(f"{root} holds concepts of another {model} (its weights or card have "
                          "changed since): learn them again with fidoflow concepts")
