@@ -522,6 +522,17 @@ def test_bad_concept_settings_fail_with_one_line(tmp_path: Path, capsys) -> None
     assert err.count("\n") == 1 and "max_concepts" in err
 
 
+def test_a_concepts_folder_of_an_older_fidoflow_is_refused_in_one_line(tmp_path: Path,
+                                                                       capsys) -> None:
+    """A card without the model's sha256 (written before the spatial XNN) is not read."""
+    ConceptFolder(str(tmp_path / "old")).write_card({"model": "synthetic-cnn", "classes": {}})
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "run"), "--model",
+                 "synthetic-cnn", "--method", "xnn-spatial",
+                 "--concepts", str(tmp_path / "old")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "older fidoflow" in err, err
+
+
 def test_a_missing_model_card_is_one_line_before_anything_starts(tmp_path: Path,
                                                                   capsys) -> None:
     assert main(["concepts", str(tmp_path), "--out", str(tmp_path / "c"), "--model",
