@@ -99,8 +99,8 @@ def files_written(out: Path) -> dict[str, list[int]]:
         if path.is_file():
             relative = path.relative_to(out)
             stem = relative.stem.split("-")[0]
-            kind = (relative.parent / (f"{stem}-*" if "-" in relative.stem else relative.name))
-            kind = kind.as_posix()
+            kind = (relative.parent / (f"{stem}-*" if "-" in relative.stem
+                                       else relative.name)).as_posix()
             kinds[kind][0] += 1
             kinds[kind][1] += path.stat().st_size / 2**20
     return {k: [int(n), round(mb, 1)] for k, (n, mb) in sorted(kinds.items())}
