@@ -10,16 +10,20 @@ reads the feature map at each position, so a concept is *where* something is:
 The evidence is e(p) = v ⊙ x(p), v the ridge regression of the class's logit on the pooled
 features (the head's weights, exactly, where the network is linear after pooling): features the
 class does not use need no concept. Loss, each term relative to its target's spread:
-- MSE(ŷ, y) over every image, and again over the class's own (its within-class variation is
-  what an explanation of its images must rebuild; the background's logits span far more);
+- MSE(ŷ, y) over every image, and ALPHA_OWN times it over the class's own (its within-class
+  variation is what an explanation of its images must rebuild; the background's logits span
+  far more);
 - ALPHA_DENSITY·MSE of the head read at each position, wᵀz(p) + b, against the logit density
   Σ_c e_c(p) + c: one target per position, not per image, so the concepts carry the logit
-  where it arises (without it the rebuilt logit of new images fell to R² 0.57, see RESULTS);
+  where it arises (on the trained fine benchmark, R² on new scenes: 0.54 with neither of these
+  two terms, 0.67 with the own one alone, 0.94 with both; RESULTS);
 - ALPHA_REC·‖ê − e‖²/‖e‖² over the class's own positions;
 - ALPHA_PT·PT, PT the pull-away of the concept maps over positions (two concepts that fire at
-  the same places are pushed apart). Trained from the factorisation the NMF
-baseline would make of the evidence: the encoder is first taught the NMF coefficients, the head
-is fitted by least squares, then all is trained together. From random starts the same loss
+  the same places are pushed apart).
+
+Trained from the factorisation the NMF baseline would make of the evidence: the encoder is
+first taught the NMF coefficients, the head is fitted by least squares, then all is trained
+together. From random starts the same loss
 separated the parts on 0 to 4 of the known-answer model's 6 classes, depending on the seed
 (bench/RESULTS.md, "A spatial XNN").
 
@@ -203,11 +207,12 @@ def _fit(data: SpatialData, concepts: int, config: XnnConfig) -> SpatialFit:
     for _ in range(config.steps // 4):
         batch = rows[torch.randint(len(rows), (config.batch_size // 2,), generator=gen)]
         mine = own[torch.randint(len(own), (OWN_BATCH,), generator=gen)]
-        z = net.encode(data.spatial[batch])
+        density = net.density(net.encode(data.spatial[batch]))  # its mean: the rebuilt logit
         z_own = net.encode(data.spatial[mine])
-        loss = (config.alpha_pred * ((net.rebuilt(z) - data.logit[batch]) ** 2).mean() / variance
+        loss = (config.alpha_pred * ((density.mean(dim=(1, 2)) - data.logit[batch]) ** 2).mean()
+                / variance
                 + ALPHA_OWN * ((net.rebuilt(z_own) - data.logit[mine]) ** 2).mean() / own_variance
-                + ALPHA_DENSITY * ((net.density(z) - target[batch]) ** 2).mean() / density_variance
+                + ALPHA_DENSITY * ((density - target[batch]) ** 2).mean() / density_variance
                 + ALPHA_REC * relative_rebuild(net, data.spatial[mine], z_own)
                 + ALPHA_PT * map_pull_away(z_own))
         optimiser.zero_grad()
