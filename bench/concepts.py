@@ -1,6 +1,7 @@
 """Concept explanations measured on the fine synthetic benchmark (issues 20 and 34): the spatial
-XNN and the pooled XNN against the NMF baseline, on a classifier trained by ``fidoflow train`` on scenes whose classes differ by two
-small parts (wing patch and crown, ``fine=True``).
+XNN and the pooled XNN against the NMF baseline, on a classifier trained by ``fidoflow train`` on
+scenes whose classes differ by two small parts (wing patch and crown, ``fine=True``) or, with
+``--tail``, by three (and the tail's tip: 48 classes, ``tail=True`` in write_archive).
 
     # the classifier (7.5 min on the 2-core box): 1,440 scenes, 24 classes
     python -c "from fidoflow.pipeline.archive.synthetic import write_archive; \\
@@ -9,13 +10,18 @@ small parts (wing patch and crown, ``fine=True``).
         --no-diversify --loss ce
     python bench/concepts.py --archive fine/train --model fine/model/model.pt --out fine/concepts
 
+    # three parts: 2,880 scenes of 48 classes, the same training, then
+    python bench/concepts.py --tail --every 2 --archive tail/train --model tail/model/model.pt \
+        --out tail/concepts
+
 It learns the concepts (``learn_concepts``, in this process: seconds per class), then explains
 ``--scenes`` new scenes (seed 12) with ``xnn-spatial``, ``xnn`` and ``nmf`` for their true class and prints, per
 method: faithfulness (R² of the rebuilt logit against the classifier's over those scenes; NMF's
 is 1 by construction), how many concepts a class uses (k, and those with ≥ 10 % of the class's
 positive contribution), whether the concepts separate the parts (per scene: the concept whose
-map lies most on the wing and the one most on the crown are two different concepts, each more
-on its own part than on the other), and seconds per image.
+map lies most on each part, against its share on the others, is a different one for each part,
+and more on its own part than on any other), and seconds per image. ``--every n`` learns and
+explains every n-th class only.
 """
 
 from __future__ import annotations
@@ -29,31 +35,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fidoflow.pipeline.archive.synthetic import CROWN, WING, make_dataset
+from fidoflow.pipeline.archive.synthetic import CROWN, TAIL, WING, class_names, make_dataset
 from fidoflow.pipeline.concepts.job import ConceptJob, learn_concepts
 from fidoflow.pipeline.concepts.xnn import XnnConfig
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.loading import load_model
 
 
-def shares(maps: torch.Tensor, parts: torch.Tensor) -> tuple[float, float]:
+def shares(maps: torch.Tensor, parts: torch.Tensor, ids: tuple[int, ...]) -> list[float]:
+    """The share of a concept map's mass on each part."""
     total = float(maps.sum().clamp_min(1e-9))
-    return (float((maps * (parts == WING)).sum()) / total,
-            float((maps * (parts == CROWN)).sum()) / total)
+    return [float((maps * (parts == part)).sum()) / total for part in ids]
 
 
-def separated(out, rows: pd.DataFrame, parts: torch.Tensor) -> list[bool]:
-    """Per image: two different concepts, one more on the wing, the other more on the crown."""
+def separated(out, rows: pd.DataFrame, parts: torch.Tensor, ids: tuple[int, ...]) -> list[bool]:
+    """Per image: a different concept for each part, each more on its part than on any other
+    (the concept of a part: the one whose share there most exceeds its share elsewhere)."""
     verdicts = []
     for i in range(len(parts)):
         concepts = rows[rows["image"] == i]["concept"].tolist()
-        if len(concepts) < 2:
-            verdicts.append(False)
-            continue
-        s = {c: shares(out.maps[f"c{c}"][i], parts[i]) for c in concepts}
-        wing = max(s, key=lambda c: s[c][0] - s[c][1])
-        crown = max(s, key=lambda c: s[c][1] - s[c][0])
-        verdicts.append(wing != crown and s[wing][0] > s[wing][1] and s[crown][1] > s[crown][0])
+        lead = {}  # lead[c][p]: concept c's share on part p less its largest elsewhere
+        for c in concepts:
+            s = shares(out.maps[f"c{c}"][i], parts[i], ids)
+            lead[c] = [v - max(s[:p] + s[p + 1:]) for p, v in enumerate(s)]
+        chosen = [max(lead, key=lambda c: lead[c][p]) for p in range(len(ids))]
+        verdicts.append(len(set(chosen)) == len(ids)
+                        and all(lead[c][p] > 0 for p, c in enumerate(chosen)))
     return verdicts
 
 
@@ -64,12 +71,20 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the concept folder to write")
     parser.add_argument("--scenes", type=int, default=240)
     parser.add_argument("--steps", type=int, default=XnnConfig.steps)
+    parser.add_argument("--tail", action="store_true",
+                        help="the three-part scenes (wing patch, crown, tail tip: 48 classes)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="learn and explain every n-th class only (a shorter run)")
     args = parser.parse_args()
+    names = class_names(fine=True, tail=args.tail)
+    chosen = names[::args.every]
+    ids = (WING, CROWN, TAIL) if args.tail else (WING, CROWN)
     print(json.dumps({"load": os.getloadavg(), "threads": torch.get_num_threads()}))
 
     began = time.perf_counter()
     card = learn_concepts(ConceptJob(os.path.abspath(args.archive), args.out,
-                                     os.path.abspath(args.model), XnnConfig(steps=args.steps)))
+                                     os.path.abspath(args.model), XnnConfig(steps=args.steps),
+                                     classes=chosen))
     learned = time.perf_counter() - began
     classes = len(card["classes"])
     print(json.dumps({"classes": classes, "images": card["images"], "layer": card["layer"],
@@ -81,14 +96,17 @@ def main() -> None:
 
     model = load_model(os.path.abspath(args.model))
     module = model.on(torch.device("cpu"), layers=True)
-    scenes = make_dataset(args.scenes, seed=12, classes=24, fine=True)
+    scenes = make_dataset(args.scenes * args.every, seed=12, classes=len(names), fine=True,
+                          tail=args.tail)
+    keep = torch.tensor([scenes.class_names[int(y)] in chosen for y in scenes.labels])
+    images, parts = scenes.images[keep], scenes.part_ids[keep]
     labels = torch.tensor([model.class_names.index(scenes.class_names[int(y)])
-                           for y in scenes.labels])
+                           for y in scenes.labels[keep]])
     for method in ("xnn-spatial", "xnn", "nmf"):
         spec = parse_methods(method, {"concepts": args.out})[method]
         began = time.perf_counter()
         with spec.build(module) as explainer:
-            out = explainer.attribute(scenes.images, labels, size=scenes.images.shape[-1])
+            out = explainer.attribute(images, labels, size=images.shape[-1])
         seconds = (time.perf_counter() - began) / len(labels)
         rows = pd.DataFrame(out.rows)
         per_image = rows.groupby("image").agg(rebuilt=("reconstructed", "first"),
@@ -97,7 +115,7 @@ def main() -> None:
         spread = ((per_image["logit"] - per_image["logit"].mean()) ** 2).sum()
         means = rows.groupby(["target", "concept"])["contribution"].mean().clip(lower=0)
         used = (means / means.groupby(level=0).transform("sum") >= 0.10).groupby(level=0).sum()
-        verdicts = separated(out, rows, scenes.part_ids)
+        verdicts = separated(out, rows, parts, ids)
         print(json.dumps({
             "method": method, "images": len(labels), "held_out_r2": round(1 - residual / spread, 4),
             "concepts_per_class_mean": round(float(rows.groupby("target")["concept"].max().mean()), 2),

@@ -129,3 +129,30 @@ def test_fine_classes_differ_by_wing_patch_and_crown_only() -> None:
     assert changed.any() and not (changed & (ids != CROWN)).any()
     data = make_dataset(6, seed=1, classes=16, fine=True)
     assert data.class_names == FINE_CLASS_NAMES[:16] and data.part_ids.shape == (6, 96, 96)
+
+
+def test_three_part_classes_are_the_fine_scenes_with_a_coloured_tail_tip() -> None:
+    from fidoflow.pipeline.archive.synthetic import (
+        CROWN,
+        FINE_CLASS_NAMES,
+        TAIL,
+        TAIL_CLASS_NAMES,
+        WING,
+    )
+
+    assert len(TAIL_CLASS_NAMES) == 2 * len(FINE_CLASS_NAMES)
+    scenes = [make_scene(7, label, tail=True) for label in range(len(TAIL_CLASS_NAMES))]
+    ids = scenes[0].part_ids
+    assert set(ids.unique().tolist()) == {0, WING, CROWN, TAIL}
+    assert 0.002 < (ids == TAIL).float().mean() < 0.01
+    # labels 0 and 1 share the wing patch and the crown: only the tip differs
+    changed = (scenes[1].image != scenes[0].image).any(dim=0)
+    assert changed.any() and not (changed & (ids != TAIL)).any()
+    # the tip draws nothing from the random stream: each is its fine scene plus the tip
+    for label in (0, 3, 17):
+        fine = make_scene(7, label // 2, fine=True)
+        changed = (scenes[label].image != fine.image).any(dim=0)
+        assert changed.any() and not (changed & (ids != TAIL)).any()
+        assert torch.equal(torch.where(ids == TAIL, 0, ids), fine.part_ids)
+    data = make_dataset(6, seed=1, classes=30, tail=True)
+    assert data.class_names == TAIL_CLASS_NAMES[:30] and data.part_ids.shape == (6, 96, 96)

@@ -2,8 +2,11 @@
 
 ``fine=True`` gives the 24 classes of FINE_CLASS_NAMES instead: the same 12 wing patches, each
 with one of two crown colours, so classes differ by two small parts (the wing patch and the
-crown cap on the head); ``part_ids`` then tells the parts apart (1 wing, 2 crown). The default
-scenes are unchanged by this option: the crown draws nothing from the random stream.
+crown cap on the head); ``part_ids`` then tells the parts apart (1 wing, 2 crown). ``tail=True``
+(fine scenes with a third part) gives the 48 classes of TAIL_CLASS_NAMES: each fine class with
+one of two colours of the tail's tip (part id 3). The default scenes are unchanged by these
+options, and a three-part scene is its fine scene plus the tip: the crown and the tip draw
+nothing from the random stream.
 
 Every scene is drawn from its own random stream and the label is used only to colour the wing
 patch, which is painted last; so rendering one scene with two labels changes pixels only inside
@@ -39,7 +42,12 @@ CROWNS: dict[str, tuple[float, float, float]] = {
     "green": (0.14, 0.68, 0.22),
 }
 FINE_CLASS_NAMES = tuple(f"{w}_{c}-crown" for w in CLASS_NAMES for c in CROWNS)
-WING, CROWN = 1, 2  # values of part_ids
+TAILS: dict[str, tuple[float, float, float]] = {
+    "pink": (0.98, 0.62, 0.74),
+    "teal": (0.02, 0.45, 0.42),
+}
+TAIL_CLASS_NAMES = tuple(f"{f}_{t}-tail" for f in FINE_CLASS_NAMES for t in TAILS)
+WING, CROWN, TAIL = 1, 2, 3  # values of part_ids
 DARK = np.array([0.08, 0.07, 0.06], dtype=np.float32)
 BODY_SCALE = (0.15, 0.24)  # body semi-major axis / image side: the patch covers ~1-2.5 %
 
@@ -53,7 +61,7 @@ class Scene:
     part_mask: torch.Tensor
     part_box: torch.Tensor
     object_box: torch.Tensor
-    part_ids: torch.Tensor | None = None  # (H, W) uint8, fine scenes only: 1 wing, 2 crown
+    part_ids: torch.Tensor | None = None  # (H, W) uint8, fine scenes only: 1 wing, 2 crown, 3 tail
     points: dict[str, tuple[float, float]] | None = None  # CUB-named part centres (x, y)
 
 
@@ -203,6 +211,15 @@ class _Bird:
                 "left wing": self.at(-0.1 * a, -0.15 * b),
                 "tail": self.at(-1.05 * a, -0.15 * b)}
 
+    def paint_tail_tip(self, canvas: _Canvas, colour: np.ndarray) -> tuple:
+        """The far half of the tail (the part the body does not cover) in ``colour``; returns
+        its window and coverage."""
+        angle = self.angle + self.facing * 0.3  # the tail's axis, as paint_body draws it
+        x, y = self.at(-1.05 * self.a, -0.15 * self.b)
+        x -= self.facing * 0.3 * self.a * math.cos(angle)
+        y -= self.facing * 0.3 * self.a * math.sin(angle)
+        return _patch(canvas, x, y, 0.28 * self.a, 0.2 * self.b, angle, colour, False, 1.0, 0.0)
+
     def paint_crown(self, canvas: _Canvas, colour: np.ndarray) -> tuple:
         """A cap on top of the head in ``colour``; returns its window and coverage."""
         rh = 0.55 * self.b
@@ -246,23 +263,29 @@ def _place(rng: np.random.Generator, size: int, radius: float, avoid: tuple[floa
     return None
 
 
-def class_names(fine: bool = False) -> tuple[str, ...]:
-    """The classes of the default (wing patch only) or the fine (wing patch and crown) scenes."""
+def class_names(fine: bool = False, tail: bool = False) -> tuple[str, ...]:
+    """The classes of the default (wing patch only), the fine (wing patch and crown) or the
+    three-part (``tail``: and the tail's tip) scenes."""
+    if tail:
+        return TAIL_CLASS_NAMES
     return FINE_CLASS_NAMES if fine else CLASS_NAMES
 
 
 def make_scene(rng_or_seed: np.random.Generator | int, label: int, size: int = DEFAULT_SIZE,
-               small_objects: bool = False, fine: bool = False) -> Scene:
+               small_objects: bool = False, fine: bool = False, tail: bool = False) -> Scene:
     """Render one scene of class ``label``; all randomness is drawn independently of the label.
 
     ``small_objects`` keeps birds at the pixel scale of a DEFAULT_SIZE scene, so that in a larger
     ``size`` they cover a small fraction of the image (more clutter is added to match).
-    ``fine``: ``label`` indexes FINE_CLASS_NAMES and the bird also gets a coloured crown.
+    ``fine``: ``label`` indexes FINE_CLASS_NAMES and the bird also gets a coloured crown;
+    ``tail``: ``label`` indexes TAIL_CLASS_NAMES, and the tail's tip is coloured too.
     """
-    names = class_names(fine)
+    names = class_names(fine, tail)
     if not 0 <= label < len(names):
         raise ValueError(f"label {label} outside 0..{len(names) - 1}")
-    wing_label = label // len(CROWNS) if fine else label
+    fine_label = label // len(TAILS) if tail else label
+    fine = fine or tail
+    wing_label = fine_label // len(CROWNS) if fine else label
     rng = _rng(rng_or_seed)
     scale = DEFAULT_SIZE if small_objects else size
     clutter = (size / scale) ** 2
@@ -300,9 +323,13 @@ def make_scene(rng_or_seed: np.random.Generator | int, label: int, size: int = D
     part_ids = None
     if fine:
         part_ids = np.where(part_mask, WING, 0).astype(np.uint8)
-        crown = np.array(list(CROWNS.values())[label % len(CROWNS)], dtype=np.float32)
+        crown = np.array(list(CROWNS.values())[fine_label % len(CROWNS)], dtype=np.float32)
         win, alpha = bird.paint_crown(canvas, crown)
         part_ids[win] = np.where(alpha > 0, CROWN, part_ids[win])
+        if tail:
+            tip = np.array(list(TAILS.values())[label % len(TAILS)], dtype=np.float32)
+            win, alpha = bird.paint_tail_tip(canvas, tip)
+            part_ids[win] = np.where(alpha > 0, TAIL, part_ids[win])
         part_mask = part_ids > 0
     image = np.clip(canvas.img * light + grain, 0.0, 1.0)
     return Scene(torch.from_numpy(image), label, torch.from_numpy(part_mask), _box(part_mask),
@@ -311,14 +338,15 @@ def make_scene(rng_or_seed: np.random.Generator | int, label: int, size: int = D
 
 
 def make_dataset(n: int, seed: int, size: int = DEFAULT_SIZE, classes: int = 8,
-                 small_objects: bool = False, fine: bool = False) -> SyntheticSet:
+                 small_objects: bool = False, fine: bool = False, tail: bool = False
+                 ) -> SyntheticSet:
     """``n`` scenes, labels cycling through the first ``classes`` classes; scene i depends only
     on (seed, i), so a longer set extends a shorter one."""
-    names = class_names(fine)
+    names = class_names(fine, tail)
     if not 2 <= classes <= len(names):
         raise ValueError(f"classes must be in 2..{len(names)}")
     streams = np.random.SeedSequence(seed).spawn(n)
-    scenes = [make_scene(np.random.default_rng(s), i % classes, size, small_objects, fine)
+    scenes = [make_scene(np.random.default_rng(s), i % classes, size, small_objects, fine, tail)
               for i, s in enumerate(streams)]
     return SyntheticSet(
         images=torch.stack([s.image for s in scenes]),
@@ -327,12 +355,13 @@ def make_dataset(n: int, seed: int, size: int = DEFAULT_SIZE, classes: int = 8,
         part_boxes=torch.stack([s.part_box for s in scenes]),
         object_boxes=torch.stack([s.object_box for s in scenes]),
         class_names=names[:classes],
-        part_ids=torch.stack([s.part_ids for s in scenes]) if fine else None,
+        part_ids=torch.stack([s.part_ids for s in scenes]) if fine or tail else None,
     )
 
 
 def write_archive(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
-                  classes: int = 8, small_objects: bool = False, fine: bool = False) -> Path:
+                  classes: int = 8, small_objects: bool = False, fine: bool = False,
+                  tail: bool = False) -> Path:
     """Write ``root/<class>/<id>.png``, ``ground_truth.csv`` and ``part_masks.npz``; returns root.
 
     The CSV has image_id, path (relative to root), label, class_name, the patch box
@@ -343,7 +372,7 @@ def write_archive(root: str | Path, n: int, seed: int, size: int = DEFAULT_SIZE,
     from PIL import Image
 
     root = Path(root)
-    data = make_dataset(n, seed, size, classes, small_objects, fine)
+    data = make_dataset(n, seed, size, classes, small_objects, fine, tail)
     rows = []
     for i in range(n):
         image_id = f"{seed}-{i:06d}"
