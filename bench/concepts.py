@@ -92,7 +92,8 @@ def main() -> None:
                       "seconds_per_class": round(learned / classes, 2),
                       "train_val_r2_median": float(np.median(
                           [e["val_r2"] for e in card["classes"].values()])),
-                      "k": [e["concepts"] for e in card["classes"].values()]}))
+                      "k": [e["concepts"] for e in card["classes"].values()],
+                      "spatial_k": [e["spatial_concepts"] for e in card["classes"].values()]}))
 
     model = load_model(os.path.abspath(args.model))
     module = model.on(torch.device("cpu"), layers=True)

@@ -331,10 +331,11 @@ class ConceptSettings(ClusterSettings, ClassifierSettings):
                                                     f"{XNN.batch_size} feature vectors)")
     lr: float = Field(XNN.lr, gt=0, description="Adam learning rate")
     weight_decay: float = Field(XNN.weight_decay, ge=0, description="Adam weight decay")
-    alpha_rec: float = Field(XNN.alpha_rec, ge=0, description="weight of the sparse "
-                                                              "reconstruction loss")
-    alpha_pt: float = Field(XNN.alpha_pt, ge=0, description="weight of the pull-away term "
-                                                            "that keeps concepts distinct")
+    alpha_rec: float = Field(XNN.alpha_rec, ge=0, description="weight of the pooled xnn's "
+                                                              "sparse reconstruction loss")
+    alpha_pt: float = Field(XNN.alpha_pt, ge=0, description="weight of the pooled xnn's "
+                                                            "pull-away term that keeps "
+                                                            "concepts distinct")
     seed: int = Field(XNN.seed, description="same features and seed give the same concepts")
     device: Device = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:0")
     batch_size: int = Field(32, ge=1, description="images per forward pass of the feature "

@@ -362,7 +362,9 @@ def train_class(job: ConceptJob, index: int) -> dict:
     spatial_net = drop_silent_maps(fitted_maps.net, maps.spatial[maps.own])
     spatial = maps.spatial[maps.own]
     rows = spatial.permute(0, 2, 3, 1).reshape(-1, spatial.shape[1])
-    bank = fit_nmf(rows, net.concepts, seed=job.config.seed + index)
+    # as many NMF concepts as the spatial XNN kept on the same maps (the pooled k is 1 wherever
+    # one mixed concept is faithful: an NMF of one concept cannot show two parts)
+    bank = fit_nmf(rows, spatial_net.concepts, seed=job.config.seed + index)
     record = {"class": data.name, "index": index,
               "config": job.config.as_dict(), "channels": int(pooled.shape[1]),
               "concepts": net.concepts, "hidden": job.config.hidden,
