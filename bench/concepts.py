@@ -12,7 +12,7 @@ scenes whose classes differ by two small parts (wing patch and crown, ``fine=Tru
 
     # three parts: 2,880 scenes of 48 classes (tail=True), the same training, then (every 3rd
     # class: both tip colours; every 2nd would be the pink-tipped ones only)
-    python bench/concepts.py --tail --every 3 --archive tail/train --model tail/model/model.pt \
+    python bench/concepts.py --tail --every 3 --archive tail/train --model tail/model/model.pt \\
         --out tail/concepts
 
 It learns the concepts (``learn_concepts``, in this process: seconds per class), then explains
