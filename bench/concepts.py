@@ -44,6 +44,7 @@ from fidoflow.pipeline.concepts.job import ConceptJob, learn_concepts
 from fidoflow.pipeline.concepts.xnn import XnnConfig
 from fidoflow.pipeline.methods import parse_methods
 from fidoflow.pipeline.models.loading import load_model
+from fidoflow.storage.conceptfolder import sample_file
 
 
 def shares(maps: torch.Tensor, parts: torch.Tensor, ids: tuple[int, ...]) -> list[float]:
@@ -100,7 +101,7 @@ def plain_nmf_maps(out_dir: str, card: dict, spatial: torch.Tensor, labels: torc
     rows = []
     for target in labels.unique().tolist():
         entry = card["classes"][str(target)]
-        own = torch.load(os.path.join(out_dir, "samples", f"class-{target:05d}.pt"),
+        own = torch.load(os.path.join(out_dir, sample_file(target)),
                          weights_only=False)["spatial"].float().clamp_min(0)
         bank = plain_nmf(own.permute(0, 2, 3, 1).reshape(-1, channels).double().numpy(),
                          entry["spatial_concepts"])
